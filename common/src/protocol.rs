@@ -1,0 +1,324 @@
+//! The records and DTOs that cross crate and HTTP boundaries.
+//!
+//! `RequestResponseRecord` is the one row the router writes per proxied request;
+//! the `Dashboard*` and `*TokenStats` types are the JSON bodies of the dashboard API.
+//! Token counts are `u64` and never missing: a request whose node produced nothing
+//! counts zero.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Where a record's token figures come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenSource {
+    /// Taken from the node's `usage` field.
+    Reported,
+    /// Counted with the BPE tokenizer because the node reported no usage.
+    Estimated,
+}
+
+impl TokenSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenSource::Reported => "reported",
+            TokenSource::Estimated => "estimated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "reported" => Some(TokenSource::Reported),
+            "estimated" => Some(TokenSource::Estimated),
+            _ => None,
+        }
+    }
+}
+
+/// How a proxied request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestStatus {
+    /// The node answered with a 2xx and the response reached its end.
+    Success,
+    /// The node answered with an error, broke the stream, or no node could serve it.
+    Error,
+    /// The client went away before the response was complete.
+    Cancelled,
+}
+
+impl RequestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestStatus::Success => "success",
+            RequestStatus::Error => "error",
+            RequestStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "success" => Some(RequestStatus::Success),
+            "error" => Some(RequestStatus::Error),
+            "cancelled" => Some(RequestStatus::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// The inference endpoint a request was sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestType {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Responses,
+}
+
+impl RequestType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestType::ChatCompletions => "chat_completions",
+            RequestType::Completions => "completions",
+            RequestType::Embeddings => "embeddings",
+            RequestType::Responses => "responses",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "chat_completions" => Some(RequestType::ChatCompletions),
+            "completions" => Some(RequestType::Completions),
+            "embeddings" => Some(RequestType::Embeddings),
+            "responses" => Some(RequestType::Responses),
+            _ => None,
+        }
+    }
+
+    /// The path of this endpoint below the node's base URL.
+    pub fn upstream_path(self) -> &'static str {
+        match self {
+            RequestType::ChatCompletions => "/v1/chat/completions",
+            RequestType::Completions => "/v1/completions",
+            RequestType::Embeddings => "/v1/embeddings",
+            RequestType::Responses => "/v1/responses",
+        }
+    }
+}
+
+/// Token figures of one request. `total_tokens` is the node's total when it reported
+/// one, else `input_tokens + output_tokens`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenUsage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl TokenUsage {
+    /// Usage from its parts, with the total derived when the node gave none.
+    pub fn new(input_tokens: u64, output_tokens: u64, total_tokens: Option<u64>) -> Self {
+        TokenUsage {
+            input_tokens,
+            output_tokens,
+            total_tokens: total_tokens.unwrap_or(input_tokens.saturating_add(output_tokens)),
+        }
+    }
+}
+
+/// One row of `request_history`: everything the router knows about one proxied request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RequestResponseRecord {
+    /// Store id; `0` until the record is committed.
+    pub id: i64,
+    /// When the request arrived; it counts in the hour/day/month of this instant.
+    pub timestamp: DateTime<Utc>,
+    pub completed_at: DateTime<Utc>,
+    pub request_type: RequestType,
+    pub model: String,
+    /// The node that served it; `None` when no node was chosen (404, 503, all failed).
+    pub node_id: Option<i64>,
+    pub node_name: Option<String>,
+    pub client_ip: Option<String>,
+    pub stream: bool,
+    pub status: RequestStatus,
+    /// The HTTP status the client received (0 when it went away before headers).
+    pub http_status: u16,
+    pub error_message: Option<String>,
+    pub duration_ms: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub token_source: TokenSource,
+}
+
+impl RequestResponseRecord {
+    pub fn usage(&self) -> TokenUsage {
+        TokenUsage {
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            total_tokens: self.total_tokens,
+        }
+    }
+}
+
+/// A node as the dashboard shows it, with its load and token totals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DashboardNode {
+    pub id: i64,
+    pub name: String,
+    pub base_url: String,
+    /// `online`, `offline`, `unknown` (not probed yet) or `disabled`.
+    pub status: String,
+    pub models: Vec<String>,
+    pub active_requests: u64,
+    pub total_requests: u64,
+    pub successful_requests: u64,
+    pub failed_requests: u64,
+    pub average_response_time_ms: f64,
+    pub total_input_tokens: u64,
+    pub total_output_tokens: u64,
+    pub total_tokens: u64,
+    pub average_tokens_per_request: f64,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DashboardNodes {
+    pub nodes: Vec<DashboardNode>,
+}
+
+/// Router-wide figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DashboardStats {
+    pub total_nodes: u64,
+    pub online_nodes: u64,
+    pub offline_nodes: u64,
+    pub total_requests: u64,
+    pub successful_requests: u64,
+    pub failed_requests: u64,
+    pub active_requests: u64,
+    pub average_response_time_ms: f64,
+    pub total_input_tokens: u64,
+    pub total_output_tokens: u64,
+    pub total_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeTokenStats {
+    pub node_id: i64,
+    pub node_name: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub request_count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ModelTokenStats {
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub request_count: u64,
+}
+
+/// Body of `GET /api/dashboard/stats/tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TokenStats {
+    pub total_input_tokens: u64,
+    pub total_output_tokens: u64,
+    pub total_tokens: u64,
+    pub request_count: u64,
+    pub estimated_request_count: u64,
+    pub by_node: Vec<NodeTokenStats>,
+    pub by_model: Vec<ModelTokenStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DailyTokenStats {
+    /// `YYYY-MM-DD` in the requested time zone.
+    pub date: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub request_count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MonthlyTokenStats {
+    /// `YYYY-MM` in the requested time zone.
+    pub month: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub request_count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DailyTokenSeries {
+    pub tz: String,
+    pub days: Vec<DailyTokenStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MonthlyTokenSeries {
+    pub tz: String,
+    pub months: Vec<MonthlyTokenStats>,
+}
+
+/// A page of `GET /api/dashboard/request-history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RequestHistoryPage {
+    pub records: Vec<RequestResponseRecord>,
+    /// Pass as `cursor` to get the next (older) page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_serializes_token_fields_and_source() {
+        let t = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap().with_timezone(&Utc);
+        let rec = RequestResponseRecord {
+            id: 7,
+            timestamp: t,
+            completed_at: t,
+            request_type: RequestType::ChatCompletions,
+            model: "m".into(),
+            node_id: Some(1),
+            node_name: Some("n".into()),
+            client_ip: None,
+            stream: true,
+            status: RequestStatus::Success,
+            http_status: 200,
+            error_message: None,
+            duration_ms: 5,
+            input_tokens: 10,
+            output_tokens: 20,
+            total_tokens: 30,
+            token_source: TokenSource::Estimated,
+        };
+        let v = serde_json::to_value(&rec).unwrap();
+        assert_eq!(v["input_tokens"], 10);
+        assert_eq!(v["output_tokens"], 20);
+        assert_eq!(v["total_tokens"], 30);
+        assert_eq!(v["token_source"], "estimated");
+        assert_eq!(v["request_type"], "chat_completions");
+        assert_eq!(v["timestamp"], "2026-01-02T03:04:05Z");
+        let back: RequestResponseRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn total_is_derived_only_when_missing() {
+        assert_eq!(TokenUsage::new(3, 4, None).total_tokens, 7);
+        assert_eq!(TokenUsage::new(3, 4, Some(9)).total_tokens, 9);
+        assert_eq!(TokenUsage::new(u64::MAX, 4, None).total_tokens, u64::MAX);
+    }
+}

@@ -1,0 +1,449 @@
+//! A mock OpenAI-compatible inference node: a real HTTP server for tests, benchmarks
+//! and the demo.
+//!
+//! It answers `/v1/models`, `/v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings` and `/v1/responses`, plain or streamed, with deterministic text
+//! and usage so tests can assert exact token figures. Knobs in [`MockConfig`] make it
+//! behave like the various servers in the field (no usage, `"usage": null` in every
+//! chunk, rejecting `stream_options`, breaking mid-stream, failing at random).
+//! It must stay dumb: no routing or accounting logic lives here.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// How a mock node behaves.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    /// Put in every answer (`"system_fingerprint"` and the generated text) so a test
+    /// can tell which node served a request.
+    pub name: String,
+    pub models: Vec<String>,
+    /// Content chunks per streamed answer (and words per plain answer).
+    pub chunks: usize,
+    pub chunk_delay: Duration,
+    /// Delay before the response headers.
+    pub latency: Duration,
+    /// Report `usage`. When off, the node behaves like servers that never count.
+    pub usage: bool,
+    /// Add `"usage": null` to every streamed chunk when include_usage is on (vLLM does).
+    pub usage_null_in_chunks: bool,
+    /// Answer 400 to any request that carries `stream_options`.
+    pub reject_stream_options: bool,
+    /// Abort the connection after this many content chunks of a stream.
+    pub break_after_chunks: Option<usize>,
+    /// Probability in [0, 1] of answering 500 (with usage of the prompt when `usage`).
+    pub failure_rate: f64,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            name: "mock".into(),
+            models: vec!["mock-model".into()],
+            chunks: 5,
+            chunk_delay: Duration::ZERO,
+            latency: Duration::ZERO,
+            usage: true,
+            usage_null_in_chunks: false,
+            reject_stream_options: false,
+            break_after_chunks: None,
+            failure_rate: 0.0,
+        }
+    }
+}
+
+/// A request the mock node received, for tests to inspect.
+#[derive(Debug, Clone)]
+pub struct ReceivedRequest {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+struct Shared {
+    config: MockConfig,
+    received: Mutex<Vec<ReceivedRequest>>,
+}
+
+/// A running mock node. Dropping it (or calling [`MockNode::shutdown`]) stops it.
+pub struct MockNode {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl MockNode {
+    /// Binds `127.0.0.1:0` and serves until dropped.
+    pub async fn start(config: MockConfig) -> std::io::Result<MockNode> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Ok(Self::serve(listener, config))
+    }
+
+    /// Serves on an already bound listener.
+    pub fn serve(listener: TcpListener, config: MockConfig) -> MockNode {
+        let addr = listener.local_addr().expect("bound listener has an address");
+        let shared = Arc::new(Shared {
+            config,
+            received: Mutex::new(Vec::new()),
+        });
+        let app = router(shared.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        MockNode {
+            addr,
+            shared,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<ReceivedRequest> {
+        self.shared.received.lock().unwrap().clone()
+    }
+
+    /// Stops accepting and closes every open connection at once (streams break).
+    pub async fn shutdown(mut self) {
+        self.stop_now().await;
+    }
+
+    async fn stop_now(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for MockNode {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/health", get(|| async { "ok" }))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
+        .with_state(shared)
+}
+
+async fn models(State(s): State<Arc<Shared>>) -> Json<Value> {
+    let data: Vec<Value> = s
+        .config
+        .models
+        .iter()
+        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": s.config.name}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// Deterministic prompt size: the number of whitespace-separated words of every
+/// string in the request's `messages`, `prompt` or `input`.
+pub fn prompt_words(body: &Value) -> u64 {
+    fn words(v: &Value) -> u64 {
+        match v {
+            Value::String(s) => s.split_whitespace().count() as u64,
+            Value::Array(a) => a.iter().map(words).sum(),
+            Value::Object(o) => o
+                .iter()
+                .filter(|(k, _)| matches!(k.as_str(), "content" | "text"))
+                .map(|(_, v)| words(v))
+                .sum(),
+            _ => 0,
+        }
+    }
+    ["messages", "prompt", "input"]
+        .iter()
+        .filter_map(|k| body.get(*k))
+        .map(words)
+        .sum()
+}
+
+/// The text of content chunk `i`: one word, so a streamed answer of `n` chunks has
+/// `n` words and the usage the node reports is `n` completion tokens.
+pub fn chunk_text(name: &str, i: usize) -> String {
+    format!("{name}{i} ")
+}
+
+struct Call {
+    model: String,
+    stream: bool,
+    include_usage: bool,
+    prompt_tokens: u64,
+}
+
+fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(Call, Value), Response> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}"), None)
+    })?;
+    s.received.lock().unwrap().push(ReceivedRequest {
+        path: path.into(),
+        headers,
+        body: value.clone(),
+    });
+    let model = value.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+    if !s.config.models.iter().any(|m| *m == model) {
+        return Err(error(StatusCode::NOT_FOUND, &format!("model {model} not found"), None));
+    }
+    if s.config.reject_stream_options && value.get("stream_options").is_some() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "Unrecognized request argument supplied: stream_options",
+            None,
+        ));
+    }
+    let call = Call {
+        model,
+        stream: value.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        include_usage: value
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        prompt_tokens: prompt_words(&value),
+    };
+    if s.config.failure_rate > 0.0 && rand::random::<f64>() < s.config.failure_rate {
+        let usage = s.config.usage.then(|| usage_json(call.prompt_tokens, 0));
+        return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "mock failure", usage));
+    }
+    Ok((call, value))
+}
+
+fn error(status: StatusCode, message: &str, usage: Option<Value>) -> Response {
+    let mut body = json!({"error": {"message": message, "type": "invalid_request_error", "code": null}});
+    if let Some(u) = usage {
+        body["usage"] = u;
+    }
+    (status, Json(body)).into_response()
+}
+
+fn usage_json(prompt: u64, completion: u64) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+async fn chat(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    generate(s, "/v1/chat/completions", headers, body, Kind::Chat).await
+}
+
+async fn completions(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    generate(s, "/v1/completions", headers, body, Kind::Completion).await
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+async fn generate(s: Arc<Shared>, path: &str, headers: HeaderMap, body: Bytes, kind: Kind) -> Response {
+    let (call, _) = match accept(&s, path, headers, &body) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    tokio::time::sleep(s.config.latency).await;
+    let n = s.config.chunks;
+    let name = s.config.name.clone();
+    if !call.stream {
+        let text: String = (0..n).map(|i| chunk_text(&name, i)).collect();
+        let mut out = match kind {
+            Kind::Chat => json!({
+                "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": call.model,
+                "system_fingerprint": name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]
+            }),
+            Kind::Completion => json!({
+                "id": "cmpl-mock", "object": "text_completion", "created": 0, "model": call.model,
+                "system_fingerprint": name,
+                "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]
+            }),
+        };
+        if s.config.usage {
+            out["usage"] = usage_json(call.prompt_tokens, n as u64);
+        }
+        return Json(out).into_response();
+    }
+    let cfg = s.config.clone();
+    let events = stream::unfold(0usize, move |i| {
+        let cfg = cfg.clone();
+        let call_model = call.model.clone();
+        let include_usage = call.include_usage && cfg.usage;
+        let prompt = call.prompt_tokens;
+        async move {
+            if i > n + 2 {
+                return None;
+            }
+            if i > 0 && i <= n && !cfg.chunk_delay.is_zero() {
+                tokio::time::sleep(cfg.chunk_delay).await;
+            }
+            if let Some(b) = cfg.break_after_chunks {
+                if i == b + 1 {
+                    return Some((Err(std::io::Error::other("mock node broke the stream")), n + 3));
+                }
+            }
+            let usage_null = include_usage && cfg.usage_null_in_chunks;
+            let event = if i == 0 {
+                Some(stream_chunk(kind, &call_model, &cfg.name, Delta::Role, usage_null))
+            } else if i <= n {
+                Some(stream_chunk(kind, &call_model, &cfg.name, Delta::Text(chunk_text(&cfg.name, i - 1)), usage_null))
+            } else if i == n + 1 {
+                include_usage.then(|| {
+                    let mut v = json!({"id": "chatcmpl-mock", "object": object(kind), "created": 0,
+                        "model": call_model, "system_fingerprint": cfg.name, "choices": []});
+                    v["usage"] = usage_json(prompt, n as u64);
+                    format!("data: {v}\n\n")
+                })
+            } else {
+                Some("data: [DONE]\n\n".to_string())
+            };
+            Some((Ok(Bytes::from(event.unwrap_or_default())), i + 1))
+        }
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(events))
+        .unwrap()
+}
+
+enum Delta {
+    Role,
+    Text(String),
+}
+
+fn object(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Chat => "chat.completion.chunk",
+        Kind::Completion => "text_completion",
+    }
+}
+
+fn stream_chunk(kind: Kind, model: &str, name: &str, delta: Delta, usage_null: bool) -> String {
+    let choice = match (kind, delta) {
+        (Kind::Chat, Delta::Role) => json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}),
+        (Kind::Chat, Delta::Text(t)) => json!({"index": 0, "delta": {"content": t}, "finish_reason": null}),
+        (Kind::Completion, Delta::Role) => json!({"index": 0, "text": "", "finish_reason": null}),
+        (Kind::Completion, Delta::Text(t)) => json!({"index": 0, "text": t, "finish_reason": null}),
+    };
+    let id = match kind {
+        Kind::Chat => "chatcmpl-mock",
+        Kind::Completion => "cmpl-mock",
+    };
+    // Written by hand (not serde) so the field order matches real servers and the
+    // `"usage":null` field sits where vLLM puts it: last.
+    let mut s = format!(
+        r#"data: {{"id":"{id}","object":"{}","created":0,"model":{},"system_fingerprint":{},"choices":[{choice}]"#,
+        object(kind),
+        Value::from(model),
+        Value::from(name)
+    );
+    if usage_null {
+        s.push_str(r#","usage":null"#);
+    }
+    s.push_str("}\n\n");
+    s
+}
+
+async fn embeddings(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (call, value) = match accept(&s, "/v1/embeddings", headers, &body) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    tokio::time::sleep(s.config.latency).await;
+    let inputs = match value.get("input") {
+        Some(Value::Array(a)) => a.len().max(1),
+        _ => 1,
+    };
+    let data: Vec<Value> = (0..inputs)
+        .map(|i| json!({"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3, 0.4]}))
+        .collect();
+    let mut out = json!({"object": "list", "data": data, "model": call.model});
+    if s.config.usage {
+        out["usage"] = json!({"prompt_tokens": call.prompt_tokens, "total_tokens": call.prompt_tokens});
+    }
+    Json(out).into_response()
+}
+
+async fn responses(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (call, _) = match accept(&s, "/v1/responses", headers, &body) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    tokio::time::sleep(s.config.latency).await;
+    let n = s.config.chunks;
+    let name = s.config.name.clone();
+    let text: String = (0..n).map(|i| chunk_text(&name, i)).collect();
+    let usage = s.config.usage.then(|| {
+        json!({"input_tokens": call.prompt_tokens, "output_tokens": n, "total_tokens": call.prompt_tokens + n as u64})
+    });
+    let response = |status: &str, text: &str| {
+        let mut r = json!({"id": "resp-mock", "object": "response", "status": status, "model": call.model,
+            "output": [{"type": "message", "role": "assistant",
+                "content": [{"type": "output_text", "text": text}]}]});
+        if status == "completed" {
+            if let Some(u) = &usage {
+                r["usage"] = u.clone();
+            }
+        }
+        r
+    };
+    if !call.stream {
+        return Json(response("completed", &text)).into_response();
+    }
+    let mut events = vec![format!(
+        "event: response.created\ndata: {}\n\n",
+        json!({"type": "response.created", "response": response("in_progress", "")})
+    )];
+    for i in 0..n {
+        events.push(format!(
+            "event: response.output_text.delta\ndata: {}\n\n",
+            json!({"type": "response.output_text.delta", "delta": chunk_text(&name, i)})
+        ));
+    }
+    events.push(format!(
+        "event: response.completed\ndata: {}\n\n",
+        json!({"type": "response.completed", "response": response("completed", &text)})
+    ));
+    let delay = s.config.chunk_delay;
+    let body = stream::unfold(events.into_iter(), move |mut it| async move {
+        let e = it.next()?;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Some((Ok::<_, std::io::Error>(Bytes::from(e)), it))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(body))
+        .unwrap()
+}

@@ -1,0 +1,50 @@
+//! `mock-node`: run a mock OpenAI-compatible inference node from the command line.
+
+use std::time::Duration;
+
+use clap::Parser;
+use mock_node::{MockConfig, MockNode};
+
+#[derive(Parser, Debug)]
+#[command(about = "A mock OpenAI-compatible inference node for tests, benchmarks and demos")]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    #[arg(long, default_value = "mock")]
+    name: String,
+    /// Models served (repeatable).
+    #[arg(long = "model", default_values_t = vec!["mock-model".to_string()])]
+    models: Vec<String>,
+    #[arg(long, default_value_t = 5)]
+    chunks: usize,
+    #[arg(long, default_value_t = 0)]
+    chunk_delay_ms: u64,
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Do not report usage.
+    #[arg(long)]
+    no_usage: bool,
+    #[arg(long, default_value_t = 0.0)]
+    failure_rate: f64,
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    let config = MockConfig {
+        name: args.name,
+        models: args.models,
+        chunks: args.chunks,
+        chunk_delay: Duration::from_millis(args.chunk_delay_ms),
+        latency: Duration::from_millis(args.latency_ms),
+        usage: !args.no_usage,
+        failure_rate: args.failure_rate,
+        ..MockConfig::default()
+    };
+    let node = MockNode::serve(listener, config);
+    println!("mock node listening on {}", node.base_url());
+    tokio::signal::ctrl_c().await?;
+    node.shutdown().await;
+    Ok(())
+}

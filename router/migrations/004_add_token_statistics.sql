@@ -1,0 +1,30 @@
+-- SPEC-5045f436 S-2 / C-8: token figures on every request record, and rollups that
+-- keep token statistics forever (request_history is pruned, the rollups are not).
+ALTER TABLE request_history ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE request_history ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE request_history ADD COLUMN total_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE request_history ADD COLUMN token_source TEXT NOT NULL DEFAULT 'reported';
+
+CREATE INDEX request_history_status ON request_history (status, id);
+CREATE INDEX request_history_token_source ON request_history (token_source, id);
+
+-- One row per UTC hour x node x model, updated in the transaction that inserts the
+-- history rows it sums. hour_start is Unix seconds, a multiple of 3600.
+CREATE TABLE token_stats_hourly (
+    hour_start INTEGER NOT NULL,
+    node_id INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    request_count INTEGER NOT NULL DEFAULT 0,
+    success_count INTEGER NOT NULL DEFAULT 0,
+    error_count INTEGER NOT NULL DEFAULT 0,
+    cancelled_count INTEGER NOT NULL DEFAULT 0,
+    estimated_count INTEGER NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0,
+    duration_ms_sum INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour_start, node_id, model)
+) WITHOUT ROWID;
+
+CREATE INDEX token_stats_hourly_node ON token_stats_hourly (node_id, hour_start);
+CREATE INDEX token_stats_hourly_model ON token_stats_hourly (model, hour_start);

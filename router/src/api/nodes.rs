@@ -1,0 +1,154 @@
+//! `/api/nodes`: register, list, change and delete inference nodes.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::ApiError;
+use crate::app::AppState;
+use crate::nodes::Node;
+use crate::store::NodeChanges;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/nodes", get(list_nodes).post(create_node))
+        .route("/api/nodes/{id}", get(get_node).patch(update_node).delete(delete_node))
+}
+
+/// A node as the admin API shows it (the api_key itself is never returned).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    pub id: i64,
+    pub name: String,
+    pub base_url: String,
+    pub has_api_key: bool,
+    pub enabled: bool,
+    /// Operator's switch: request exact usage on streams.
+    pub include_usage: bool,
+    /// False once the node has rejected `stream_options`.
+    pub include_usage_supported: bool,
+    /// `online`, `offline` or `unknown`.
+    pub status: String,
+    pub models: Vec<String>,
+    pub last_seen: Option<DateTime<Utc>>,
+    /// `api` or `static`.
+    pub source: String,
+    pub active_requests: u64,
+}
+
+fn view(n: &Node) -> NodeView {
+    let i = n.info();
+    NodeView {
+        id: n.id,
+        name: i.name,
+        base_url: i.base_url,
+        has_api_key: i.api_key.is_some(),
+        enabled: i.enabled,
+        include_usage: i.include_usage,
+        include_usage_supported: !i.include_usage_rejected,
+        status: i.status.as_str().to_string(),
+        models: i.models,
+        last_seen: i.last_seen,
+        source: i.source,
+        active_requests: n.load.active(),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateNode {
+    /// `http://host:port` (a trailing `/v1` is accepted and removed).
+    pub base_url: String,
+    pub name: Option<String>,
+    pub api_key: Option<String>,
+}
+
+/// Fields to change; `api_key: null` removes the key.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateNode {
+    pub name: Option<String>,
+    pub api_key: Option<String>,
+    pub enabled: Option<bool>,
+    pub include_usage: Option<bool>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeList {
+    pub nodes: Vec<NodeView>,
+}
+
+fn parse_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse().map_err(|_| ApiError::BadParam {
+        param: "id",
+        message: format!("'{raw}' is not a node id"),
+    })
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadBody(e.to_string()))
+}
+
+/// Live nodes (deleted ones are listed by `/api/dashboard/nodes`).
+#[utoipa::path(get, path = "/api/nodes", tag = "nodes", security(("admin_key" = [])),
+    responses((status = 200, body = NodeList), (status = 401, description = "No admin key")))]
+pub async fn list_nodes(State(st): State<AppState>) -> Json<NodeList> {
+    Json(NodeList {
+        nodes: st.balancer.registry().live().iter().map(|n| view(n)).collect(),
+    })
+}
+
+/// Registers a node and probes it at once.
+#[utoipa::path(post, path = "/api/nodes", tag = "nodes", security(("admin_key" = [])), request_body = CreateNode,
+    responses((status = 201, body = NodeView), (status = 400, description = "Bad URL or body"),
+        (status = 409, description = "A live node has this base_url")))]
+pub async fn create_node(State(st): State<AppState>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    let req: CreateNode = parse_body(&body)?;
+    let node = st.balancer.registry().add(&req.base_url, req.name, req.api_key, "api").await?;
+    st.health.probe(&node).await;
+    Ok((StatusCode::CREATED, Json(view(&node))))
+}
+
+#[utoipa::path(get, path = "/api/nodes/{id}", tag = "nodes", security(("admin_key" = [])),
+    params(("id" = i64, Path, description = "Node id")),
+    responses((status = 200, body = NodeView), (status = 404, description = "No such live node")))]
+pub async fn get_node(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<NodeView>, ApiError> {
+    let node = st.balancer.registry().live_node(parse_id(&id)?)?;
+    Ok(Json(view(&node)))
+}
+
+#[utoipa::path(patch, path = "/api/nodes/{id}", tag = "nodes", security(("admin_key" = [])),
+    params(("id" = i64, Path, description = "Node id")), request_body = UpdateNode,
+    responses((status = 200, body = NodeView), (status = 404, description = "No such live node")))]
+pub async fn update_node(State(st): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Json<NodeView>, ApiError> {
+    let id = parse_id(&id)?;
+    let raw: Value = parse_body(&body)?;
+    let req: UpdateNode = serde_json::from_value(raw.clone()).map_err(|e| ApiError::BadBody(e.to_string()))?;
+    let changes = NodeChanges {
+        name: req.name,
+        // Present and null clears the key; absent leaves it.
+        api_key: raw.get("api_key").map(|_| req.api_key.filter(|k| !k.is_empty())),
+        enabled: req.enabled,
+        include_usage: req.include_usage,
+    };
+    let node = st.balancer.registry().update(id, changes).await?;
+    Ok(Json(view(&node)))
+}
+
+/// Removes the node from routing at once; its statistics stay.
+#[utoipa::path(delete, path = "/api/nodes/{id}", tag = "nodes", security(("admin_key" = [])),
+    params(("id" = i64, Path, description = "Node id")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "No such live node")))]
+pub async fn delete_node(State(st): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    st.balancer.registry().delete(id).await?;
+    if let Some(n) = st.balancer.registry().get(id) {
+        crate::balancer::publish_node_up(&st.metrics, &n);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,47 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations (`utoipa`), so
+//! it cannot drift from the code; served at `/api/openapi.json`.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+struct AdminKeyScheme;
+
+impl Modify for AdminKeyScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "llm-router", description = "One OpenAI-compatible endpoint over many inference nodes, with exact token accounting"),
+    paths(
+        crate::proxy::chat_completions, crate::proxy::completions, crate::proxy::embeddings,
+        crate::proxy::responses, crate::proxy::list_models,
+        crate::api::nodes::list_nodes, crate::api::nodes::create_node, crate::api::nodes::get_node,
+        crate::api::nodes::update_node, crate::api::nodes::delete_node,
+        crate::api::dashboard::nodes, crate::api::dashboard::stats_overview, crate::api::dashboard::tokens,
+        crate::api::dashboard::daily, crate::api::dashboard::monthly, crate::api::dashboard::history,
+        crate::api::dashboard::history_record,
+        crate::api::metrics, crate::app::health, serve,
+        crate::dashboard::login, crate::dashboard::logout,
+    ),
+    modifiers(&AdminKeyScheme),
+    tags((name = "inference", description = "OpenAI-compatible API for clients"),
+        (name = "nodes", description = "Node registry (admin key)"),
+        (name = "dashboard", description = "Statistics (admin key)"),
+        (name = "operations", description = "Health and metrics"))
+)]
+pub struct ApiDoc;
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "operations", security(("admin_key" = [])),
+    responses((status = 200, description = "OpenAPI 3 document")))]
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

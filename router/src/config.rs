@@ -1,0 +1,129 @@
+//! Command line and environment configuration (clap; every flag has an
+//! `LLM_ROUTER_*` environment fallback).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::recorder::Durability;
+
+#[derive(Parser, Debug)]
+#[command(name = "llm-router", version, about = "One OpenAI-compatible endpoint over many inference nodes, with exact token accounting")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the router (the default).
+    Serve(ServeArgs),
+    /// Run the router with two mock nodes and light synthetic traffic.
+    Demo(ServeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsAccess {
+    /// `/metrics` needs no key (for a Prometheus scraper on a trusted network).
+    Open,
+    /// `/metrics` needs the admin key like `/api/*`.
+    Admin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "LLM_ROUTER_HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "LLM_ROUTER_PORT", default_value_t = 32768)]
+    pub port: u16,
+    /// Directory of the database and the generated admin key [default: ~/.llm-router].
+    #[arg(long, env = "LLM_ROUTER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL [default: sqlite://<data-dir>/router.db].
+    #[arg(long, env = "LLM_ROUTER_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// A static node base URL (repeatable; the env var takes a comma-separated list).
+    #[arg(long = "node", env = "LLM_ROUTER_NODES", value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// The key of the admin API and dashboard [default: generated once, stored in the data dir].
+    #[arg(long, env = "LLM_ROUTER_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// Milliseconds between two health probes of a node.
+    #[arg(long, env = "LLM_ROUTER_HEALTH_INTERVAL_MS", default_value_t = 10_000)]
+    pub health_interval_ms: u64,
+    /// Timeout of one health probe, in milliseconds.
+    #[arg(long, env = "LLM_ROUTER_HEALTH_TIMEOUT_MS", default_value_t = 2000)]
+    pub health_timeout_ms: u64,
+    /// Failed probes in a row before a node is marked offline.
+    #[arg(long, env = "LLM_ROUTER_HEALTH_FAILURES", default_value_t = 2)]
+    pub health_failures: u32,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "LLM_ROUTER_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Timeout of a TCP connection to a node, in milliseconds.
+    #[arg(long, env = "LLM_ROUTER_CONNECT_TIMEOUT_MS", default_value_t = 3000)]
+    pub connect_timeout_ms: u64,
+    /// Longest wait for a node's response head (prompt processing), in seconds.
+    #[arg(long, env = "LLM_ROUTER_FIRST_BYTE_TIMEOUT_SECS", default_value_t = 300)]
+    pub first_byte_timeout_secs: u64,
+    /// Longest silence between two chunks of a node's answer, in seconds.
+    #[arg(long, env = "LLM_ROUTER_IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    pub idle_timeout_secs: u64,
+    /// `durable`: a response completes only after its record is committed.
+    #[arg(long, env = "LLM_ROUTER_DURABILITY", value_enum, default_value_t = Durability::Durable)]
+    pub durability: Durability,
+    /// Longest wait for a commit before a response is released anyway, in milliseconds.
+    #[arg(long, env = "LLM_ROUTER_COMMIT_WAIT_MS", default_value_t = 5000)]
+    pub commit_wait_ms: u64,
+    /// Days of request history kept (token statistics are kept forever).
+    #[arg(long, env = "LLM_ROUTER_HISTORY_RETENTION_DAYS", default_value_t = 30)]
+    pub history_retention_days: u32,
+    /// Who may read `/metrics`.
+    #[arg(long, env = "LLM_ROUTER_METRICS", value_enum, default_value_t = MetricsAccess::Open)]
+    pub metrics: MetricsAccess,
+    /// Longest wait for in-flight requests at shutdown, in seconds.
+    #[arg(long, env = "LLM_ROUTER_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+    #[arg(long, env = "LLM_ROUTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    /// Defaults for tests and embedding: loopback, a free port, the given data dir.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let cli = Cli::parse_from(["llm-router", "--host", "127.0.0.1", "--port", "0"]);
+        ServeArgs {
+            data_dir: Some(data_dir.into()),
+            ..cli.serve
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+            home.join(".llm-router")
+        })
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir().join("router.db").display()))
+    }
+
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.health_interval_ms.max(50))
+    }
+}

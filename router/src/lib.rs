@@ -1,0 +1,24 @@
+//! llm-router: one OpenAI-compatible endpoint over many inference nodes, accounting
+//! for every token.
+//!
+//! The modules follow a request's data flow: `proxy` (client side) → `balancer`
+//! (pick a node, lease) → `upstream` (talk to the node) → `token` (usage, estimates,
+//! the stream tap) → `balancer::finish_request` → `recorder` (group commit) → `store`
+//! (SQLite) → `stats` → `api` (JSON) → `dashboard` (web UI). `nodes` keeps the
+//! registry and health checks; `app` assembles everything; `demo` runs a showcase.
+
+pub mod api;
+pub mod app;
+pub mod balancer;
+pub mod config;
+pub mod dashboard;
+pub mod demo;
+pub mod error;
+pub mod metrics;
+pub mod nodes;
+pub mod proxy;
+pub mod recorder;
+pub mod stats;
+pub mod store;
+pub mod token;
+pub mod upstream;

@@ -1,0 +1,128 @@
+//! Prometheus metrics (`GET /metrics`), with the `prometheus-client` crate.
+//!
+//! Counters of requests and tokens are fed by `finish_request` only, the same call
+//! that updates `NodeLoadState` and queues the record, and start at boot from the
+//! stored rollups, so they agree with every other figure of the router.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::store::RollupTotals;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub node_id: String,
+    pub node: String,
+    pub model: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeModelLabels {
+    pub node_id: String,
+    pub node: String,
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub node_id: String,
+    pub node: String,
+}
+
+type HistogramFamily = Family<NodeModelLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub input_tokens: Family<NodeModelLabels, Counter>,
+    pub output_tokens: Family<NodeModelLabels, Counter>,
+    pub total_tokens: Family<NodeModelLabels, Counter>,
+    pub request_duration: HistogramFamily,
+    pub time_to_first_token: HistogramFamily,
+    pub active_requests: Family<NodeLabels, Gauge>,
+    pub node_up: Family<NodeLabels, Gauge>,
+    pub upstream_failures: Family<NodeLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("llm_router");
+        let m = Metrics {
+            registry: Registry::default(),
+            requests: Family::default(),
+            input_tokens: Family::default(),
+            output_tokens: Family::default(),
+            total_tokens: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            time_to_first_token: Family::new_with_constructor(latency_histogram),
+            active_requests: Family::default(),
+            node_up: Family::default(),
+            upstream_failures: Family::default(),
+        };
+        registry.register("requests", "Requests finished, by node, model and status", m.requests.clone());
+        registry.register("input_tokens", "Input (prompt) tokens, by node and model", m.input_tokens.clone());
+        registry.register("output_tokens", "Output (completion) tokens, by node and model", m.output_tokens.clone());
+        registry.register("tokens", "Total tokens, by node and model", m.total_tokens.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to the end of the response",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time from request to the first body byte of the node's answer",
+            m.time_to_first_token.clone(),
+        );
+        registry.register("active_requests", "Requests in flight, by node", m.active_requests.clone());
+        registry.register("node_up", "1 when the node is online, else 0", m.node_up.clone());
+        registry.register(
+            "upstream_failures",
+            "Attempts that failed before any byte reached the client (then failed over)",
+            m.upstream_failures.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Starts the token and request counters of a node × model at stored totals.
+    pub fn seed(&self, labels: &NodeModelLabels, t: &RollupTotals) {
+        self.input_tokens.get_or_create(labels).inc_by(t.input_tokens);
+        self.output_tokens.get_or_create(labels).inc_by(t.output_tokens);
+        self.total_tokens.get_or_create(labels).inc_by(t.total_tokens);
+        for (status, n) in [("success", t.success_count), ("error", t.error_count), ("cancelled", t.cancelled_count)] {
+            if n > 0 {
+                self.requests.get_or_create(&request_labels(labels, status)).inc_by(n);
+            }
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+pub fn request_labels(l: &NodeModelLabels, status: &str) -> RequestLabels {
+    RequestLabels {
+        node_id: l.node_id.clone(),
+        node: l.node.clone(),
+        model: l.model.clone(),
+        status: status.to_string(),
+    }
+}

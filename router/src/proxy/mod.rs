@@ -1,0 +1,318 @@
+//! The inference API: `POST /v1/{chat/completions,completions,embeddings,responses}`
+//! forwarded to a node, and `GET /v1/models`.
+//!
+//! A request is read (size-limited) and parsed once for its model, then handed to the
+//! balancer; a connection error before any byte reached the client fails over to the
+//! next node. Plain responses are read whole (their usage is in the body) and released
+//! once their record is committed; streams go through `stream::TappedBody`. Every
+//! request ends in exactly one record: through its lease, or `record_unrouted` when no
+//! node took it. The proxy never writes SQL and never counts tokens itself: it hands
+//! texts and usage to the `token` module.
+
+mod error;
+mod headers;
+mod stream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use chrono::Utc;
+use common::protocol::{RequestStatus, RequestType, TokenUsage};
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::{json, Value};
+
+pub use error::ProxyError;
+
+use crate::app::AppState;
+use crate::balancer::{NoNode, RecordDraft, RequestLease, RequestOutcome};
+use crate::nodes::NodeStatus;
+use crate::token::{self, include_usage, PromptText};
+use crate::upstream::UpstreamError;
+
+/// Limits and timeouts of the proxy path.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub max_body_bytes: usize,
+    /// From sending the request to the node's response head.
+    pub first_byte_timeout: Duration,
+    /// Longest silence between two body chunks of a node's answer.
+    pub idle_timeout: Duration,
+    /// Longest wait for a record's commit before a response is released anyway.
+    pub commit_wait: Duration,
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
+        .route("/v1/models", get(list_models))
+}
+
+/// Forwards a chat completion (plain or streamed) to a node serving the model.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "inference",
+    request_body(content = Object, description = "An OpenAI chat completion request"),
+    responses((status = 200, description = "The node's answer, JSON or SSE"),
+        (status = 400, description = "Malformed JSON or missing model"), (status = 404, description = "No node serves the model"),
+        (status = 413, description = "Body too large"), (status = 502, description = "Node failed"),
+        (status = 503, description = "No online node for the model")))]
+pub async fn chat_completions(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Body) -> Response {
+    proxy(st, RequestType::ChatCompletions, peer, headers, body).await
+}
+
+/// Forwards a legacy completion to a node serving the model.
+#[utoipa::path(post, path = "/v1/completions", tag = "inference",
+    request_body(content = Object, description = "An OpenAI completion request"),
+    responses((status = 200, description = "The node's answer, JSON or SSE")))]
+pub async fn completions(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Body) -> Response {
+    proxy(st, RequestType::Completions, peer, headers, body).await
+}
+
+/// Forwards an embeddings request to a node serving the model.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "inference",
+    request_body(content = Object, description = "An OpenAI embeddings request"),
+    responses((status = 200, description = "The node's answer")))]
+pub async fn embeddings(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Body) -> Response {
+    proxy(st, RequestType::Embeddings, peer, headers, body).await
+}
+
+/// Forwards a Responses API request to a node serving the model.
+#[utoipa::path(post, path = "/v1/responses", tag = "inference",
+    request_body(content = Object, description = "An OpenAI Responses API request"),
+    responses((status = 200, description = "The node's answer, JSON or SSE")))]
+pub async fn responses(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Body) -> Response {
+    proxy(st, RequestType::Responses, peer, headers, body).await
+}
+
+/// The union of the models of online nodes, in OpenAI's list format.
+#[utoipa::path(get, path = "/v1/models", tag = "inference", responses((status = 200, description = "OpenAI model list")))]
+pub async fn list_models(State(st): State<AppState>) -> Json<Value> {
+    let mut models: Vec<String> = Vec::new();
+    st.balancer.registry().for_each(|n| {
+        n.with_info(|i| {
+            if i.enabled && !i.deleted && i.status == NodeStatus::Online {
+                models.extend(i.models.iter().cloned());
+            }
+        })
+    });
+    models.sort();
+    models.dedup();
+    let data: Vec<Value> = models
+        .iter()
+        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "llm-router"}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// A parsed inference request.
+struct Parsed {
+    body: Bytes,
+    json: Value,
+    model: String,
+    stream: bool,
+}
+
+async fn read_request(settings: &ProxySettings, body: Body) -> Result<Parsed, ProxyError> {
+    let body = Limited::new(body, settings.max_body_bytes)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                ProxyError::BodyTooLarge(settings.max_body_bytes)
+            } else {
+                ProxyError::BodyRead(e.to_string())
+            }
+        })?
+        .to_bytes();
+    let json: Value = serde_json::from_slice(&body).map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
+    let model = json.get("model").and_then(Value::as_str).ok_or(ProxyError::MissingModel)?.to_string();
+    let stream = json.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    Ok(Parsed { body, json, model, stream })
+}
+
+async fn proxy(st: AppState, kind: RequestType, peer: SocketAddr, headers: HeaderMap, body: Body) -> Response {
+    let mut draft = RecordDraft {
+        timestamp: Utc::now(),
+        started: Instant::now(),
+        request_type: kind,
+        model: String::new(),
+        client_ip: Some(peer.ip().to_string()),
+        stream: false,
+        prompt: PromptText::default(),
+    };
+    let req = match read_request(&st.proxy, body).await {
+        Ok(r) => r,
+        Err(e) => return reject(&st, draft, e).await,
+    };
+    draft.model = req.model.clone();
+    draft.stream = req.stream;
+    draft.prompt = token::prompt_text(&req.json);
+    let req = Arc::new(req);
+
+    let mut tried = Vec::new();
+    let mut last_failure: Option<String> = None;
+    loop {
+        let node = match st.balancer.select(&req.model, &tried) {
+            Ok(n) => n,
+            Err(no) => {
+                let err = match (no, last_failure) {
+                    (_, Some(reason)) => ProxyError::AllNodesFailed { model: req.model.clone(), reason },
+                    (NoNode::UnknownModel, None) => ProxyError::UnknownModel(req.model.clone()),
+                    (NoNode::Unavailable, None) => ProxyError::NoNodeAvailable(req.model.clone()),
+                };
+                return reject(&st, draft, err).await;
+            }
+        };
+        tried.push(node.id);
+        let lease = st.balancer.begin_request(node, draft);
+        match forward(&st, lease, &req, &headers).await {
+            Forwarded::Done(resp) => return resp,
+            Forwarded::FailOver(lease, reason) => {
+                st.balancer.connection_failed(lease.node(), &reason);
+                draft = lease.abandon(&reason);
+                last_failure = Some(reason);
+            }
+        }
+    }
+}
+
+/// Answers with `err` and records the request, which no node took.
+async fn reject(st: &AppState, draft: RecordDraft, err: ProxyError) -> Response {
+    let outcome = RequestOutcome::rejected(err.status().as_u16(), err.to_string());
+    st.balancer.record_unrouted(draft, outcome).wait(st.proxy.commit_wait).await;
+    err.into_response()
+}
+
+enum Forwarded {
+    Done(Response),
+    /// The node could not be reached; the lease goes back for another node.
+    FailOver(RequestLease, String),
+}
+
+async fn forward(st: &AppState, lease: RequestLease, req: &Parsed, client_headers: &HeaderMap) -> Forwarded {
+    let node = lease.node().clone();
+    let (base_url, api_key, wants_usage) = node.with_info(|i| (i.base_url.clone(), i.api_key.clone(), i.wants_include_usage()));
+    let kind = lease.draft().request_type;
+    let injected = match kind {
+        RequestType::ChatCompletions | RequestType::Completions if wants_usage => {
+            include_usage::request_with_include_usage(&req.body, &req.json)
+        }
+        _ => None,
+    };
+    let url = format!("{base_url}{}", kind.upstream_path());
+    let send = |body: Bytes| {
+        let request = headers::upstream_request(&url, client_headers, api_key.as_deref(), body);
+        let client = st.client.clone();
+        let timeout = st.proxy.first_byte_timeout;
+        async move { client.send(request?, timeout).await }
+    };
+    let sent_at = Instant::now();
+    let mut result = send(injected.clone().unwrap_or_else(|| req.body.clone())).await;
+    let mut hide_usage = injected.is_some();
+    if let (Ok(resp), true) = (&result, hide_usage) {
+        if matches!(resp.status(), StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) {
+            // The node may reject `stream_options`: ask once more as the client asked.
+            let retry = send(req.body.clone()).await;
+            if retry.as_ref().is_ok_and(|r| r.status().is_success()) {
+                node.update_info(|i| i.include_usage_rejected = true);
+                tracing::info!(node = %node.name(), "node rejects stream_options; include_usage disabled for it");
+            }
+            result = retry;
+            hide_usage = false;
+        }
+    }
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) if e.may_fail_over() => return Forwarded::FailOver(lease, e.to_string()),
+        Err(e) => return Forwarded::Done(fail_after_send(st, lease, e).await),
+    };
+    let ttfb = sent_at.elapsed();
+    let status = resp.status();
+    let is_sse = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let out_headers = headers::client_response_headers(resp.headers());
+    if is_sse && status.is_success() {
+        let body = stream::TappedBody::new(st, lease, resp.into_body(), hide_usage, ttfb);
+        let mut response = Response::new(Body::from_stream(body.into_stream()));
+        *response.status_mut() = status;
+        *response.headers_mut() = out_headers;
+        return Forwarded::Done(response);
+    }
+    Forwarded::Done(complete_plain(st, lease, status, out_headers, resp.into_body(), ttfb).await)
+}
+
+/// A node that took the request but failed before answering (timeout, reset):
+/// an error, counted with the estimated prompt since the node received it.
+async fn fail_after_send(st: &AppState, lease: RequestLease, e: UpstreamError) -> Response {
+    let err = match e {
+        UpstreamError::Timeout(_) => ProxyError::UpstreamTimeout(e.to_string()),
+        _ => ProxyError::Upstream(e.to_string()),
+    };
+    let input = lease.draft().prompt.clone().estimate().await;
+    let outcome = RequestOutcome {
+        status: RequestStatus::Error,
+        http_status: err.status().as_u16(),
+        error_message: Some(err.to_string()),
+        usage: TokenUsage::new(input, 0, None),
+        token_source: common::protocol::TokenSource::Estimated,
+        time_to_first_byte: None,
+    };
+    lease.finish(outcome).wait(st.proxy.commit_wait).await;
+    err.into_response()
+}
+
+/// Reads a whole (non-SSE) answer, accounts for it, and releases it after the commit.
+async fn complete_plain(
+    st: &AppState,
+    lease: RequestLease,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: hyper::body::Incoming,
+    ttfb: Duration,
+) -> Response {
+    let collected = tokio::time::timeout(st.proxy.idle_timeout, body.collect()).await;
+    let bytes = match collected {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) => return fail_after_send(st, lease, UpstreamError::Io(e.to_string())).await,
+        Err(_) => return fail_after_send(st, lease, UpstreamError::Timeout(st.proxy.idle_timeout)).await,
+    };
+    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+    let reported = parsed.as_ref().and_then(token::usage_from_json);
+    let generated = match (&parsed, status.is_success()) {
+        (Some(v), true) => token::output_text(v),
+        _ => String::new(),
+    };
+    let counted = token::settle(reported, &lease.draft().prompt, generated).await;
+    let error_message = (!status.is_success()).then(|| {
+        let detail = parsed
+            .as_ref()
+            .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned());
+        format!("node answered {}: {detail}", status.as_u16())
+    });
+    let outcome = RequestOutcome {
+        status: if status.is_success() { RequestStatus::Success } else { RequestStatus::Error },
+        http_status: status.as_u16(),
+        error_message,
+        usage: counted.usage,
+        token_source: counted.source,
+        time_to_first_byte: Some(ttfb),
+    };
+    lease.finish(outcome).wait(st.proxy.commit_wait).await;
+    let mut response = Response::new(Body::new(Full::new(bytes)));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}

@@ -1,0 +1,160 @@
+//! Statistics for the dashboard API (SPEC T-7/C-10, I-1…I-5).
+//!
+//! Node figures come from `NodeLoadState` (in memory, loaded from the store at boot);
+//! token figures come from the hourly rollups, which are kept forever. Daily and
+//! monthly series are built from UTC hours: each hour counts in the local day (or
+//! month) of its start in the requested IANA time zone. That is exact for every zone
+//! whose offset is a whole number of hours (DST included); for zones with a :30 or :45
+//! offset, the hour that straddles local midnight counts in the day it starts in.
+
+mod series;
+
+use std::collections::HashMap;
+
+use common::protocol::{DashboardNode, DashboardNodes, DashboardStats, ModelTokenStats, NodeTokenStats, TokenStats};
+
+pub use series::{daily, monthly, DailyQuery, MonthlyQuery};
+
+use crate::nodes::{NodeRegistry, NodeStatus};
+use crate::store::{GroupBy, RollupFilter, Store, StoreError};
+
+/// Errors of statistics queries.
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    #[error("invalid parameter '{param}': {message}")]
+    BadParam { param: &'static str, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub fn bad(param: &'static str, message: impl Into<String>) -> StatsError {
+    StatsError::BadParam {
+        param,
+        message: message.into(),
+    }
+}
+
+fn ratio(total: u64, count: u64) -> f64 {
+    if count == 0 {
+        0.0
+    } else {
+        total as f64 / count as f64
+    }
+}
+
+/// Every node, deleted ones included, with load and token totals (T-8, I-1).
+pub fn dashboard_nodes(registry: &NodeRegistry) -> DashboardNodes {
+    let nodes = registry
+        .all()
+        .iter()
+        .map(|n| {
+            let info = n.info();
+            let load = n.load.snapshot();
+            let status = if info.enabled { info.status.as_str() } else { "disabled" };
+            DashboardNode {
+                id: n.id,
+                name: info.name,
+                base_url: info.base_url,
+                status: status.to_string(),
+                models: info.models,
+                active_requests: load.active_requests,
+                total_requests: load.total_requests,
+                successful_requests: load.successful_requests,
+                failed_requests: load.failed_requests,
+                average_response_time_ms: ratio(load.total_latency_ms, load.total_requests),
+                total_input_tokens: load.total_input_tokens,
+                total_output_tokens: load.total_output_tokens,
+                total_tokens: load.total_tokens,
+                average_tokens_per_request: ratio(load.total_tokens, load.total_requests),
+                last_seen: info.last_seen,
+                deleted: info.deleted,
+            }
+        })
+        .collect();
+    DashboardNodes { nodes }
+}
+
+/// Router-wide figures (T-9, I-2): the sums over every node, deleted ones included.
+pub fn dashboard_stats(registry: &NodeRegistry) -> DashboardStats {
+    let mut s = DashboardStats {
+        total_nodes: 0,
+        online_nodes: 0,
+        offline_nodes: 0,
+        total_requests: 0,
+        successful_requests: 0,
+        failed_requests: 0,
+        active_requests: 0,
+        average_response_time_ms: 0.0,
+        total_input_tokens: 0,
+        total_output_tokens: 0,
+        total_tokens: 0,
+    };
+    let mut latency = 0u64;
+    for n in registry.all() {
+        let (deleted, status) = n.with_info(|i| (i.deleted, i.status));
+        if !deleted {
+            s.total_nodes += 1;
+            match status {
+                NodeStatus::Online => s.online_nodes += 1,
+                NodeStatus::Offline | NodeStatus::Unknown => s.offline_nodes += 1,
+            }
+        }
+        let l = n.load.snapshot();
+        s.total_requests += l.total_requests;
+        s.successful_requests += l.successful_requests;
+        s.failed_requests += l.failed_requests;
+        s.active_requests += l.active_requests;
+        latency = latency.saturating_add(l.total_latency_ms);
+        s.total_input_tokens = s.total_input_tokens.saturating_add(l.total_input_tokens);
+        s.total_output_tokens = s.total_output_tokens.saturating_add(l.total_output_tokens);
+        s.total_tokens = s.total_tokens.saturating_add(l.total_tokens);
+    }
+    s.average_response_time_ms = ratio(latency, s.total_requests);
+    s
+}
+
+/// Totals, by node and by model, from the rollups (T-10, I-3).
+pub async fn token_stats(store: &Store, registry: &NodeRegistry, filter: &RollupFilter) -> Result<TokenStats, StatsError> {
+    let names: HashMap<i64, String> = registry.all().iter().map(|n| (n.id, n.name())).collect();
+    let by_node: Vec<NodeTokenStats> = store
+        .rollup_totals(GroupBy::Node, filter)
+        .await?
+        .into_iter()
+        .map(|(k, t)| {
+            let node_id = k.node_id.unwrap_or_default();
+            NodeTokenStats {
+                node_id,
+                node_name: names.get(&node_id).cloned().unwrap_or_else(|| format!("node {node_id}")),
+                input_tokens: t.input_tokens,
+                output_tokens: t.output_tokens,
+                total_tokens: t.total_tokens,
+                request_count: t.request_count,
+            }
+        })
+        .collect();
+    let mut totals = crate::store::RollupTotals::default();
+    let by_model: Vec<ModelTokenStats> = store
+        .rollup_totals(GroupBy::Model, filter)
+        .await?
+        .into_iter()
+        .map(|(k, t)| {
+            totals.add(&t);
+            ModelTokenStats {
+                model: k.model.unwrap_or_default(),
+                input_tokens: t.input_tokens,
+                output_tokens: t.output_tokens,
+                total_tokens: t.total_tokens,
+                request_count: t.request_count,
+            }
+        })
+        .collect();
+    Ok(TokenStats {
+        total_input_tokens: totals.input_tokens,
+        total_output_tokens: totals.output_tokens,
+        total_tokens: totals.total_tokens,
+        request_count: totals.request_count,
+        estimated_request_count: totals.estimated_count,
+        by_node,
+        by_model,
+    })
+}

@@ -1,0 +1,209 @@
+//! Daily and monthly token series in an IANA time zone, built from hourly rollups.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Datelike, Days, LocalResult, Months, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use common::protocol::{DailyTokenSeries, DailyTokenStats, MonthlyTokenSeries, MonthlyTokenStats};
+
+use super::{bad, StatsError};
+use crate::store::{GroupBy, RollupFilter, RollupTotals, Store};
+
+/// Longest daily range (about ten years).
+pub const MAX_DAYS: u32 = 3660;
+/// Longest monthly range.
+pub const MAX_MONTHS: u32 = 120;
+
+#[derive(Debug, Clone, Default)]
+pub struct DailyQuery {
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+    pub days: Option<u32>,
+    pub node_id: Option<i64>,
+    pub model: Option<String>,
+    pub tz: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MonthlyQuery {
+    /// First day of the first month.
+    pub from: Option<NaiveDate>,
+    /// First day of the last month.
+    pub to: Option<NaiveDate>,
+    pub months: Option<u32>,
+    pub node_id: Option<i64>,
+    pub model: Option<String>,
+    pub tz: Option<String>,
+}
+
+pub fn parse_tz(tz: Option<&str>) -> Result<Tz, StatsError> {
+    match tz {
+        None | Some("") => Ok(Tz::UTC),
+        Some(name) => name
+            .parse::<Tz>()
+            .map_err(|_| bad("tz", format!("unknown time zone '{name}' (expected an IANA name such as Europe/Paris)"))),
+    }
+}
+
+/// The UTC instant of local midnight starting `date` (the first instant of the day
+/// when midnight falls in a DST gap).
+fn local_midnight(tz: Tz, date: NaiveDate) -> DateTime<Utc> {
+    let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
+    match tz.from_local_datetime(&midnight) {
+        LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.with_timezone(&Utc),
+        LocalResult::None => (1..=3)
+            .find_map(|h| tz.from_local_datetime(&(midnight + chrono::Duration::hours(h))).earliest())
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|| midnight.and_utc()),
+    }
+}
+
+/// Hourly sums between two instants, keyed by hour start (Unix seconds).
+async fn hours(store: &Store, node_id: Option<i64>, model: Option<String>, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Vec<(i64, RollupTotals)>, StatsError> {
+    let filter = RollupFilter {
+        node_id,
+        model,
+        // Widened to whole hours; rows outside the local range are dropped by the caller.
+        from_hour: Some(from.timestamp().div_euclid(3600) * 3600),
+        to_hour: Some(to.timestamp() + 3599),
+    };
+    Ok(store
+        .rollup_totals(GroupBy::Hour, &filter)
+        .await?
+        .into_iter()
+        .filter_map(|(k, t)| Some((k.hour_start?, t)))
+        .collect())
+}
+
+fn local_date(tz: Tz, hour_start: i64) -> NaiveDate {
+    DateTime::from_timestamp(hour_start, 0).unwrap_or_default().with_timezone(&tz).date_naive()
+}
+
+fn today(tz: Tz) -> NaiveDate {
+    Utc::now().with_timezone(&tz).date_naive()
+}
+
+pub async fn daily(store: &Store, q: DailyQuery) -> Result<DailyTokenSeries, StatsError> {
+    let tz = parse_tz(q.tz.as_deref())?;
+    if q.days.is_some() && (q.from.is_some() || q.to.is_some()) {
+        return Err(bad("days", "give either days or from/to, not both"));
+    }
+    let to = q.to.unwrap_or_else(|| today(tz));
+    let from = match (q.from, q.days) {
+        (Some(f), _) => f,
+        (None, days) => {
+            let days = days.unwrap_or(30);
+            if days == 0 || days > MAX_DAYS {
+                return Err(bad("days", format!("must be between 1 and {MAX_DAYS}")));
+            }
+            to - Days::new(days as u64 - 1)
+        }
+    };
+    if from > to {
+        return Err(bad("from", "from is after to"));
+    }
+    let span = (to - from).num_days() + 1;
+    if span > MAX_DAYS as i64 {
+        return Err(bad("to", format!("range of {span} days is longer than {MAX_DAYS}")));
+    }
+    let start = local_midnight(tz, from);
+    let end = local_midnight(tz, to + Days::new(1));
+    let mut buckets: BTreeMap<NaiveDate, RollupTotals> = BTreeMap::new();
+    for (hour, t) in hours(store, q.node_id, q.model, start, end).await? {
+        let d = local_date(tz, hour);
+        if d >= from && d <= to {
+            buckets.entry(d).or_default().add(&t);
+        }
+    }
+    let days = from
+        .iter_days()
+        .take(span as usize)
+        .map(|d| {
+            let t = buckets.get(&d).copied().unwrap_or_default();
+            DailyTokenStats {
+                date: d.format("%Y-%m-%d").to_string(),
+                input_tokens: t.input_tokens,
+                output_tokens: t.output_tokens,
+                total_tokens: t.total_tokens,
+                request_count: t.request_count,
+            }
+        })
+        .collect();
+    Ok(DailyTokenSeries { tz: tz.name().to_string(), days })
+}
+
+fn first_of_month(d: NaiveDate) -> NaiveDate {
+    d.with_day(1).expect("day 1 exists")
+}
+
+pub async fn monthly(store: &Store, q: MonthlyQuery) -> Result<MonthlyTokenSeries, StatsError> {
+    let tz = parse_tz(q.tz.as_deref())?;
+    if q.months.is_some() && (q.from.is_some() || q.to.is_some()) {
+        return Err(bad("months", "give either months or from/to, not both"));
+    }
+    let to = first_of_month(q.to.unwrap_or_else(|| today(tz)));
+    let from = match (q.from, q.months) {
+        (Some(f), _) => first_of_month(f),
+        (None, months) => {
+            let months = months.unwrap_or(12);
+            if months == 0 || months > MAX_MONTHS {
+                return Err(bad("months", format!("must be between 1 and {MAX_MONTHS}")));
+            }
+            to - Months::new(months - 1)
+        }
+    };
+    if from > to {
+        return Err(bad("from", "from is after to"));
+    }
+    let span = (to.year() - from.year()) * 12 + to.month() as i32 - from.month() as i32 + 1;
+    if span > MAX_MONTHS as i32 {
+        return Err(bad("to", format!("range of {span} months is longer than {MAX_MONTHS}")));
+    }
+    let start = local_midnight(tz, from);
+    let end = local_midnight(tz, to + Months::new(1));
+    let mut buckets: BTreeMap<NaiveDate, RollupTotals> = BTreeMap::new();
+    for (hour, t) in hours(store, q.node_id, q.model, start, end).await? {
+        let m = first_of_month(local_date(tz, hour));
+        if m >= from && m <= to {
+            buckets.entry(m).or_default().add(&t);
+        }
+    }
+    let months = (0..span as u32)
+        .map(|i| {
+            let m = from + Months::new(i);
+            let t = buckets.get(&m).copied().unwrap_or_default();
+            MonthlyTokenStats {
+                month: m.format("%Y-%m").to_string(),
+                input_tokens: t.input_tokens,
+                output_tokens: t.output_tokens,
+                total_tokens: t.total_tokens,
+                request_count: t.request_count,
+            }
+        })
+        .collect();
+    Ok(MonthlyTokenSeries { tz: tz.name().to_string(), months })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn midnight_in_dst_zones() {
+        let tz: Tz = "Europe/Paris".parse().unwrap();
+        let d = NaiveDate::from_ymd_opt(2026, 3, 29).unwrap(); // DST starts at 02:00
+        assert_eq!(local_midnight(tz, d).to_rfc3339(), "2026-03-28T23:00:00+00:00");
+        let d = NaiveDate::from_ymd_opt(2026, 3, 30).unwrap();
+        assert_eq!(local_midnight(tz, d).to_rfc3339(), "2026-03-29T22:00:00+00:00");
+        // Midnight does not exist in America/Santiago on DST day; the day starts at 01:00.
+        let tz: Tz = "America/Santiago".parse().unwrap();
+        let d = NaiveDate::from_ymd_opt(2026, 9, 6).unwrap();
+        assert_eq!(local_midnight(tz, d).to_rfc3339(), "2026-09-06T04:00:00+00:00");
+    }
+
+    #[test]
+    fn unknown_zone_names_the_parameter() {
+        let e = parse_tz(Some("Mars/Base")).unwrap_err();
+        assert!(e.to_string().contains("'tz'"), "{e}");
+    }
+}

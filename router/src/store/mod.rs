@@ -1,0 +1,83 @@
+//! Persistence: SQLite through `sqlx`, with embedded numbered migrations.
+//!
+//! The store owns every SQL statement of the router and nothing else: it does not know
+//! about HTTP, balancing or tokenizers. Three concerns, one file each: `nodes` (the
+//! node registry's rows), `history` (request records, written in batches together with
+//! their rollups) and `rollup` (the aggregation queries the statistics are built from).
+
+mod history;
+mod nodes;
+mod rollup;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+pub use history::{HistoryFilter, HistoryPage};
+pub use nodes::{NewNode, NodeChanges, StoredNode};
+pub use rollup::{GroupBy, RollupFilter, RollupKey, RollupTotals};
+
+/// Errors of the persistence layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("a live node already has base_url {0}")]
+    DuplicateBaseUrl(String),
+    #[error("not found")]
+    NotFound,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and applies pending migrations.
+    pub async fn open(url: &str) -> StoreResult<Store> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL survives a killed process (the durability we promise);
+            // only a power cut may lose the last commits.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .pragma("cache_size", "-16000");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Milliseconds since the Unix epoch, as stored.
+pub(crate) fn to_millis(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_millis(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// SQLite stores `i64`; counters are `u64` and never negative.
+pub(crate) fn to_u64(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+pub(crate) fn to_i64(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}

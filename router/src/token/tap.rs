@@ -1,0 +1,307 @@
+//! The stream tap: watches a streamed response go by and accounts for its tokens.
+//!
+//! Every chunk from the node passes through [`StreamTap::on_chunk`], which frames it
+//! into SSE events, accumulates the generated text and any usage the node reports
+//! (T-11), and tells the proxy which bytes to forward now and which to hold until the
+//! record is committed (the terminal event: `data: [DONE]` or the Responses API's
+//! `response.completed`). Finalizing (T-12) takes the reported usage if a chunk
+//! carried one, else the estimate of the accumulated text.
+//!
+//! Bytes are forwarded unchanged, except, when the router itself asked the node for
+//! usage, the usage-only chunk and the `"usage":null` members (`include_usage`).
+
+use bytes::{Bytes, BytesMut};
+use common::protocol::TokenUsage;
+use serde_json::Value;
+
+use super::include_usage::{is_usage_only_chunk, strip_usage_null};
+use super::sse::{SseEvent, SseParser};
+use super::usage_from_json;
+
+/// Generated text kept for estimation; beyond it the text is not accumulated.
+const MAX_GENERATED_BYTES: usize = 8 * 1024 * 1024;
+
+/// What to send to the client for one upstream chunk.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TapOutput {
+    /// Forward at once.
+    pub now: Bytes,
+    /// The terminal event and what follows it: forward once the record is committed.
+    pub held: Option<Bytes>,
+}
+
+#[derive(Debug, Default)]
+pub struct StreamTap {
+    parser: SseParser,
+    /// The router added `include_usage`: hide its effects from the client.
+    hide_injected_usage: bool,
+    offset: u64,
+    generated: String,
+    usage: Option<TokenUsage>,
+    error: Option<String>,
+    terminal_seen: bool,
+    events: u64,
+}
+
+/// What one event means for the client's bytes.
+enum Disposition {
+    Forward,
+    Drop,
+    Replace(Bytes),
+}
+
+impl StreamTap {
+    pub fn new(hide_injected_usage: bool) -> Self {
+        StreamTap {
+            hide_injected_usage,
+            ..Default::default()
+        }
+    }
+
+    pub fn on_chunk(&mut self, chunk: Bytes) -> TapOutput {
+        let chunk_start = self.offset;
+        self.offset += chunk.len() as u64;
+        let events = self.parser.push(&chunk);
+        if !self.hide_injected_usage {
+            // Pass-through: the chunk goes out as it came, split only before a
+            // terminal event (which may have started in an earlier chunk).
+            let mut split = None;
+            for e in &events {
+                let (_, terminal) = self.observe(e);
+                if terminal && split.is_none() {
+                    split = Some(e.start.saturating_sub(chunk_start) as usize);
+                }
+            }
+            return match split {
+                Some(at) => TapOutput {
+                    now: chunk.slice(..at),
+                    held: Some(chunk.slice(at..)),
+                },
+                None => TapOutput { now: chunk, held: None },
+            };
+        }
+        let mut now = BytesMut::new();
+        let mut held: Option<BytesMut> = None;
+        for e in &events {
+            let (disposition, terminal) = self.observe(e);
+            if terminal && held.is_none() {
+                held = Some(BytesMut::new());
+            }
+            let out = held.as_mut().unwrap_or(&mut now);
+            match disposition {
+                Disposition::Forward => out.extend_from_slice(&e.raw),
+                Disposition::Replace(b) => out.extend_from_slice(&b),
+                Disposition::Drop => {}
+            }
+        }
+        TapOutput {
+            now: now.freeze(),
+            held: held.map(BytesMut::freeze),
+        }
+    }
+
+    /// The stream ended: returns bytes still held by the framer (an unterminated last
+    /// event), to forward as they are.
+    pub fn on_end(&mut self) -> Bytes {
+        match self.parser.finish() {
+            Some(e) => {
+                self.observe(&e);
+                if self.hide_injected_usage {
+                    e.raw
+                } else {
+                    Bytes::new()
+                }
+            }
+            None => Bytes::new(),
+        }
+    }
+
+    pub fn reported_usage(&self) -> Option<TokenUsage> {
+        self.usage
+    }
+
+    /// An error the node reported inside the stream.
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// `[DONE]` or a final Responses API event was seen: the stream ran to its end.
+    pub fn terminal_seen(&self) -> bool {
+        self.terminal_seen
+    }
+
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// The text generated so far, for estimation.
+    pub fn take_generated(&mut self) -> String {
+        std::mem::take(&mut self.generated)
+    }
+
+    fn observe(&mut self, e: &SseEvent) -> (Disposition, bool) {
+        let Some(data) = e.data.as_deref() else {
+            return (Disposition::Forward, false);
+        };
+        self.events += 1;
+        if data.trim() == "[DONE]" {
+            self.terminal_seen = true;
+            return (Disposition::Forward, true);
+        }
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            return (Disposition::Forward, false);
+        };
+        if let Some(kind) = v.get("type").and_then(Value::as_str) {
+            return (Disposition::Forward, self.observe_responses_event(kind, &v));
+        }
+        if let Some(err) = v.get("error") {
+            self.error = Some(error_message(err));
+        }
+        for c in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(d) = c.get("delta") {
+                for k in ["content", "reasoning_content", "reasoning", "refusal"] {
+                    if let Some(s) = d.get(k).and_then(Value::as_str) {
+                        self.push_generated(s);
+                    }
+                }
+                for call in d.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                    if let Some(a) = call.pointer("/function/arguments").and_then(Value::as_str) {
+                        self.push_generated(a);
+                    }
+                }
+            }
+            if let Some(t) = c.get("text").and_then(Value::as_str) {
+                self.push_generated(t);
+            }
+        }
+        if let Some(u) = usage_from_json(&v) {
+            self.usage = Some(u);
+        }
+        if !self.hide_injected_usage {
+            return (Disposition::Forward, false);
+        }
+        if is_usage_only_chunk(&v) {
+            return (Disposition::Drop, false);
+        }
+        if v.get("usage").is_some_and(Value::is_null) {
+            if let Some(edited) = strip_usage_null(&e.raw) {
+                return (Disposition::Replace(edited), false);
+            }
+        }
+        (Disposition::Forward, false)
+    }
+
+    /// Responses API events; returns whether the event ends the response.
+    fn observe_responses_event(&mut self, kind: &str, v: &Value) -> bool {
+        if kind.ends_with(".delta") {
+            if let Some(d) = v.get("delta").and_then(Value::as_str) {
+                self.push_generated(d);
+            }
+            return false;
+        }
+        match kind {
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                if let Some(u) = v.get("response").and_then(usage_from_json) {
+                    self.usage = Some(u);
+                }
+                if kind == "response.failed" {
+                    let err = v.pointer("/response/error").cloned().unwrap_or(Value::Null);
+                    self.error = Some(error_message(&err));
+                }
+                self.terminal_seen = true;
+                true
+            }
+            "error" => {
+                self.error = Some(error_message(v));
+                false
+            }
+            _ => false,
+        }
+    }
+
+    fn push_generated(&mut self, s: &str) {
+        if self.generated.len() + s.len() <= MAX_GENERATED_BYTES {
+            self.generated.push_str(s);
+        }
+    }
+}
+
+fn error_message(err: &Value) -> String {
+    err.get("message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `chunks`; returns what the client gets before and after the commit point.
+    fn run(tap: &mut StreamTap, chunks: &[&str]) -> (String, String) {
+        let (mut now, mut held) = (Vec::new(), Vec::new());
+        let mut after_commit = false;
+        for c in chunks {
+            let out = tap.on_chunk(Bytes::copy_from_slice(c.as_bytes()));
+            if after_commit { &mut held } else { &mut now }.extend_from_slice(&out.now);
+            if let Some(h) = out.held {
+                after_commit = true;
+                held.extend_from_slice(&h);
+            }
+        }
+        let tail = tap.on_end();
+        if after_commit { &mut held } else { &mut now }.extend_from_slice(&tail);
+        (String::from_utf8(now).unwrap(), String::from_utf8(held).unwrap())
+    }
+
+    #[test]
+    fn accumulates_deltas_and_holds_done() {
+        let mut tap = StreamTap::new(false);
+        let (now, held) = run(
+            &mut tap,
+            &["data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n", "\ndata: [DO", "NE]\n\n"],
+        );
+        assert_eq!(tap.take_generated(), "Hello");
+        assert!(tap.terminal_seen());
+        assert_eq!(tap.reported_usage(), None);
+        assert!(now.ends_with("data: [DO"));
+        assert_eq!(held, "NE]\n\n");
+    }
+
+    #[test]
+    fn hides_injected_usage_chunk_and_usage_null() {
+        let mut tap = StreamTap::new(true);
+        let (now, held) = run(
+            &mut tap,
+            &[
+                "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\n",
+                "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\ndata: [DONE]\n\n",
+            ],
+        );
+        assert_eq!(now, "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n");
+        assert_eq!(held, "data: [DONE]\n\n");
+        assert_eq!(tap.reported_usage(), Some(TokenUsage::new(3, 1, Some(4))));
+    }
+
+    #[test]
+    fn responses_api_completed_event_carries_usage() {
+        let mut tap = StreamTap::new(false);
+        run(
+            &mut tap,
+            &["event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"x\"}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":2,\"output_tokens\":1,\"total_tokens\":3}}}\n\n"],
+        );
+        assert_eq!(tap.reported_usage(), Some(TokenUsage::new(2, 1, Some(3))));
+        assert_eq!(tap.take_generated(), "x");
+        assert!(tap.terminal_seen());
+    }
+
+    #[test]
+    fn garbage_is_forwarded_and_counts_nothing() {
+        let mut tap = StreamTap::new(true);
+        let (now, held) = run(&mut tap, &["data: {not json\n\n", "\u{0}\u{1}garbage"]);
+        assert_eq!(now, "data: {not json\n\n\u{0}\u{1}garbage");
+        assert_eq!(held, "");
+        assert_eq!(tap.reported_usage(), None);
+        assert_eq!(tap.take_generated(), "");
+    }
+}
