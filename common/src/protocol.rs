@@ -284,7 +284,9 @@ mod tests {
 
     #[test]
     fn record_serializes_token_fields_and_source() {
-        let t = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap().with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let rec = RequestResponseRecord {
             id: 7,
             timestamp: t,

@@ -94,7 +94,9 @@ impl MockNode {
 
     /// Serves on an already bound listener.
     pub fn serve(listener: TcpListener, config: MockConfig) -> MockNode {
-        let addr = listener.local_addr().expect("bound listener has an address");
+        let addr = listener
+            .local_addr()
+            .expect("bound listener has an address");
         let shared = Arc::new(Shared {
             config,
             received: Mutex::new(Vec::new()),
@@ -204,18 +206,30 @@ struct Call {
     prompt_tokens: u64,
 }
 
-fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(Call, Value), Response> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}"), None)
-    })?;
+fn accept(
+    s: &Shared,
+    path: &str,
+    headers: HeaderMap,
+    body: &Bytes,
+) -> Result<(Call, Value), Response> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}"), None))?;
     s.received.lock().unwrap().push(ReceivedRequest {
         path: path.into(),
         headers,
         body: value.clone(),
     });
-    let model = value.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+    let model = value
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if !s.config.models.iter().any(|m| *m == model) {
-        return Err(error(StatusCode::NOT_FOUND, &format!("model {model} not found"), None));
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            &format!("model {model} not found"),
+            None,
+        ));
     }
     if s.config.reject_stream_options && value.get("stream_options").is_some() {
         return Err(error(
@@ -226,7 +240,10 @@ fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(C
     }
     let call = Call {
         model,
-        stream: value.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        stream: value
+            .get("stream")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         include_usage: value
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
@@ -235,13 +252,18 @@ fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(C
     };
     if s.config.failure_rate > 0.0 && rand::random::<f64>() < s.config.failure_rate {
         let usage = s.config.usage.then(|| usage_json(call.prompt_tokens, 0));
-        return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "mock failure", usage));
+        return Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "mock failure",
+            usage,
+        ));
     }
     Ok((call, value))
 }
 
 fn error(status: StatusCode, message: &str, usage: Option<Value>) -> Response {
-    let mut body = json!({"error": {"message": message, "type": "invalid_request_error", "code": null}});
+    let mut body =
+        json!({"error": {"message": message, "type": "invalid_request_error", "code": null}});
     if let Some(u) = usage {
         body["usage"] = u;
     }
@@ -266,7 +288,13 @@ enum Kind {
     Completion,
 }
 
-async fn generate(s: Arc<Shared>, path: &str, headers: HeaderMap, body: Bytes, kind: Kind) -> Response {
+async fn generate(
+    s: Arc<Shared>,
+    path: &str,
+    headers: HeaderMap,
+    body: Bytes,
+    kind: Kind,
+) -> Response {
     let (call, _) = match accept(&s, path, headers, &body) {
         Ok(c) => c,
         Err(r) => return r,
@@ -308,14 +336,31 @@ async fn generate(s: Arc<Shared>, path: &str, headers: HeaderMap, body: Bytes, k
             }
             if let Some(b) = cfg.break_after_chunks {
                 if i == b + 1 {
-                    return Some((Err(std::io::Error::other("mock node broke the stream")), n + 3));
+                    // Let the chunks already written reach the peer before dying.
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    return Some((
+                        Err(std::io::Error::other("mock node broke the stream")),
+                        n + 3,
+                    ));
                 }
             }
             let usage_null = include_usage && cfg.usage_null_in_chunks;
             let event = if i == 0 {
-                Some(stream_chunk(kind, &call_model, &cfg.name, Delta::Role, usage_null))
+                Some(stream_chunk(
+                    kind,
+                    &call_model,
+                    &cfg.name,
+                    Delta::Role,
+                    usage_null,
+                ))
             } else if i <= n {
-                Some(stream_chunk(kind, &call_model, &cfg.name, Delta::Text(chunk_text(&cfg.name, i - 1)), usage_null))
+                Some(stream_chunk(
+                    kind,
+                    &call_model,
+                    &cfg.name,
+                    Delta::Text(chunk_text(&cfg.name, i - 1)),
+                    usage_null,
+                ))
             } else if i == n + 1 {
                 include_usage.then(|| {
                     let mut v = json!({"id": "chatcmpl-mock", "object": object(kind), "created": 0,
@@ -350,8 +395,12 @@ fn object(kind: Kind) -> &'static str {
 
 fn stream_chunk(kind: Kind, model: &str, name: &str, delta: Delta, usage_null: bool) -> String {
     let choice = match (kind, delta) {
-        (Kind::Chat, Delta::Role) => json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}),
-        (Kind::Chat, Delta::Text(t)) => json!({"index": 0, "delta": {"content": t}, "finish_reason": null}),
+        (Kind::Chat, Delta::Role) => {
+            json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})
+        }
+        (Kind::Chat, Delta::Text(t)) => {
+            json!({"index": 0, "delta": {"content": t}, "finish_reason": null})
+        }
         (Kind::Completion, Delta::Role) => json!({"index": 0, "text": "", "finish_reason": null}),
         (Kind::Completion, Delta::Text(t)) => json!({"index": 0, "text": t, "finish_reason": null}),
     };
@@ -389,7 +438,8 @@ async fn embeddings(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byte
         .collect();
     let mut out = json!({"object": "list", "data": data, "model": call.model});
     if s.config.usage {
-        out["usage"] = json!({"prompt_tokens": call.prompt_tokens, "total_tokens": call.prompt_tokens});
+        out["usage"] =
+            json!({"prompt_tokens": call.prompt_tokens, "total_tokens": call.prompt_tokens});
     }
     Json(out).into_response()
 }

@@ -78,7 +78,10 @@ impl RunningRouter {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if tokio::time::timeout(self.shutdown_timeout, &mut self.server).await.is_err() {
+        if tokio::time::timeout(self.shutdown_timeout, &mut self.server)
+            .await
+            .is_err()
+        {
             tracing::warn!("in-flight requests did not finish in time; cancelling them");
             self.server.abort();
             // Let the dropped bodies record their cancellation.
@@ -87,7 +90,11 @@ impl RunningRouter {
         for t in &self.background {
             t.abort();
         }
-        self.state.balancer.recorder().shutdown(Duration::from_secs(30)).await;
+        self.state
+            .balancer
+            .recorder()
+            .shutdown(Duration::from_secs(30))
+            .await;
         self.state.store.close().await;
     }
 
@@ -120,9 +127,11 @@ async fn shutdown_signal() {
 /// Starts the router as `args` say and returns once it listens.
 pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
     let data_dir = args.data_dir();
-    std::fs::create_dir_all(&data_dir).map_err(|e| StartError::DataDir(data_dir.display().to_string(), e))?;
-    let (admin_key, generated_admin_key) = api::resolve_admin_key(args.admin_key.clone(), &data_dir)
+    std::fs::create_dir_all(&data_dir)
         .map_err(|e| StartError::DataDir(data_dir.display().to_string(), e))?;
+    let (admin_key, generated_admin_key) =
+        api::resolve_admin_key(args.admin_key.clone(), &data_dir)
+            .map_err(|e| StartError::DataDir(data_dir.display().to_string(), e))?;
 
     let store = Store::open(&args.database_url()).await?;
     let metrics = Arc::new(Metrics::new());
@@ -161,7 +170,9 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
         sessions: Arc::default(),
     };
 
-    let listener = TcpListener::bind((args.host, args.port)).await.map_err(StartError::Listen)?;
+    let listener = TcpListener::bind((args.host, args.port))
+        .await
+        .map_err(StartError::Listen)?;
     let addr = listener.local_addr().map_err(StartError::Listen)?;
     let app = routes(state.clone());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -203,8 +214,13 @@ async fn restore_nodes(store: &Store, metrics: &Metrics) -> Result<NodeRegistry,
         .collect();
     let stored = store.all_nodes().await?;
     let names: HashMap<i64, String> = stored.iter().map(|n| (n.id, n.name.clone())).collect();
-    for (key, t) in store.rollup_totals(GroupBy::NodeAndModel, &RollupFilter::default()).await? {
-        let (Some(node_id), Some(model)) = (key.node_id, key.model) else { continue };
+    for (key, t) in store
+        .rollup_totals(GroupBy::NodeAndModel, &RollupFilter::default())
+        .await?
+    {
+        let (Some(node_id), Some(model)) = (key.node_id, key.model) else {
+            continue;
+        };
         let labels = NodeModelLabels {
             node_id: node_id.to_string(),
             node: names.get(&node_id).cloned().unwrap_or_default(),
@@ -215,7 +231,10 @@ async fn restore_nodes(store: &Store, metrics: &Metrics) -> Result<NodeRegistry,
     let nodes = stored
         .into_iter()
         .map(|n| {
-            let load = totals.get(&n.id).map(NodeLoadState::from_totals).unwrap_or_default();
+            let load = totals
+                .get(&n.id)
+                .map(NodeLoadState::from_totals)
+                .unwrap_or_default();
             let node = Node::new(n, load);
             publish_node_up(metrics, &node);
             node

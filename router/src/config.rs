@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::recorder::Durability;
 
 #[derive(Parser, Debug)]
-#[command(name = "llm-router", version, about = "One OpenAI-compatible endpoint over many inference nodes, with exact token accounting")]
+#[command(
+    name = "llm-router",
+    version,
+    about = "One OpenAI-compatible endpoint over many inference nodes, with exact token accounting"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -76,7 +80,11 @@ pub struct ServeArgs {
     #[arg(long, env = "LLM_ROUTER_CONNECT_TIMEOUT_MS", default_value_t = 3000)]
     pub connect_timeout_ms: u64,
     /// Longest wait for a node's response head (prompt processing), in seconds.
-    #[arg(long, env = "LLM_ROUTER_FIRST_BYTE_TIMEOUT_SECS", default_value_t = 300)]
+    #[arg(
+        long,
+        env = "LLM_ROUTER_FIRST_BYTE_TIMEOUT_SECS",
+        default_value_t = 300
+    )]
     pub first_byte_timeout_secs: u64,
     /// Longest silence between two chunks of a node's answer, in seconds.
     #[arg(long, env = "LLM_ROUTER_IDLE_TIMEOUT_SECS", default_value_t = 300)]
@@ -112,7 +120,9 @@ impl ServeArgs {
 
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
             home.join(".llm-router")
         })
     }

@@ -32,7 +32,10 @@ pub async fn run(mut args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> 
     let router = app::start(args).await?;
     let base = router.base_url();
     println!("llm-router demo on {base}");
-    println!("  dashboard: {base}/dashboard   admin key: {}", router.state.admin_key.expose());
+    println!(
+        "  dashboard: {base}/dashboard   admin key: {}",
+        router.state.admin_key.expose()
+    );
     println!("  try: curl {base}/v1/chat/completions -H 'content-type: application/json' \\");
     println!("         -d '{{\"model\":\"llama-3-8b\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'");
     let traffic = tokio::spawn(synthetic_traffic(router.state.client.clone(), base));
@@ -47,7 +50,11 @@ async fn synthetic_traffic(client: crate::upstream::UpstreamClient, base: String
     let mut i = 0u64;
     loop {
         tokio::time::sleep(Duration::from_millis(700 + (i % 5) * 150)).await;
-        let model = if i % 3 == 0 { "qwen-2.5-7b" } else { "llama-3-8b" };
+        let model = if i % 3 == 0 {
+            "qwen-2.5-7b"
+        } else {
+            "llama-3-8b"
+        };
         let body = json!({
             "model": model,
             "stream": i % 2 == 0,
@@ -55,7 +62,9 @@ async fn synthetic_traffic(client: crate::upstream::UpstreamClient, base: String
         });
         let req = http::Request::post(format!("{base}/v1/chat/completions"))
             .header("content-type", "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
             .expect("static request");
         if let Ok(resp) = client.send(req, Duration::from_secs(30)).await {
             let _ = http_body_util::BodyExt::collect(resp.into_body()).await;

@@ -20,7 +20,8 @@ pub struct ErrorBody {
 
 impl IntoResponse for ErrorBody {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"message": self.message, "type": self.kind, "code": self.code}});
+        let body =
+            json!({"error": {"message": self.message, "type": self.kind, "code": self.code}});
         (self.status, Json(body)).into_response()
     }
 }

@@ -21,7 +21,11 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             router.state.admin_key.expose()
         );
     }
-    println!("llm-router listening on {} (dashboard: {}/dashboard)", router.base_url(), router.base_url());
+    println!(
+        "llm-router listening on {} (dashboard: {}/dashboard)",
+        router.base_url(),
+        router.base_url()
+    );
     router.run_until_signal().await;
     Ok(())
 }
@@ -35,7 +39,11 @@ async fn main() {
         Some(Command::Demo(a)) => (a, true),
     };
     init_tracing(args.log_format);
-    let result = if demo { llm_router::demo::run(args).await } else { serve(args).await };
+    let result = if demo {
+        llm_router::demo::run(args).await
+    } else {
+        serve(args).await
+    };
     if let Err(e) = result {
         eprintln!("llm-router: {e}");
         std::process::exit(1);

@@ -50,7 +50,11 @@ impl UpstreamClient {
     }
 
     /// Sends `req` and waits for the response head at most `timeout`.
-    pub async fn send(&self, req: Request<Full<Bytes>>, timeout: Duration) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(timeout, self.client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(timeout)),
             Ok(Ok(resp)) => Ok(resp),
@@ -60,7 +64,12 @@ impl UpstreamClient {
     }
 
     /// `GET url` with an optional bearer key; returns the status and body.
-    pub async fn get(&self, url: &str, api_key: Option<&str>, timeout: Duration) -> Result<(u16, Bytes), UpstreamError> {
+    pub async fn get(
+        &self,
+        url: &str,
+        api_key: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), UpstreamError> {
         let mut req = Request::get(url);
         if let Some(key) = api_key {
             req = req.header(http::header::AUTHORIZATION, bearer(key)?);
@@ -86,7 +95,8 @@ impl UpstreamClient {
 }
 
 pub fn bearer(key: &str) -> Result<HeaderValue, UpstreamError> {
-    HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| UpstreamError::Request("api_key is not a valid header value".into()))
+    HeaderValue::from_str(&format!("Bearer {key}"))
+        .map_err(|_| UpstreamError::Request("api_key is not a valid header value".into()))
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

@@ -34,7 +34,10 @@ impl AdminKey {
 }
 
 /// The admin key and whether it was generated now.
-pub fn resolve_admin_key(configured: Option<String>, data_dir: &Path) -> std::io::Result<(AdminKey, bool)> {
+pub fn resolve_admin_key(
+    configured: Option<String>,
+    data_dir: &Path,
+) -> std::io::Result<(AdminKey, bool)> {
     if let Some(k) = configured.filter(|k| !k.trim().is_empty()) {
         return Ok((AdminKey::new(k.trim().to_string()), false));
     }
@@ -57,7 +60,12 @@ fn hex(bytes: &[u8]) -> String {
 fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(content.as_bytes())
 }
 

@@ -10,8 +10,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::NaiveDate;
 use common::protocol::{
-    DailyTokenSeries, DashboardNodes, DashboardStats, MonthlyTokenSeries, RequestHistoryPage, RequestResponseRecord,
-    RequestStatus, TokenStats,
+    DailyTokenSeries, DashboardNodes, DashboardStats, MonthlyTokenSeries, RequestHistoryPage,
+    RequestResponseRecord, RequestStatus, TokenStats,
 };
 
 use super::ApiError;
@@ -43,22 +43,32 @@ fn param<'a>(p: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
     p.get(name).map(String::as_str).filter(|v| !v.is_empty())
 }
 
-fn int<T: std::str::FromStr>(p: &HashMap<String, String>, name: &'static str) -> Result<Option<T>, ApiError> {
+fn int<T: std::str::FromStr>(
+    p: &HashMap<String, String>,
+    name: &'static str,
+) -> Result<Option<T>, ApiError> {
     param(p, name)
-        .map(|v| v.parse::<T>().map_err(|_| bad(name, format!("'{v}' is not a valid number"))))
+        .map(|v| {
+            v.parse::<T>()
+                .map_err(|_| bad(name, format!("'{v}' is not a valid number")))
+        })
         .transpose()
 }
 
 fn date(p: &HashMap<String, String>, name: &'static str) -> Result<Option<NaiveDate>, ApiError> {
     param(p, name)
-        .map(|v| NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| bad(name, format!("'{v}' is not a date (YYYY-MM-DD)"))))
+        .map(|v| {
+            NaiveDate::parse_from_str(v, "%Y-%m-%d")
+                .map_err(|_| bad(name, format!("'{v}' is not a date (YYYY-MM-DD)")))
+        })
         .transpose()
 }
 
 fn month(p: &HashMap<String, String>, name: &'static str) -> Result<Option<NaiveDate>, ApiError> {
     param(p, name)
         .map(|v| {
-            NaiveDate::parse_from_str(&format!("{v}-01"), "%Y-%m-%d").map_err(|_| bad(name, format!("'{v}' is not a month (YYYY-MM)")))
+            NaiveDate::parse_from_str(&format!("{v}-01"), "%Y-%m-%d")
+                .map_err(|_| bad(name, format!("'{v}' is not a month (YYYY-MM)")))
         })
         .transpose()
 }
@@ -81,13 +91,18 @@ pub async fn stats_overview(State(st): State<AppState>) -> Json<DashboardStats> 
 #[utoipa::path(get, path = "/api/dashboard/stats/tokens", tag = "dashboard", security(("admin_key" = [])),
     params(("node_id" = Option<i64>, Query, description = "Only this node"), ("model" = Option<String>, Query, description = "Only this model")),
     responses((status = 200, body = TokenStats), (status = 400, description = "Bad parameter")))]
-pub async fn tokens(State(st): State<AppState>, Query(p): Params) -> Result<Json<TokenStats>, ApiError> {
+pub async fn tokens(
+    State(st): State<AppState>,
+    Query(p): Params,
+) -> Result<Json<TokenStats>, ApiError> {
     let filter = RollupFilter {
         node_id: int(&p, "node_id")?,
         model: param(&p, "model").map(str::to_string),
         ..Default::default()
     };
-    Ok(Json(stats::token_stats(&st.store, st.balancer.registry(), &filter).await?))
+    Ok(Json(
+        stats::token_stats(&st.store, st.balancer.registry(), &filter).await?,
+    ))
 }
 
 /// Tokens per day in a time zone, zero-filled, ascending.
@@ -96,7 +111,10 @@ pub async fn tokens(State(st): State<AppState>, Query(p): Params) -> Result<Json
         ("days" = Option<u32>, Query, description = "Days ending today (default 30)"), ("node_id" = Option<i64>, Query, description = "Only this node"),
         ("model" = Option<String>, Query, description = "Only this model"), ("tz" = Option<String>, Query, description = "IANA time zone (default UTC)")),
     responses((status = 200, body = DailyTokenSeries), (status = 400, description = "Bad parameter")))]
-pub async fn daily(State(st): State<AppState>, Query(p): Params) -> Result<Json<DailyTokenSeries>, ApiError> {
+pub async fn daily(
+    State(st): State<AppState>,
+    Query(p): Params,
+) -> Result<Json<DailyTokenSeries>, ApiError> {
     let q = DailyQuery {
         from: date(&p, "from")?,
         to: date(&p, "to")?,
@@ -114,7 +132,10 @@ pub async fn daily(State(st): State<AppState>, Query(p): Params) -> Result<Json<
         ("months" = Option<u32>, Query, description = "Months ending this month (default 12)"), ("node_id" = Option<i64>, Query, description = "Only this node"),
         ("model" = Option<String>, Query, description = "Only this model"), ("tz" = Option<String>, Query, description = "IANA time zone (default UTC)")),
     responses((status = 200, body = MonthlyTokenSeries), (status = 400, description = "Bad parameter")))]
-pub async fn monthly(State(st): State<AppState>, Query(p): Params) -> Result<Json<MonthlyTokenSeries>, ApiError> {
+pub async fn monthly(
+    State(st): State<AppState>,
+    Query(p): Params,
+) -> Result<Json<MonthlyTokenSeries>, ApiError> {
     let q = MonthlyQuery {
         from: month(&p, "from")?,
         to: month(&p, "to")?,
@@ -132,13 +153,23 @@ pub async fn monthly(State(st): State<AppState>, Query(p): Params) -> Result<Jso
         ("status" = Option<String>, Query, description = "success, error or cancelled"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
         ("limit" = Option<u32>, Query, description = "1 to 500, default 50")),
     responses((status = 200, body = RequestHistoryPage), (status = 400, description = "Bad parameter")))]
-pub async fn history(State(st): State<AppState>, Query(p): Params) -> Result<Json<RequestHistoryPage>, ApiError> {
+pub async fn history(
+    State(st): State<AppState>,
+    Query(p): Params,
+) -> Result<Json<RequestHistoryPage>, ApiError> {
     let limit = int::<u32>(&p, "limit")?.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(bad("limit", "must be between 1 and 500"));
     }
     let status = param(&p, "status")
-        .map(|s| RequestStatus::parse(s).ok_or_else(|| bad("status", format!("'{s}' is not one of success, error, cancelled"))))
+        .map(|s| {
+            RequestStatus::parse(s).ok_or_else(|| {
+                bad(
+                    "status",
+                    format!("'{s}' is not one of success, error, cancelled"),
+                )
+            })
+        })
         .transpose()?;
     let filter = HistoryFilter {
         node_id: int(&p, "node_id")?,
@@ -148,7 +179,11 @@ pub async fn history(State(st): State<AppState>, Query(p): Params) -> Result<Jso
         limit,
     };
     let page = st.store.history_page(&filter).await?;
-    let next_cursor = if page.has_more { page.records.last().map(|r| r.id.to_string()) } else { None };
+    let next_cursor = if page.has_more {
+        page.records.last().map(|r| r.id.to_string())
+    } else {
+        None
+    };
     Ok(Json(RequestHistoryPage {
         records: page.records,
         next_cursor,
@@ -159,8 +194,17 @@ pub async fn history(State(st): State<AppState>, Query(p): Params) -> Result<Jso
 #[utoipa::path(get, path = "/api/dashboard/request-history/{id}", tag = "dashboard", security(("admin_key" = [])),
     params(("id" = i64, Path, description = "Record id")),
     responses((status = 200, body = RequestResponseRecord), (status = 400, description = "Malformed id"), (status = 404, description = "No such record")))]
-pub async fn history_record(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<RequestResponseRecord>, ApiError> {
-    let id: i64 = id.parse().map_err(|_| bad("id", format!("'{id}' is not a record id")))?;
-    let rec = st.store.history_record(id).await?.ok_or_else(|| ApiError::NotFound(format!("record {id}")))?;
+pub async fn history_record(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RequestResponseRecord>, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| bad("id", format!("'{id}' is not a record id")))?;
+    let rec = st
+        .store
+        .history_record(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("record {id}")))?;
     Ok(Json(rec))
 }

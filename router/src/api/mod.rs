@@ -27,11 +27,16 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(nodes::routes())
         .merge(dashboard::routes())
         .route("/api/openapi.json", get(openapi::serve))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        ));
     let metrics = Router::new().route("/metrics", get(metrics));
     let metrics = match state.metrics_access {
         MetricsAccess::Open => metrics,
-        MetricsAccess::Admin => metrics.route_layer(middleware::from_fn_with_state(state, auth::require_admin)),
+        MetricsAccess::Admin => {
+            metrics.route_layer(middleware::from_fn_with_state(state, auth::require_admin))
+        }
     };
     admin.merge(metrics)
 }
@@ -40,7 +45,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(st): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         st.metrics.encode(),
     )
         .into_response()

@@ -33,7 +33,10 @@ pub struct Sessions {
 
 impl Sessions {
     fn create(&self) -> String {
-        let token: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
+        let token: String = rand::random::<[u8; 32]>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let mut map = self.tokens.lock().unwrap();
         let now = Instant::now();
         map.retain(|_, exp| *exp > now);
@@ -42,7 +45,11 @@ impl Sessions {
     }
 
     fn is_valid(&self, token: &str) -> bool {
-        self.tokens.lock().unwrap().get(token).is_some_and(|exp| *exp > Instant::now())
+        self.tokens
+            .lock()
+            .unwrap()
+            .get(token)
+            .is_some_and(|exp| *exp > Instant::now())
     }
 
     fn remove(&self, token: &str) {
@@ -71,19 +78,39 @@ pub fn routes() -> Router<AppState> {
         .route("/", get(|| async { Redirect::to("/dashboard") }))
         .route("/dashboard", get(index))
         .route("/dashboard/", get(index))
-        .route("/dashboard/app.js", get(|| asset("text/javascript", include_str!("assets/app.js"))))
-        .route("/dashboard/app.css", get(|| asset("text/css", include_str!("assets/app.css"))))
-        .route("/dashboard/chart.umd.js", get(|| asset("text/javascript", include_str!("assets/chart.umd.js"))))
+        .route(
+            "/dashboard/app.js",
+            get(|| asset("text/javascript", include_str!("assets/app.js"))),
+        )
+        .route(
+            "/dashboard/app.css",
+            get(|| asset("text/css", include_str!("assets/app.css"))),
+        )
+        .route(
+            "/dashboard/chart.umd.js",
+            get(|| asset("text/javascript", include_str!("assets/chart.umd.js"))),
+        )
         .route("/dashboard/login", post(login))
         .route("/dashboard/logout", post(logout))
 }
 
 async fn index() -> Response {
-    asset("text/html; charset=utf-8", include_str!("assets/index.html")).await
+    asset(
+        "text/html; charset=utf-8",
+        include_str!("assets/index.html"),
+    )
+    .await
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -103,7 +130,10 @@ pub async fn login(State(st): State<AppState>, body: Bytes) -> Response {
         return ApiError::Unauthorized.into_response();
     }
     let token = st.sessions.create();
-    let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}", SESSION_TTL.as_secs());
+    let cookie = format!(
+        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        SESSION_TTL.as_secs()
+    );
     (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
 }
 

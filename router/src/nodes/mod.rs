@@ -141,14 +141,18 @@ impl Node {
 
 /// Normalizes a node URL: `http://host:port[/prefix]`, without a trailing `/` or `/v1`.
 pub fn normalize_base_url(raw: &str) -> Result<String, NodeError> {
-    let url = url::Url::parse(raw.trim()).map_err(|e| NodeError::InvalidUrl(format!("{raw}: {e}")))?;
+    let url =
+        url::Url::parse(raw.trim()).map_err(|e| NodeError::InvalidUrl(format!("{raw}: {e}")))?;
     if url.scheme() != "http" {
         return Err(NodeError::InvalidUrl(format!(
             "{raw}: only http:// nodes are supported (TLS to nodes is not implemented)"
         )));
     }
-    if url.host_str().is_none_or(str::is_empty) || url.query().is_some() || url.fragment().is_some() {
-        return Err(NodeError::InvalidUrl(format!("{raw}: expected http://host[:port][/path]")));
+    if url.host_str().is_none_or(str::is_empty) || url.query().is_some() || url.fragment().is_some()
+    {
+        return Err(NodeError::InvalidUrl(format!(
+            "{raw}: expected http://host[:port][/path]"
+        )));
     }
     let mut s = url.as_str().trim_end_matches('/').to_string();
     if let Some(stripped) = s.strip_suffix("/v1") {
@@ -178,7 +182,10 @@ impl NodeRegistry {
 
     /// Nodes that are not deleted.
     pub fn live(&self) -> Vec<Arc<Node>> {
-        self.all().into_iter().filter(|n| !n.with_info(|i| i.deleted)).collect()
+        self.all()
+            .into_iter()
+            .filter(|n| !n.with_info(|i| i.deleted))
+            .collect()
     }
 
     /// Runs `f` over every node without copying the list (the routing hot path).
@@ -189,7 +196,12 @@ impl NodeRegistry {
     }
 
     pub fn get(&self, id: NodeId) -> Option<Arc<Node>> {
-        self.nodes.read().unwrap().iter().find(|n| n.id == id).cloned()
+        self.nodes
+            .read()
+            .unwrap()
+            .iter()
+            .find(|n| n.id == id)
+            .cloned()
     }
 
     /// A live node, or `NotFound`.
@@ -199,9 +211,17 @@ impl NodeRegistry {
             .ok_or(NodeError::NotFound(id))
     }
 
-    pub async fn add(&self, base_url: &str, name: Option<String>, api_key: Option<String>, source: &'static str) -> Result<Arc<Node>, NodeError> {
+    pub async fn add(
+        &self,
+        base_url: &str,
+        name: Option<String>,
+        api_key: Option<String>,
+        source: &'static str,
+    ) -> Result<Arc<Node>, NodeError> {
         let base_url = normalize_base_url(base_url)?;
-        let name = name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| default_name(&base_url));
+        let name = name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| default_name(&base_url));
         let stored = self
             .store
             .insert_node(&NewNode {
@@ -220,7 +240,11 @@ impl NodeRegistry {
     /// Adds a node from configuration unless a live node already has its URL.
     pub async fn ensure_static(&self, base_url: &str) -> Result<Arc<Node>, NodeError> {
         let normalized = normalize_base_url(base_url)?;
-        if let Some(n) = self.live().into_iter().find(|n| n.with_info(|i| i.base_url == normalized)) {
+        if let Some(n) = self
+            .live()
+            .into_iter()
+            .find(|n| n.with_info(|i| i.base_url == normalized))
+        {
             return Ok(n);
         }
         self.add(&normalized, None, None, "static").await
@@ -228,10 +252,14 @@ impl NodeRegistry {
 
     pub async fn update(&self, id: NodeId, changes: NodeChanges) -> Result<Arc<Node>, NodeError> {
         let node = self.live_node(id)?;
-        let stored = self.store.update_node(id, &changes).await.map_err(|e| match e {
-            StoreError::NotFound => NodeError::NotFound(id),
-            other => other.into(),
-        })?;
+        let stored = self
+            .store
+            .update_node(id, &changes)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => NodeError::NotFound(id),
+                other => other.into(),
+            })?;
         node.update_info(|i| {
             i.name = stored.name;
             i.api_key = stored.api_key;

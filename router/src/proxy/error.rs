@@ -31,7 +31,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BodyRead(_) | ProxyError::InvalidJson(_) | ProxyError::MissingModel => StatusCode::BAD_REQUEST,
+            ProxyError::BodyRead(_) | ProxyError::InvalidJson(_) | ProxyError::MissingModel => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::UnknownModel(_) => StatusCode::NOT_FOUND,
             ProxyError::NoNodeAvailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::AllNodesFailed { .. } | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -55,7 +57,11 @@ impl ProxyError {
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let kind = if status.is_server_error() { "server_error" } else { "invalid_request_error" };
+        let kind = if status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request_error"
+        };
         ErrorBody {
             status,
             message: self.to_string(),

@@ -28,14 +28,22 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 
-pub fn upstream_request(url: &str, client: &HeaderMap, api_key: Option<&str>, body: Bytes) -> Result<Request<Full<Bytes>>, UpstreamError> {
+pub fn upstream_request(
+    url: &str,
+    client: &HeaderMap,
+    api_key: Option<&str>,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, UpstreamError> {
     let mut req = Request::post(url);
     let headers = req.headers_mut().expect("a fresh builder has headers");
     for (name, value) in client {
         if is_hop_by_hop(name)
             || matches!(
                 *name,
-                header::HOST | header::CONTENT_LENGTH | header::ACCEPT_ENCODING | header::AUTHORIZATION
+                header::HOST
+                    | header::CONTENT_LENGTH
+                    | header::ACCEPT_ENCODING
+                    | header::AUTHORIZATION
             )
         {
             continue;
@@ -43,12 +51,16 @@ pub fn upstream_request(url: &str, client: &HeaderMap, api_key: Option<&str>, bo
         headers.append(name, value.clone());
     }
     if !headers.contains_key(header::CONTENT_TYPE) {
-        headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
     }
     if let Some(key) = api_key {
         headers.insert(header::AUTHORIZATION, bearer(key)?);
     }
-    req.body(Full::new(body)).map_err(|e| UpstreamError::Request(e.to_string()))
+    req.body(Full::new(body))
+        .map_err(|e| UpstreamError::Request(e.to_string()))
 }
 
 pub fn client_response_headers(node: &HeaderMap) -> HeaderMap {

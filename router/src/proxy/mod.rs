@@ -65,7 +65,12 @@ pub fn routes() -> Router<AppState> {
         (status = 400, description = "Malformed JSON or missing model"), (status = 404, description = "No node serves the model"),
         (status = 413, description = "Body too large"), (status = 502, description = "Node failed"),
         (status = 503, description = "No online node for the model")))]
-pub async fn chat_completions(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Body) -> Response {
+pub async fn chat_completions(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     proxy(st, RequestType::ChatCompletions, peer, headers, body).await
 }
 
@@ -73,7 +78,12 @@ pub async fn chat_completions(State(st): State<AppState>, ConnectInfo(peer): Con
 #[utoipa::path(post, path = "/v1/completions", tag = "inference",
     request_body(content = Object, description = "An OpenAI completion request"),
     responses((status = 200, description = "The node's answer, JSON or SSE")))]
-pub async fn completions(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Body) -> Response {
+pub async fn completions(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     proxy(st, RequestType::Completions, peer, headers, body).await
 }
 
@@ -81,7 +91,12 @@ pub async fn completions(State(st): State<AppState>, ConnectInfo(peer): ConnectI
 #[utoipa::path(post, path = "/v1/embeddings", tag = "inference",
     request_body(content = Object, description = "An OpenAI embeddings request"),
     responses((status = 200, description = "The node's answer")))]
-pub async fn embeddings(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Body) -> Response {
+pub async fn embeddings(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     proxy(st, RequestType::Embeddings, peer, headers, body).await
 }
 
@@ -89,7 +104,12 @@ pub async fn embeddings(State(st): State<AppState>, ConnectInfo(peer): ConnectIn
 #[utoipa::path(post, path = "/v1/responses", tag = "inference",
     request_body(content = Object, description = "An OpenAI Responses API request"),
     responses((status = 200, description = "The node's answer, JSON or SSE")))]
-pub async fn responses(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Body) -> Response {
+pub async fn responses(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     proxy(st, RequestType::Responses, peer, headers, body).await
 }
 
@@ -126,20 +146,38 @@ async fn read_request(settings: &ProxySettings, body: Body) -> Result<Parsed, Pr
         .collect()
         .await
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 ProxyError::BodyTooLarge(settings.max_body_bytes)
             } else {
                 ProxyError::BodyRead(e.to_string())
             }
         })?
         .to_bytes();
-    let json: Value = serde_json::from_slice(&body).map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
-    let model = json.get("model").and_then(Value::as_str).ok_or(ProxyError::MissingModel)?.to_string();
+    let json: Value =
+        serde_json::from_slice(&body).map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
+    let model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or(ProxyError::MissingModel)?
+        .to_string();
     let stream = json.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    Ok(Parsed { body, json, model, stream })
+    Ok(Parsed {
+        body,
+        json,
+        model,
+        stream,
+    })
 }
 
-async fn proxy(st: AppState, kind: RequestType, peer: SocketAddr, headers: HeaderMap, body: Body) -> Response {
+async fn proxy(
+    st: AppState,
+    kind: RequestType,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let mut draft = RecordDraft {
         timestamp: Utc::now(),
         started: Instant::now(),
@@ -165,7 +203,10 @@ async fn proxy(st: AppState, kind: RequestType, peer: SocketAddr, headers: Heade
             Ok(n) => n,
             Err(no) => {
                 let err = match (no, last_failure) {
-                    (_, Some(reason)) => ProxyError::AllNodesFailed { model: req.model.clone(), reason },
+                    (_, Some(reason)) => ProxyError::AllNodesFailed {
+                        model: req.model.clone(),
+                        reason,
+                    },
                     (NoNode::UnknownModel, None) => ProxyError::UnknownModel(req.model.clone()),
                     (NoNode::Unavailable, None) => ProxyError::NoNodeAvailable(req.model.clone()),
                 };
@@ -188,7 +229,10 @@ async fn proxy(st: AppState, kind: RequestType, peer: SocketAddr, headers: Heade
 /// Answers with `err` and records the request, which no node took.
 async fn reject(st: &AppState, draft: RecordDraft, err: ProxyError) -> Response {
     let outcome = RequestOutcome::rejected(err.status().as_u16(), err.to_string());
-    st.balancer.record_unrouted(draft, outcome).wait(st.proxy.commit_wait).await;
+    st.balancer
+        .record_unrouted(draft, outcome)
+        .wait(st.proxy.commit_wait)
+        .await;
     err.into_response()
 }
 
@@ -198,9 +242,20 @@ enum Forwarded {
     FailOver(RequestLease, String),
 }
 
-async fn forward(st: &AppState, lease: RequestLease, req: &Parsed, client_headers: &HeaderMap) -> Forwarded {
+async fn forward(
+    st: &AppState,
+    lease: RequestLease,
+    req: &Parsed,
+    client_headers: &HeaderMap,
+) -> Forwarded {
     let node = lease.node().clone();
-    let (base_url, api_key, wants_usage) = node.with_info(|i| (i.base_url.clone(), i.api_key.clone(), i.wants_include_usage()));
+    let (base_url, api_key, wants_usage) = node.with_info(|i| {
+        (
+            i.base_url.clone(),
+            i.api_key.clone(),
+            i.wants_include_usage(),
+        )
+    });
     let kind = lease.draft().request_type;
     let injected = match kind {
         RequestType::ChatCompletions | RequestType::Completions if wants_usage => {
@@ -219,7 +274,10 @@ async fn forward(st: &AppState, lease: RequestLease, req: &Parsed, client_header
     let mut result = send(injected.clone().unwrap_or_else(|| req.body.clone())).await;
     let mut hide_usage = injected.is_some();
     if let (Ok(resp), true) = (&result, hide_usage) {
-        if matches!(resp.status(), StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) {
+        if matches!(
+            resp.status(),
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY
+        ) {
             // The node may reject `stream_options`: ask once more as the client asked.
             let retry = send(req.body.clone()).await;
             if retry.as_ref().is_ok_and(|r| r.status().is_success()) {
@@ -286,7 +344,9 @@ async fn complete_plain(
     let bytes = match collected {
         Ok(Ok(c)) => c.to_bytes(),
         Ok(Err(e)) => return fail_after_send(st, lease, UpstreamError::Io(e.to_string())).await,
-        Err(_) => return fail_after_send(st, lease, UpstreamError::Timeout(st.proxy.idle_timeout)).await,
+        Err(_) => {
+            return fail_after_send(st, lease, UpstreamError::Timeout(st.proxy.idle_timeout)).await
+        }
     };
     let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
     let reported = parsed.as_ref().and_then(token::usage_from_json);
@@ -298,12 +358,22 @@ async fn complete_plain(
     let error_message = (!status.is_success()).then(|| {
         let detail = parsed
             .as_ref()
-            .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned());
+            .and_then(|v| {
+                v.pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned()
+            });
         format!("node answered {}: {detail}", status.as_u16())
     });
     let outcome = RequestOutcome {
-        status: if status.is_success() { RequestStatus::Success } else { RequestStatus::Error },
+        status: if status.is_success() {
+            RequestStatus::Success
+        } else {
+            RequestStatus::Error
+        },
         http_status: status.as_u16(),
         error_message,
         usage: counted.usage,

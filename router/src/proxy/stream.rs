@@ -36,7 +36,13 @@ pub struct TappedBody {
 }
 
 impl TappedBody {
-    pub fn new(st: &AppState, lease: RequestLease, upstream: Incoming, hide_injected_usage: bool, head_time: Duration) -> Self {
+    pub fn new(
+        st: &AppState,
+        lease: RequestLease,
+        upstream: Incoming,
+        hide_injected_usage: bool,
+        head_time: Duration,
+    ) -> Self {
         TappedBody {
             upstream,
             tap: StreamTap::new(hide_injected_usage),
@@ -71,7 +77,9 @@ impl TappedBody {
             }
             match tokio::time::timeout(self.idle_timeout, self.upstream.frame()).await {
                 Ok(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else { continue };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     if self.first_chunk.is_none() {
                         self.first_chunk = self.lease.as_ref().map(|l| l.draft().started.elapsed());
                     }
@@ -89,7 +97,10 @@ impl TappedBody {
                     self.ended = true;
                 }
                 Ok(Some(Err(e))) => self.fail(format!("node broke the stream: {e}")).await,
-                Err(_) => self.fail(format!("node sent nothing for {:?}", self.idle_timeout)).await,
+                Err(_) => {
+                    self.fail(format!("node sent nothing for {:?}", self.idle_timeout))
+                        .await
+                }
             }
         }
     }
@@ -112,11 +123,26 @@ impl TappedBody {
 
     /// Finishes the record once (T-12) and waits for its commit.
     async fn finish(&mut self, failure: Option<String>) {
-        let Some(lease) = self.lease.take() else { return };
-        let error_message = failure.or_else(|| self.tap.error().map(|e| format!("node reported an error in the stream: {e}")));
-        let counted = token::settle(self.tap.reported_usage(), &lease.draft().prompt, self.tap.take_generated()).await;
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let error_message = failure.or_else(|| {
+            self.tap
+                .error()
+                .map(|e| format!("node reported an error in the stream: {e}"))
+        });
+        let counted = token::settle(
+            self.tap.reported_usage(),
+            &lease.draft().prompt,
+            self.tap.take_generated(),
+        )
+        .await;
         let outcome = RequestOutcome {
-            status: if error_message.is_some() { RequestStatus::Error } else { RequestStatus::Success },
+            status: if error_message.is_some() {
+                RequestStatus::Error
+            } else {
+                RequestStatus::Success
+            },
             http_status: 200,
             error_message,
             usage: counted.usage,
@@ -130,7 +156,9 @@ impl TappedBody {
 impl Drop for TappedBody {
     /// The client went away mid-stream: count what was produced, as `cancelled`.
     fn drop(&mut self) {
-        let Some(lease) = self.lease.take() else { return };
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
         let reported = self.tap.reported_usage();
         let generated = self.tap.take_generated();
         let first_chunk = self.first_chunk;

@@ -11,7 +11,9 @@ mod series;
 
 use std::collections::HashMap;
 
-use common::protocol::{DashboardNode, DashboardNodes, DashboardStats, ModelTokenStats, NodeTokenStats, TokenStats};
+use common::protocol::{
+    DashboardNode, DashboardNodes, DashboardStats, ModelTokenStats, NodeTokenStats, TokenStats,
+};
 
 pub use series::{daily, monthly, DailyQuery, MonthlyQuery};
 
@@ -22,7 +24,10 @@ use crate::store::{GroupBy, RollupFilter, Store, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum StatsError {
     #[error("invalid parameter '{param}': {message}")]
-    BadParam { param: &'static str, message: String },
+    BadParam {
+        param: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -50,7 +55,11 @@ pub fn dashboard_nodes(registry: &NodeRegistry) -> DashboardNodes {
         .map(|n| {
             let info = n.info();
             let load = n.load.snapshot();
-            let status = if info.enabled { info.status.as_str() } else { "disabled" };
+            let status = if info.enabled {
+                info.status.as_str()
+            } else {
+                "disabled"
+            };
             DashboardNode {
                 id: n.id,
                 name: info.name,
@@ -114,7 +123,11 @@ pub fn dashboard_stats(registry: &NodeRegistry) -> DashboardStats {
 }
 
 /// Totals, by node and by model, from the rollups (T-10, I-3).
-pub async fn token_stats(store: &Store, registry: &NodeRegistry, filter: &RollupFilter) -> Result<TokenStats, StatsError> {
+pub async fn token_stats(
+    store: &Store,
+    registry: &NodeRegistry,
+    filter: &RollupFilter,
+) -> Result<TokenStats, StatsError> {
     let names: HashMap<i64, String> = registry.all().iter().map(|n| (n.id, n.name())).collect();
     let by_node: Vec<NodeTokenStats> = store
         .rollup_totals(GroupBy::Node, filter)
@@ -124,7 +137,10 @@ pub async fn token_stats(store: &Store, registry: &NodeRegistry, filter: &Rollup
             let node_id = k.node_id.unwrap_or_default();
             NodeTokenStats {
                 node_id,
-                node_name: names.get(&node_id).cloned().unwrap_or_else(|| format!("node {node_id}")),
+                node_name: names
+                    .get(&node_id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("node {node_id}")),
                 input_tokens: t.input_tokens,
                 output_tokens: t.output_tokens,
                 total_tokens: t.total_tokens,

@@ -39,9 +39,12 @@ pub struct MonthlyQuery {
 pub fn parse_tz(tz: Option<&str>) -> Result<Tz, StatsError> {
     match tz {
         None | Some("") => Ok(Tz::UTC),
-        Some(name) => name
-            .parse::<Tz>()
-            .map_err(|_| bad("tz", format!("unknown time zone '{name}' (expected an IANA name such as Europe/Paris)"))),
+        Some(name) => name.parse::<Tz>().map_err(|_| {
+            bad(
+                "tz",
+                format!("unknown time zone '{name}' (expected an IANA name such as Europe/Paris)"),
+            )
+        }),
     }
 }
 
@@ -52,14 +55,23 @@ fn local_midnight(tz: Tz, date: NaiveDate) -> DateTime<Utc> {
     match tz.from_local_datetime(&midnight) {
         LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.with_timezone(&Utc),
         LocalResult::None => (1..=3)
-            .find_map(|h| tz.from_local_datetime(&(midnight + chrono::Duration::hours(h))).earliest())
+            .find_map(|h| {
+                tz.from_local_datetime(&(midnight + chrono::Duration::hours(h)))
+                    .earliest()
+            })
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or_else(|| midnight.and_utc()),
     }
 }
 
 /// Hourly sums between two instants, keyed by hour start (Unix seconds).
-async fn hours(store: &Store, node_id: Option<i64>, model: Option<String>, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Vec<(i64, RollupTotals)>, StatsError> {
+async fn hours(
+    store: &Store,
+    node_id: Option<i64>,
+    model: Option<String>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<(i64, RollupTotals)>, StatsError> {
     let filter = RollupFilter {
         node_id,
         model,
@@ -76,7 +88,10 @@ async fn hours(store: &Store, node_id: Option<i64>, model: Option<String>, from:
 }
 
 fn local_date(tz: Tz, hour_start: i64) -> NaiveDate {
-    DateTime::from_timestamp(hour_start, 0).unwrap_or_default().with_timezone(&tz).date_naive()
+    DateTime::from_timestamp(hour_start, 0)
+        .unwrap_or_default()
+        .with_timezone(&tz)
+        .date_naive()
 }
 
 fn today(tz: Tz) -> NaiveDate {
@@ -104,7 +119,10 @@ pub async fn daily(store: &Store, q: DailyQuery) -> Result<DailyTokenSeries, Sta
     }
     let span = (to - from).num_days() + 1;
     if span > MAX_DAYS as i64 {
-        return Err(bad("to", format!("range of {span} days is longer than {MAX_DAYS}")));
+        return Err(bad(
+            "to",
+            format!("range of {span} days is longer than {MAX_DAYS}"),
+        ));
     }
     let start = local_midnight(tz, from);
     let end = local_midnight(tz, to + Days::new(1));
@@ -129,7 +147,10 @@ pub async fn daily(store: &Store, q: DailyQuery) -> Result<DailyTokenSeries, Sta
             }
         })
         .collect();
-    Ok(DailyTokenSeries { tz: tz.name().to_string(), days })
+    Ok(DailyTokenSeries {
+        tz: tz.name().to_string(),
+        days,
+    })
 }
 
 fn first_of_month(d: NaiveDate) -> NaiveDate {
@@ -157,7 +178,10 @@ pub async fn monthly(store: &Store, q: MonthlyQuery) -> Result<MonthlyTokenSerie
     }
     let span = (to.year() - from.year()) * 12 + to.month() as i32 - from.month() as i32 + 1;
     if span > MAX_MONTHS as i32 {
-        return Err(bad("to", format!("range of {span} months is longer than {MAX_MONTHS}")));
+        return Err(bad(
+            "to",
+            format!("range of {span} months is longer than {MAX_MONTHS}"),
+        ));
     }
     let start = local_midnight(tz, from);
     let end = local_midnight(tz, to + Months::new(1));
@@ -181,7 +205,10 @@ pub async fn monthly(store: &Store, q: MonthlyQuery) -> Result<MonthlyTokenSerie
             }
         })
         .collect();
-    Ok(MonthlyTokenSeries { tz: tz.name().to_string(), months })
+    Ok(MonthlyTokenSeries {
+        tz: tz.name().to_string(),
+        months,
+    })
 }
 
 #[cfg(test)]
@@ -192,13 +219,22 @@ mod tests {
     fn midnight_in_dst_zones() {
         let tz: Tz = "Europe/Paris".parse().unwrap();
         let d = NaiveDate::from_ymd_opt(2026, 3, 29).unwrap(); // DST starts at 02:00
-        assert_eq!(local_midnight(tz, d).to_rfc3339(), "2026-03-28T23:00:00+00:00");
+        assert_eq!(
+            local_midnight(tz, d).to_rfc3339(),
+            "2026-03-28T23:00:00+00:00"
+        );
         let d = NaiveDate::from_ymd_opt(2026, 3, 30).unwrap();
-        assert_eq!(local_midnight(tz, d).to_rfc3339(), "2026-03-29T22:00:00+00:00");
+        assert_eq!(
+            local_midnight(tz, d).to_rfc3339(),
+            "2026-03-29T22:00:00+00:00"
+        );
         // Midnight does not exist in America/Santiago on DST day; the day starts at 01:00.
         let tz: Tz = "America/Santiago".parse().unwrap();
         let d = NaiveDate::from_ymd_opt(2026, 9, 6).unwrap();
-        assert_eq!(local_midnight(tz, d).to_rfc3339(), "2026-09-06T04:00:00+00:00");
+        assert_eq!(
+            local_midnight(tz, d).to_rfc3339(),
+            "2026-09-06T04:00:00+00:00"
+        );
     }
 
     #[test]

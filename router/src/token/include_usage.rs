@@ -44,7 +44,10 @@ pub fn request_with_include_usage(body: &[u8], request: &Value) -> Option<Bytes>
 
 /// The extra chunk the node sends because of `include_usage`: no choices, a usage.
 pub fn is_usage_only_chunk(chunk: &Value) -> bool {
-    chunk.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty)
+    chunk
+        .get("choices")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
         && chunk.get("usage").is_some_and(Value::is_object)
 }
 
@@ -115,7 +118,10 @@ mod tests {
         let body = br#"{"model":"m","stream":true,"messages":[]}"#;
         let v: Value = serde_json::from_slice(body).unwrap();
         let out = request_with_include_usage(body, &v).unwrap();
-        assert_eq!(&out[..], br#"{"stream_options":{"include_usage":true},"model":"m","stream":true,"messages":[]}"#);
+        assert_eq!(
+            &out[..],
+            br#"{"stream_options":{"include_usage":true},"model":"m","stream":true,"messages":[]}"#
+        );
         let parsed: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(parsed["stream_options"]["include_usage"], true);
     }
@@ -127,16 +133,26 @@ mod tests {
         let parsed: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(parsed["stream_options"]["include_usage"], true);
         let v = json!({"stream": true, "stream_options": {"include_usage": true}});
-        assert_eq!(request_with_include_usage(v.to_string().as_bytes(), &v), None);
+        assert_eq!(
+            request_with_include_usage(v.to_string().as_bytes(), &v),
+            None
+        );
         let v = json!({"stream": false});
-        assert_eq!(request_with_include_usage(v.to_string().as_bytes(), &v), None);
+        assert_eq!(
+            request_with_include_usage(v.to_string().as_bytes(), &v),
+            None
+        );
     }
 
     #[test]
     fn usage_null_is_cut_byte_exactly() {
-        let raw = br#"data: {"id":"x","choices":[{"delta":{"content":"\"usage\":null"}}],"usage":null}"#;
+        let raw =
+            br#"data: {"id":"x","choices":[{"delta":{"content":"\"usage\":null"}}],"usage":null}"#;
         let out = strip_usage_null(raw).unwrap();
-        assert_eq!(&out[..], br#"data: {"id":"x","choices":[{"delta":{"content":"\"usage\":null"}}]}"#);
+        assert_eq!(
+            &out[..],
+            br#"data: {"id":"x","choices":[{"delta":{"content":"\"usage\":null"}}]}"#
+        );
         let out = strip_usage_null(br#"{"usage": null, "a":1}"#).unwrap();
         assert_eq!(&out[..], br#"{"a":1}"#);
         assert_eq!(strip_usage_null(br#"{"usage":{"prompt_tokens":1}}"#), None);
@@ -144,8 +160,12 @@ mod tests {
 
     #[test]
     fn usage_only_chunk_is_recognised() {
-        assert!(is_usage_only_chunk(&json!({"choices": [], "usage": {"prompt_tokens": 1}})));
-        assert!(!is_usage_only_chunk(&json!({"choices": [{}], "usage": {"prompt_tokens": 1}})));
+        assert!(is_usage_only_chunk(
+            &json!({"choices": [], "usage": {"prompt_tokens": 1}})
+        ));
+        assert!(!is_usage_only_chunk(
+            &json!({"choices": [{}], "usage": {"prompt_tokens": 1}})
+        ));
         assert!(!is_usage_only_chunk(&json!({"choices": [], "usage": null})));
     }
 }

@@ -154,16 +154,22 @@ mod tests {
         assert_eq!(ev.len(), 3);
         assert_eq!(ev[0].event.as_deref(), Some("a"));
         assert_eq!(ev[0].data.as_deref(), Some("x\ny"));
-        assert_eq!(ev[0].raw, Bytes::from_static(b"event: a\ndata: x\ndata: y\n\n"));
+        assert_eq!(
+            ev[0].raw,
+            Bytes::from_static(b"event: a\ndata: x\ndata: y\n\n")
+        );
         assert_eq!(ev[1].data, None);
         assert_eq!(ev[2].data.as_deref(), Some("z"));
-        assert_eq!(ev[2].start, 36);
+        assert_eq!(ev[2].start, 37);
     }
 
     #[test]
     fn carriage_return_split_across_chunks_is_one_line_end() {
         let ev = parse_all(&[b"data: a\r", b"\n\r", b"\ndata: b\r\r"]);
-        assert_eq!(ev.iter().map(|e| e.data.clone()).collect::<Vec<_>>(), vec![Some("a".into()), Some("b".into())]);
+        assert_eq!(
+            ev.iter().map(|e| e.data.clone()).collect::<Vec<_>>(),
+            vec![Some("a".into()), Some("b".into())]
+        );
     }
 
     #[test]

@@ -1,0 +1,1 @@
+//! The dashboard API: endpoints, parameters and the agreement of every figure.

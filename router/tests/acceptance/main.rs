@@ -1,0 +1,9 @@
+//! Acceptance tests: the real router on `127.0.0.1:0`, mock nodes on real sockets,
+//! requests sent as a client would. One test binary (faster to link), one module
+//! per area.
+
+mod accounting;
+mod dashboard_api;
+mod persistence;
+mod proxy;
+mod support;

@@ -1,0 +1,251 @@
+//! What survives: restarts, node failures and deletions, pruning, a locked store.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::support::*;
+
+async fn token_totals(h: &Harness) -> (u64, u64, u64) {
+    let t = h.get("/api/dashboard/stats/tokens").await;
+    (
+        u(&t["total_input_tokens"]),
+        u(&t["total_output_tokens"]),
+        u(&t["request_count"]),
+    )
+}
+
+#[tokio::test]
+async fn totals_and_nodes_survive_a_restart() {
+    let a = mock("alpha", &["m"]).await;
+    let b = mock_with("beta", &["m2"], |c| c.usage = false).await;
+    let h = Harness::start(&[&a]).await;
+    let (s, _) = h
+        .admin(
+            Method::POST,
+            "/api/nodes",
+            Some(serde_json::json!({"base_url": b.base_url(), "name": "beta"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    h.chat("m", "one two three").await;
+    h.chat_stream(&chat_body("m", "one two", true)).await;
+    h.chat("m2", "some words here").await;
+    let before_nodes = h.get("/api/dashboard/nodes").await;
+    let before_tokens = h.get("/api/dashboard/stats/tokens").await;
+    let before_metrics = token_metric_lines(&h).await;
+
+    let h = h.restart().await;
+    let after_nodes = h.get("/api/dashboard/nodes").await;
+    for (x, y) in before_nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(after_nodes["nodes"].as_array().unwrap())
+    {
+        for k in [
+            "id",
+            "name",
+            "base_url",
+            "total_requests",
+            "successful_requests",
+            "total_input_tokens",
+            "total_output_tokens",
+            "total_tokens",
+        ] {
+            assert_eq!(x[k], y[k], "{k} changed across the restart");
+        }
+    }
+    assert_eq!(
+        after_nodes["nodes"].as_array().unwrap().len(),
+        2,
+        "the API-registered node is restored"
+    );
+    assert_eq!(h.get("/api/dashboard/stats/tokens").await, before_tokens);
+    assert_eq!(
+        token_metric_lines(&h).await,
+        before_metrics,
+        "Prometheus counters restart from the store"
+    );
+    assert_eq!(h.chat("m2", "x").await.0, 200, "restored node routes again");
+}
+
+/// The token counter lines of `/metrics`.
+async fn token_metric_lines(h: &Harness) -> Vec<String> {
+    let text = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("llm_router_input_tokens_total")
+                || l.starts_with("llm_router_output_tokens_total")
+        })
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test]
+async fn offline_and_deleted_nodes_keep_their_totals() {
+    let a = mock("alpha", &["m"]).await;
+    let b = mock("beta", &["m2"]).await;
+    let h = Harness::start(&[&a, &b]).await;
+    let (a_url, b_url) = (a.base_url(), b.base_url());
+    h.chat("m", "one two three").await;
+    h.chat("m2", "one two").await;
+    let total_before = token_totals(&h).await;
+    assert_eq!(total_before, (5, 10, 2));
+
+    a.shutdown().await;
+    h.router.state.health.probe_all().await;
+    let n = h
+        .wait_node(&a_url, "offline", |n| n["status"] == "offline")
+        .await;
+    assert_eq!(
+        (u(&n["total_input_tokens"]), u(&n["total_output_tokens"])),
+        (3, 5)
+    );
+
+    let b_id = h.node(&b_url).await["id"].as_i64().unwrap();
+    let (s, _) = h
+        .admin(Method::DELETE, &format!("/api/nodes/{b_id}"), None)
+        .await;
+    assert_eq!(s, 204);
+    let n = h.node(&b_url).await;
+    assert_eq!(n["deleted"], true);
+    assert_eq!(
+        (u(&n["total_input_tokens"]), u(&n["total_output_tokens"])),
+        (2, 5)
+    );
+    assert_eq!(token_totals(&h).await, total_before);
+
+    let h = h.restart().await;
+    let n = h.node(&b_url).await;
+    assert_eq!(
+        (n["deleted"].clone(), u(&n["total_tokens"])),
+        (Value::Bool(true), 7)
+    );
+    assert_eq!(u(&h.node(&a_url).await["total_tokens"]), 8);
+    assert_eq!(token_totals(&h).await, total_before);
+    let stats = h.get("/api/dashboard/stats").await;
+    assert_eq!(
+        (
+            u(&stats["total_input_tokens"]),
+            u(&stats["total_output_tokens"])
+        ),
+        (5, 10)
+    );
+}
+
+#[tokio::test]
+async fn pruning_history_changes_no_token_figure() {
+    let a = mock("alpha", &["m"]).await;
+    let h = Harness::start(&[&a]).await;
+    for _ in 0..3 {
+        h.chat("m", "one two").await;
+    }
+    let before = h.get("/api/dashboard/stats/tokens").await;
+    let daily_before = h.get("/api/dashboard/stats/tokens/daily?days=2").await;
+    let deleted = h
+        .router
+        .state
+        .store
+        .prune_history(chrono::Utc::now() + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 3);
+    assert!(h.history().await.is_empty());
+    assert_eq!(h.get("/api/dashboard/stats/tokens").await, before);
+    assert_eq!(
+        h.get("/api/dashboard/stats/tokens/daily?days=2").await,
+        daily_before
+    );
+    assert_eq!(u(&before["total_tokens"]), 21);
+}
+
+#[tokio::test]
+async fn records_wait_in_memory_while_the_store_is_locked() {
+    let a = mock("alpha", &["m"]).await;
+    let h = Harness::start_with(&[&a], |args| args.commit_wait_ms = 300).await;
+    h.chat("m", "warm up").await;
+    // Another process takes the write lock for longer than the busy timeout.
+    let db = h.dir.path().join("router.db");
+    let mut locker = tokio::process::Command::new("sqlite3")
+        .arg(&db)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sqlite3 CLI is installed");
+    use tokio::io::AsyncWriteExt;
+    let stdin = locker.stdin.as_mut().unwrap();
+    stdin
+        .write_all(b"BEGIN EXCLUSIVE;\nSELECT 1;\n")
+        .await
+        .unwrap();
+    stdin.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for _ in 0..3 {
+        let (s, _) = h.chat("m", "one two").await;
+        assert_eq!(s, 200, "the router keeps serving");
+    }
+    let health: Value = h
+        .http
+        .get(h.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(u(&health["recorder"]["backlog"]) >= 3, "{health}");
+    // In memory the figures already count them.
+    assert_eq!(u(&h.node(&a.base_url()).await["total_requests"]), 4);
+
+    stdin.write_all(b"COMMIT;\n.quit\n").await.unwrap();
+    drop(locker.stdin.take());
+    locker.wait().await.unwrap();
+    for _ in 0..200 {
+        let health: Value = h
+            .http
+            .get(h.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if health["recorder"]["backlog"] == 0 && health["status"] == "ok" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h.history().await.len(), 4, "every record reached the store");
+    assert_eq!(
+        u(&h.get("/api/dashboard/stats/tokens").await["request_count"]),
+        4
+    );
+}
+
+#[tokio::test]
+async fn shutdown_flushes_records_of_async_mode() {
+    let a = mock("alpha", &["m"]).await;
+    let h = Harness::start_with(&[&a], |args| {
+        args.durability = llm_router::recorder::Durability::Async
+    })
+    .await;
+    for _ in 0..20 {
+        h.chat("m", "one").await;
+    }
+    let h = h.restart().await;
+    assert_eq!(h.history().await.len(), 20);
+    assert_eq!(u(&h.node(&a.base_url()).await["total_tokens"]), 120);
+}

@@ -1,0 +1,210 @@
+//! The test harness: start a router over mock nodes and talk to it like a client.
+
+use std::time::Duration;
+
+use llm_router::app::{self, RunningRouter};
+use llm_router::config::ServeArgs;
+use mock_node::{MockConfig, MockNode};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+pub const ADMIN_KEY: &str = "test-admin-key";
+
+pub struct Harness {
+    pub router: RunningRouter,
+    pub dir: TempDir,
+    pub http: reqwest::Client,
+    args: ServeArgs,
+}
+
+pub fn base_args(dir: &TempDir) -> ServeArgs {
+    let mut args = ServeArgs::for_data_dir(dir.path());
+    args.admin_key = Some(ADMIN_KEY.into());
+    args.health_interval_ms = 60_000;
+    args.health_failures = 1;
+    args
+}
+
+impl Harness {
+    /// A router over `nodes` (static nodes), with a slow health loop unless changed.
+    pub async fn start(nodes: &[&MockNode]) -> Harness {
+        Self::start_with(nodes, |_| {}).await
+    }
+
+    pub async fn start_with(nodes: &[&MockNode], tweak: impl FnOnce(&mut ServeArgs)) -> Harness {
+        let dir = TempDir::new().unwrap();
+        let mut args = base_args(&dir);
+        args.nodes = nodes.iter().map(|n| n.base_url()).collect();
+        tweak(&mut args);
+        let router = app::start(args.clone()).await.expect("router starts");
+        Harness {
+            router,
+            dir,
+            http: reqwest::Client::new(),
+            args,
+        }
+    }
+
+    /// Stops the router gracefully and starts it again on the same database.
+    pub async fn restart(self) -> Harness {
+        let Harness {
+            router,
+            dir,
+            http,
+            args,
+        } = self;
+        router.shutdown().await;
+        let router = app::start(args.clone()).await.expect("router restarts");
+        Harness {
+            router,
+            dir,
+            http,
+            args,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.router.base_url(), path)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A chat completion; returns status and JSON body.
+    pub async fn chat(&self, model: &str, content: &str) -> (u16, Value) {
+        let resp = self
+            .post("/v1/chat/completions", &chat_body(model, content, false))
+            .await;
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A streamed chat completion read to its end; returns status and raw bytes.
+    pub async fn chat_stream(&self, body: &Value) -> (u16, Vec<u8>) {
+        let resp = self.post("/v1/chat/completions", body).await;
+        let status = resp.status().as_u16();
+        (
+            status,
+            resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
+        )
+    }
+
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, v) = self.admin(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "GET {path}: {v}");
+        v
+    }
+
+    /// The newest request records, newest first.
+    pub async fn history(&self) -> Vec<Value> {
+        self.get("/api/dashboard/request-history?limit=500").await["records"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// The dashboard entry of the node with this base URL.
+    pub async fn node(&self, base_url: &str) -> Value {
+        let nodes = self.get("/api/dashboard/nodes").await;
+        nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["base_url"] == base_url)
+            .cloned()
+            .unwrap_or_else(|| panic!("node {base_url} not listed: {nodes}"))
+    }
+
+    /// Waits until `check` holds on the node's dashboard entry (or fails after 5 s).
+    pub async fn wait_node(
+        &self,
+        base_url: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        for _ in 0..100 {
+            let n = self.node(base_url).await;
+            if check(&n) {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "node {base_url} never became {what}: {}",
+            self.node(base_url).await
+        );
+    }
+}
+
+pub fn chat_body(model: &str, content: &str, stream: bool) -> Value {
+    json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": content}]})
+}
+
+pub async fn mock(name: &str, models: &[&str]) -> MockNode {
+    mock_with(name, models, |_| {}).await
+}
+
+pub async fn mock_with(
+    name: &str,
+    models: &[&str],
+    tweak: impl FnOnce(&mut MockConfig),
+) -> MockNode {
+    let mut config = MockConfig {
+        name: name.into(),
+        models: models.iter().map(|m| m.to_string()).collect(),
+        ..MockConfig::default()
+    };
+    tweak(&mut config);
+    MockNode::start(config).await.unwrap()
+}
+
+/// The text a mock node generates for `n` chunks.
+pub fn mock_text(name: &str, n: usize) -> String {
+    (0..n).map(|i| mock_node::chunk_text(name, i)).collect()
+}
+
+pub fn tokens(text: &str) -> u64 {
+    llm_router::token::count_tokens(text)
+}
+
+/// Sends `body` straight to the node, bypassing the router.
+pub async fn direct_stream(node: &MockNode, body: &Value) -> Vec<u8> {
+    reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", node.base_url()))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
+}
+
+pub fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
