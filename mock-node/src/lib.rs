@@ -94,9 +94,7 @@ impl MockNode {
 
     /// Serves on an already bound listener.
     pub fn serve(listener: TcpListener, config: MockConfig) -> MockNode {
-        let addr = listener
-            .local_addr()
-            .expect("bound listener has an address");
+        let addr = listener.local_addr().expect("bound listener has an address");
         let shared = Arc::new(Shared {
             config,
             received: Mutex::new(Vec::new()),
@@ -206,44 +204,48 @@ struct Call {
     prompt_tokens: u64,
 }
 
-fn accept(
-    s: &Shared,
-    path: &str,
-    headers: HeaderMap,
-    body: &Bytes,
-) -> Result<(Call, Value), Response> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}"), None))?;
+/// An error answer of the node.
+struct Rejection {
+    status: StatusCode,
+    message: String,
+    usage: Option<Value>,
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        error(self.status, &self.message, self.usage)
+    }
+}
+
+fn reject(status: StatusCode, message: impl Into<String>) -> Rejection {
+    Rejection {
+        status,
+        message: message.into(),
+        usage: None,
+    }
+}
+
+fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(Call, Value), Rejection> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| reject(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))?;
     s.received.lock().unwrap().push(ReceivedRequest {
         path: path.into(),
         headers,
         body: value.clone(),
     });
-    let model = value
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if !s.config.models.iter().any(|m| *m == model) {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            &format!("model {model} not found"),
-            None,
-        ));
+    let model = value.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+    if !s.config.models.contains(&model) {
+        return Err(reject(StatusCode::NOT_FOUND, format!("model {model} not found")));
     }
     if s.config.reject_stream_options && value.get("stream_options").is_some() {
-        return Err(error(
+        return Err(reject(
             StatusCode::BAD_REQUEST,
             "Unrecognized request argument supplied: stream_options",
-            None,
         ));
     }
     let call = Call {
         model,
-        stream: value
-            .get("stream")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        stream: value.get("stream").and_then(Value::as_bool).unwrap_or(false),
         include_usage: value
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
@@ -251,19 +253,17 @@ fn accept(
         prompt_tokens: prompt_words(&value),
     };
     if s.config.failure_rate > 0.0 && rand::random::<f64>() < s.config.failure_rate {
-        let usage = s.config.usage.then(|| usage_json(call.prompt_tokens, 0));
-        return Err(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "mock failure",
-            usage,
-        ));
+        return Err(Rejection {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "mock failure".into(),
+            usage: s.config.usage.then(|| usage_json(call.prompt_tokens, 0)),
+        });
     }
     Ok((call, value))
 }
 
 fn error(status: StatusCode, message: &str, usage: Option<Value>) -> Response {
-    let mut body =
-        json!({"error": {"message": message, "type": "invalid_request_error", "code": null}});
+    let mut body = json!({"error": {"message": message, "type": "invalid_request_error", "code": null}});
     if let Some(u) = usage {
         body["usage"] = u;
     }
@@ -288,16 +288,10 @@ enum Kind {
     Completion,
 }
 
-async fn generate(
-    s: Arc<Shared>,
-    path: &str,
-    headers: HeaderMap,
-    body: Bytes,
-    kind: Kind,
-) -> Response {
+async fn generate(s: Arc<Shared>, path: &str, headers: HeaderMap, body: Bytes, kind: Kind) -> Response {
     let (call, _) = match accept(&s, path, headers, &body) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     tokio::time::sleep(s.config.latency).await;
     let n = s.config.chunks;
@@ -338,21 +332,12 @@ async fn generate(
                 if i == b + 1 {
                     // Let the chunks already written reach the peer before dying.
                     tokio::time::sleep(Duration::from_millis(30)).await;
-                    return Some((
-                        Err(std::io::Error::other("mock node broke the stream")),
-                        n + 3,
-                    ));
+                    return Some((Err(std::io::Error::other("mock node broke the stream")), n + 3));
                 }
             }
             let usage_null = include_usage && cfg.usage_null_in_chunks;
             let event = if i == 0 {
-                Some(stream_chunk(
-                    kind,
-                    &call_model,
-                    &cfg.name,
-                    Delta::Role,
-                    usage_null,
-                ))
+                Some(stream_chunk(kind, &call_model, &cfg.name, Delta::Role, usage_null))
             } else if i <= n {
                 Some(stream_chunk(
                     kind,
@@ -426,7 +411,7 @@ fn stream_chunk(kind: Kind, model: &str, name: &str, delta: Delta, usage_null: b
 async fn embeddings(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let (call, value) = match accept(&s, "/v1/embeddings", headers, &body) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     tokio::time::sleep(s.config.latency).await;
     let inputs = match value.get("input") {
@@ -438,8 +423,7 @@ async fn embeddings(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byte
         .collect();
     let mut out = json!({"object": "list", "data": data, "model": call.model});
     if s.config.usage {
-        out["usage"] =
-            json!({"prompt_tokens": call.prompt_tokens, "total_tokens": call.prompt_tokens});
+        out["usage"] = json!({"prompt_tokens": call.prompt_tokens, "total_tokens": call.prompt_tokens});
     }
     Json(out).into_response()
 }
@@ -447,7 +431,7 @@ async fn embeddings(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byte
 async fn responses(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let (call, _) = match accept(&s, "/v1/responses", headers, &body) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     tokio::time::sleep(s.config.latency).await;
     let n = s.config.chunks;

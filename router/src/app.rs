@@ -90,11 +90,7 @@ impl RunningRouter {
         for t in &self.background {
             t.abort();
         }
-        self.state
-            .balancer
-            .recorder()
-            .shutdown(Duration::from_secs(30))
-            .await;
+        self.state.balancer.recorder().shutdown(Duration::from_secs(30)).await;
         self.state.store.close().await;
     }
 
@@ -127,11 +123,9 @@ async fn shutdown_signal() {
 /// Starts the router as `args` say and returns once it listens.
 pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
     let data_dir = args.data_dir();
-    std::fs::create_dir_all(&data_dir)
+    std::fs::create_dir_all(&data_dir).map_err(|e| StartError::DataDir(data_dir.display().to_string(), e))?;
+    let (admin_key, generated_admin_key) = api::resolve_admin_key(args.admin_key.clone(), &data_dir)
         .map_err(|e| StartError::DataDir(data_dir.display().to_string(), e))?;
-    let (admin_key, generated_admin_key) =
-        api::resolve_admin_key(args.admin_key.clone(), &data_dir)
-            .map_err(|e| StartError::DataDir(data_dir.display().to_string(), e))?;
 
     let store = Store::open(&args.database_url()).await?;
     let metrics = Arc::new(Metrics::new());
@@ -231,10 +225,7 @@ async fn restore_nodes(store: &Store, metrics: &Metrics) -> Result<NodeRegistry,
     let nodes = stored
         .into_iter()
         .map(|n| {
-            let load = totals
-                .get(&n.id)
-                .map(NodeLoadState::from_totals)
-                .unwrap_or_default();
+            let load = totals.get(&n.id).map(NodeLoadState::from_totals).unwrap_or_default();
             let node = Node::new(n, load);
             publish_node_up(metrics, &node);
             node

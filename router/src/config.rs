@@ -80,11 +80,7 @@ pub struct ServeArgs {
     #[arg(long, env = "LLM_ROUTER_CONNECT_TIMEOUT_MS", default_value_t = 3000)]
     pub connect_timeout_ms: u64,
     /// Longest wait for a node's response head (prompt processing), in seconds.
-    #[arg(
-        long,
-        env = "LLM_ROUTER_FIRST_BYTE_TIMEOUT_SECS",
-        default_value_t = 300
-    )]
+    #[arg(long, env = "LLM_ROUTER_FIRST_BYTE_TIMEOUT_SECS", default_value_t = 300)]
     pub first_byte_timeout_secs: u64,
     /// Longest silence between two chunks of a node's answer, in seconds.
     #[arg(long, env = "LLM_ROUTER_IDLE_TIMEOUT_SECS", default_value_t = 300)]

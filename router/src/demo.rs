@@ -50,21 +50,15 @@ async fn synthetic_traffic(client: crate::upstream::UpstreamClient, base: String
     let mut i = 0u64;
     loop {
         tokio::time::sleep(Duration::from_millis(700 + (i % 5) * 150)).await;
-        let model = if i % 3 == 0 {
-            "qwen-2.5-7b"
-        } else {
-            "llama-3-8b"
-        };
+        let model = if i.is_multiple_of(3) { "qwen-2.5-7b" } else { "llama-3-8b" };
         let body = json!({
             "model": model,
-            "stream": i % 2 == 0,
+            "stream": i.is_multiple_of(2),
             "messages": [{"role": "user", "content": format!("Demo question number {i}: tell me about load balancing.")}]
         });
         let req = http::Request::post(format!("{base}/v1/chat/completions"))
             .header("content-type", "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                body.to_string(),
-            )))
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
             .expect("static request");
         if let Ok(resp) = client.send(req, Duration::from_secs(30)).await {
             let _ = http_body_util::BodyExt::collect(resp.into_body()).await;

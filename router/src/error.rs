@@ -20,8 +20,7 @@ pub struct ErrorBody {
 
 impl IntoResponse for ErrorBody {
     fn into_response(self) -> Response {
-        let body =
-            json!({"error": {"message": self.message, "type": self.kind, "code": self.code}});
+        let body = json!({"error": {"message": self.message, "type": self.kind, "code": self.code}});
         (self.status, Json(body)).into_response()
     }
 }

@@ -89,11 +89,7 @@ impl Metrics {
             "Output (completion) tokens, by node and model",
             m.output_tokens.clone(),
         );
-        registry.register(
-            "tokens",
-            "Total tokens, by node and model",
-            m.total_tokens.clone(),
-        );
+        registry.register("tokens", "Total tokens, by node and model", m.total_tokens.clone());
         registry.register(
             "request_duration_seconds",
             "Time from request to the end of the response",
@@ -109,11 +105,7 @@ impl Metrics {
             "Requests in flight, by node",
             m.active_requests.clone(),
         );
-        registry.register(
-            "node_up",
-            "1 when the node is online, else 0",
-            m.node_up.clone(),
-        );
+        registry.register("node_up", "1 when the node is online, else 0", m.node_up.clone());
         registry.register(
             "upstream_failures",
             "Attempts that failed before any byte reached the client (then failed over)",
@@ -124,24 +116,16 @@ impl Metrics {
 
     /// Starts the token and request counters of a node × model at stored totals.
     pub fn seed(&self, labels: &NodeModelLabels, t: &RollupTotals) {
-        self.input_tokens
-            .get_or_create(labels)
-            .inc_by(t.input_tokens);
-        self.output_tokens
-            .get_or_create(labels)
-            .inc_by(t.output_tokens);
-        self.total_tokens
-            .get_or_create(labels)
-            .inc_by(t.total_tokens);
+        self.input_tokens.get_or_create(labels).inc_by(t.input_tokens);
+        self.output_tokens.get_or_create(labels).inc_by(t.output_tokens);
+        self.total_tokens.get_or_create(labels).inc_by(t.total_tokens);
         for (status, n) in [
             ("success", t.success_count),
             ("error", t.error_count),
             ("cancelled", t.cancelled_count),
         ] {
             if n > 0 {
-                self.requests
-                    .get_or_create(&request_labels(labels, status))
-                    .inc_by(n);
+                self.requests.get_or_create(&request_labels(labels, status)).inc_by(n);
             }
         }
     }
@@ -149,8 +133,7 @@ impl Metrics {
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }

@@ -34,10 +34,7 @@ impl AdminKey {
 }
 
 /// The admin key and whether it was generated now.
-pub fn resolve_admin_key(
-    configured: Option<String>,
-    data_dir: &Path,
-) -> std::io::Result<(AdminKey, bool)> {
+pub fn resolve_admin_key(configured: Option<String>, data_dir: &Path) -> std::io::Result<(AdminKey, bool)> {
     if let Some(k) = configured.filter(|k| !k.trim().is_empty()) {
         return Ok((AdminKey::new(k.trim().to_string()), false));
     }

@@ -10,8 +10,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::NaiveDate;
 use common::protocol::{
-    DailyTokenSeries, DashboardNodes, DashboardStats, MonthlyTokenSeries, RequestHistoryPage,
-    RequestResponseRecord, RequestStatus, TokenStats,
+    DailyTokenSeries, DashboardNodes, DashboardStats, MonthlyTokenSeries, RequestHistoryPage, RequestResponseRecord,
+    RequestStatus, TokenStats,
 };
 
 use super::ApiError;
@@ -43,10 +43,7 @@ fn param<'a>(p: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
     p.get(name).map(String::as_str).filter(|v| !v.is_empty())
 }
 
-fn int<T: std::str::FromStr>(
-    p: &HashMap<String, String>,
-    name: &'static str,
-) -> Result<Option<T>, ApiError> {
+fn int<T: std::str::FromStr>(p: &HashMap<String, String>, name: &'static str) -> Result<Option<T>, ApiError> {
     param(p, name)
         .map(|v| {
             v.parse::<T>()
@@ -58,8 +55,7 @@ fn int<T: std::str::FromStr>(
 fn date(p: &HashMap<String, String>, name: &'static str) -> Result<Option<NaiveDate>, ApiError> {
     param(p, name)
         .map(|v| {
-            NaiveDate::parse_from_str(v, "%Y-%m-%d")
-                .map_err(|_| bad(name, format!("'{v}' is not a date (YYYY-MM-DD)")))
+            NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| bad(name, format!("'{v}' is not a date (YYYY-MM-DD)")))
         })
         .transpose()
 }
@@ -91,10 +87,7 @@ pub async fn stats_overview(State(st): State<AppState>) -> Json<DashboardStats> 
 #[utoipa::path(get, path = "/api/dashboard/stats/tokens", tag = "dashboard", security(("admin_key" = [])),
     params(("node_id" = Option<i64>, Query, description = "Only this node"), ("model" = Option<String>, Query, description = "Only this model")),
     responses((status = 200, body = TokenStats), (status = 400, description = "Bad parameter")))]
-pub async fn tokens(
-    State(st): State<AppState>,
-    Query(p): Params,
-) -> Result<Json<TokenStats>, ApiError> {
+pub async fn tokens(State(st): State<AppState>, Query(p): Params) -> Result<Json<TokenStats>, ApiError> {
     let filter = RollupFilter {
         node_id: int(&p, "node_id")?,
         model: param(&p, "model").map(str::to_string),
@@ -111,10 +104,7 @@ pub async fn tokens(
         ("days" = Option<u32>, Query, description = "Days ending today (default 30)"), ("node_id" = Option<i64>, Query, description = "Only this node"),
         ("model" = Option<String>, Query, description = "Only this model"), ("tz" = Option<String>, Query, description = "IANA time zone (default UTC)")),
     responses((status = 200, body = DailyTokenSeries), (status = 400, description = "Bad parameter")))]
-pub async fn daily(
-    State(st): State<AppState>,
-    Query(p): Params,
-) -> Result<Json<DailyTokenSeries>, ApiError> {
+pub async fn daily(State(st): State<AppState>, Query(p): Params) -> Result<Json<DailyTokenSeries>, ApiError> {
     let q = DailyQuery {
         from: date(&p, "from")?,
         to: date(&p, "to")?,
@@ -132,10 +122,7 @@ pub async fn daily(
         ("months" = Option<u32>, Query, description = "Months ending this month (default 12)"), ("node_id" = Option<i64>, Query, description = "Only this node"),
         ("model" = Option<String>, Query, description = "Only this model"), ("tz" = Option<String>, Query, description = "IANA time zone (default UTC)")),
     responses((status = 200, body = MonthlyTokenSeries), (status = 400, description = "Bad parameter")))]
-pub async fn monthly(
-    State(st): State<AppState>,
-    Query(p): Params,
-) -> Result<Json<MonthlyTokenSeries>, ApiError> {
+pub async fn monthly(State(st): State<AppState>, Query(p): Params) -> Result<Json<MonthlyTokenSeries>, ApiError> {
     let q = MonthlyQuery {
         from: month(&p, "from")?,
         to: month(&p, "to")?,
@@ -153,22 +140,15 @@ pub async fn monthly(
         ("status" = Option<String>, Query, description = "success, error or cancelled"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
         ("limit" = Option<u32>, Query, description = "1 to 500, default 50")),
     responses((status = 200, body = RequestHistoryPage), (status = 400, description = "Bad parameter")))]
-pub async fn history(
-    State(st): State<AppState>,
-    Query(p): Params,
-) -> Result<Json<RequestHistoryPage>, ApiError> {
+pub async fn history(State(st): State<AppState>, Query(p): Params) -> Result<Json<RequestHistoryPage>, ApiError> {
     let limit = int::<u32>(&p, "limit")?.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(bad("limit", "must be between 1 and 500"));
     }
     let status = param(&p, "status")
         .map(|s| {
-            RequestStatus::parse(s).ok_or_else(|| {
-                bad(
-                    "status",
-                    format!("'{s}' is not one of success, error, cancelled"),
-                )
-            })
+            RequestStatus::parse(s)
+                .ok_or_else(|| bad("status", format!("'{s}' is not one of success, error, cancelled")))
         })
         .transpose()?;
     let filter = HistoryFilter {

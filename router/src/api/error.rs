@@ -13,10 +13,7 @@ pub enum ApiError {
     #[error("missing or invalid admin key (send Authorization: Bearer <key>)")]
     Unauthorized,
     #[error("invalid parameter '{param}': {message}")]
-    BadParam {
-        param: &'static str,
-        message: String,
-    },
+    BadParam { param: &'static str, message: String },
     #[error("invalid JSON body: {0}")]
     BadBody(String),
     #[error("{0} not found")]
@@ -59,28 +56,12 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, code) = match &self {
-            ApiError::Unauthorized => (
-                StatusCode::UNAUTHORIZED,
-                "authentication_error",
-                "invalid_admin_key",
-            ),
-            ApiError::BadParam { .. } => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_parameter",
-            ),
-            ApiError::BadBody(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_json",
-            ),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_admin_key"),
+            ApiError::BadParam { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_parameter"),
+            ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "invalid_request_error", "conflict"),
-            ApiError::Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "internal_error",
-            ),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error"),
         };
         if let ApiError::Internal(m) = &self {
             tracing::error!(error = %m, "admin API failed");

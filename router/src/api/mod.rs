@@ -27,16 +27,11 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(nodes::routes())
         .merge(dashboard::routes())
         .route("/api/openapi.json", get(openapi::serve))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_admin,
-        ));
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));
     let metrics = Router::new().route("/metrics", get(metrics));
     let metrics = match state.metrics_access {
         MetricsAccess::Open => metrics,
-        MetricsAccess::Admin => {
-            metrics.route_layer(middleware::from_fn_with_state(state, auth::require_admin))
-        }
+        MetricsAccess::Admin => metrics.route_layer(middleware::from_fn_with_state(state, auth::require_admin)),
     };
     admin.merge(metrics)
 }

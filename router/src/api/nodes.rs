@@ -19,10 +19,7 @@ use crate::store::NodeChanges;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/nodes", get(list_nodes).post(create_node))
-        .route(
-            "/api/nodes/{id}",
-            get(get_node).patch(update_node).delete(delete_node),
-        )
+        .route("/api/nodes/{id}", get(get_node).patch(update_node).delete(delete_node))
 }
 
 /// A node as the admin API shows it (the api_key itself is never returned).
@@ -102,13 +99,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     responses((status = 200, body = NodeList), (status = 401, description = "No admin key")))]
 pub async fn list_nodes(State(st): State<AppState>) -> Json<NodeList> {
     Json(NodeList {
-        nodes: st
-            .balancer
-            .registry()
-            .live()
-            .iter()
-            .map(|n| view(n))
-            .collect(),
+        nodes: st.balancer.registry().live().iter().map(|n| view(n)).collect(),
     })
 }
 
@@ -116,10 +107,7 @@ pub async fn list_nodes(State(st): State<AppState>) -> Json<NodeList> {
 #[utoipa::path(post, path = "/api/nodes", tag = "nodes", security(("admin_key" = [])), request_body = CreateNode,
     responses((status = 201, body = NodeView), (status = 400, description = "Bad URL or body"),
         (status = 409, description = "A live node has this base_url")))]
-pub async fn create_node(
-    State(st): State<AppState>,
-    body: Bytes,
-) -> Result<impl IntoResponse, ApiError> {
+pub async fn create_node(State(st): State<AppState>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
     let req: CreateNode = parse_body(&body)?;
     let node = st
         .balancer
@@ -133,10 +121,7 @@ pub async fn create_node(
 #[utoipa::path(get, path = "/api/nodes/{id}", tag = "nodes", security(("admin_key" = [])),
     params(("id" = i64, Path, description = "Node id")),
     responses((status = 200, body = NodeView), (status = 404, description = "No such live node")))]
-pub async fn get_node(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<NodeView>, ApiError> {
+pub async fn get_node(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<NodeView>, ApiError> {
     let node = st.balancer.registry().live_node(parse_id(&id)?)?;
     Ok(Json(view(&node)))
 }
@@ -151,14 +136,11 @@ pub async fn update_node(
 ) -> Result<Json<NodeView>, ApiError> {
     let id = parse_id(&id)?;
     let raw: Value = parse_body(&body)?;
-    let req: UpdateNode =
-        serde_json::from_value(raw.clone()).map_err(|e| ApiError::BadBody(e.to_string()))?;
+    let req: UpdateNode = serde_json::from_value(raw.clone()).map_err(|e| ApiError::BadBody(e.to_string()))?;
     let changes = NodeChanges {
         name: req.name,
         // Present and null clears the key; absent leaves it.
-        api_key: raw
-            .get("api_key")
-            .map(|_| req.api_key.filter(|k| !k.is_empty())),
+        api_key: raw.get("api_key").map(|_| req.api_key.filter(|k| !k.is_empty())),
         enabled: req.enabled,
         include_usage: req.include_usage,
     };
@@ -170,10 +152,7 @@ pub async fn update_node(
 #[utoipa::path(delete, path = "/api/nodes/{id}", tag = "nodes", security(("admin_key" = [])),
     params(("id" = i64, Path, description = "Node id")),
     responses((status = 204, description = "Deleted"), (status = 404, description = "No such live node")))]
-pub async fn delete_node(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+pub async fn delete_node(State(st): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
     st.balancer.registry().delete(id).await?;
     if let Some(n) = st.balancer.registry().get(id) {

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::protocol::{
-    RequestResponseRecord, RequestStatus, RequestType, TokenSource, TokenUsage,
-};
+use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource, TokenUsage};
 
 use crate::metrics::{request_labels, Metrics, NodeLabels, NodeModelLabels};
 use crate::nodes::{Node, NodeId, NodeRegistry, NodeStatus};
@@ -54,9 +52,7 @@ pub struct LoadSnapshot {
 }
 
 fn saturating_add(a: &AtomicU64, v: u64) {
-    let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| {
-        Some(x.saturating_add(v))
-    });
+    let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(x.saturating_add(v)));
 }
 
 impl NodeLoadState {
@@ -114,9 +110,7 @@ impl NodeLoadState {
     fn leave(&self) {
         let _ = self
             .active_requests
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| {
-                Some(x.saturating_sub(1))
-            });
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(x.saturating_sub(1)));
     }
 }
 
@@ -204,8 +198,7 @@ impl Balancer {
         let mut candidates: Vec<(u64, Arc<Node>)> = Vec::new();
         let mut listed = false;
         self.inner.registry.for_each(|n| {
-            let (serves, routable) =
-                n.with_info(|i| (!i.deleted && i.serves(model), i.routable_for(model)));
+            let (serves, routable) = n.with_info(|i| (!i.deleted && i.serves(model), i.routable_for(model)));
             listed |= serves;
             if routable && !tried.contains(&n.id) {
                 candidates.push((n.load.active(), n.clone()));
@@ -240,23 +233,15 @@ impl Balancer {
 
     /// Records a request no node took (unknown model, none available, all failed).
     pub fn record_unrouted(&self, draft: RecordDraft, outcome: RequestOutcome) -> CommitTicket {
-        self.inner
-            .recorder
-            .record(build_record(draft, None, outcome))
+        self.inner.recorder.record(build_record(draft, None, outcome))
     }
 
     /// The one end of every lease (SPEC C-6): node counters, metrics, record.
-    fn finish_request(
-        &self,
-        node: &Node,
-        draft: RecordDraft,
-        outcome: RequestOutcome,
-    ) -> CommitTicket {
+    fn finish_request(&self, node: &Node, draft: RecordDraft, outcome: RequestOutcome) -> CommitTicket {
         node.load.leave();
         let duration = draft.started.elapsed();
         let duration_ms = duration.as_millis() as u64;
-        node.load
-            .add_finished(outcome.status, duration_ms, &outcome.usage);
+        node.load.add_finished(outcome.status, duration_ms, &outcome.usage);
 
         let m = &self.inner.metrics;
         let name = node.name();
@@ -269,22 +254,16 @@ impl Balancer {
         m.requests
             .get_or_create(&request_labels(&labels, outcome.status.as_str()))
             .inc();
-        m.input_tokens
-            .get_or_create(&labels)
-            .inc_by(outcome.usage.input_tokens);
+        m.input_tokens.get_or_create(&labels).inc_by(outcome.usage.input_tokens);
         m.output_tokens
             .get_or_create(&labels)
             .inc_by(outcome.usage.output_tokens);
-        m.total_tokens
-            .get_or_create(&labels)
-            .inc_by(outcome.usage.total_tokens);
+        m.total_tokens.get_or_create(&labels).inc_by(outcome.usage.total_tokens);
         m.request_duration
             .get_or_create(&labels)
             .observe(duration.as_secs_f64());
         if let Some(t) = outcome.time_to_first_byte {
-            m.time_to_first_token
-                .get_or_create(&labels)
-                .observe(t.as_secs_f64());
+            m.time_to_first_token.get_or_create(&labels).observe(t.as_secs_f64());
         }
         self.inner
             .recorder
@@ -313,17 +292,10 @@ fn node_labels(node: &Node) -> NodeLabels {
 /// Sets the node-up gauge from the node's status.
 pub fn publish_node_up(metrics: &Metrics, node: &Node) {
     let up = node.with_info(|i| i.status == NodeStatus::Online && !i.deleted);
-    metrics
-        .node_up
-        .get_or_create(&node_labels(node))
-        .set(up as i64);
+    metrics.node_up.get_or_create(&node_labels(node)).set(up as i64);
 }
 
-fn build_record(
-    draft: RecordDraft,
-    node: Option<(NodeId, String)>,
-    o: RequestOutcome,
-) -> RequestResponseRecord {
+fn build_record(draft: RecordDraft, node: Option<(NodeId, String)>, o: RequestOutcome) -> RequestResponseRecord {
     let (node_id, node_name) = node.unzip();
     RequestResponseRecord {
         id: 0,

@@ -33,10 +33,7 @@ pub struct Sessions {
 
 impl Sessions {
     fn create(&self) -> String {
-        let token: String = rand::random::<[u8; 32]>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let token: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
         let mut map = self.tokens.lock().unwrap();
         let now = Instant::now();
         map.retain(|_, exp| *exp > now);
@@ -95,11 +92,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn index() -> Response {
-    asset(
-        "text/html; charset=utf-8",
-        include_str!("assets/index.html"),
-    )
-    .await
+    asset("text/html; charset=utf-8", include_str!("assets/index.html")).await
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {

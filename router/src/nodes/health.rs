@@ -30,8 +30,7 @@ impl HealthChecker {
     /// Probes forever, one round per interval.
     pub async fn run(self) {
         // The first round is due one interval from now: start-up probes on its own.
-        let mut tick =
-            tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -46,8 +45,7 @@ impl HealthChecker {
 
     /// Probes one node and applies the result.
     pub async fn probe(&self, node: &Arc<Node>) {
-        let (url, key) =
-            node.with_info(|i| (format!("{}/v1/models", i.base_url), i.api_key.clone()));
+        let (url, key) = node.with_info(|i| (format!("{}/v1/models", i.base_url), i.api_key.clone()));
         let result = self.client.get(&url, key.as_deref(), self.timeout).await;
         let models = match result {
             Ok((200, body)) => parse_models(&body),
@@ -66,9 +64,7 @@ impl HealthChecker {
             }),
             Err(reason) => node.update_info(|i| {
                 i.consecutive_failures += 1;
-                if i.consecutive_failures >= self.failures_before_offline
-                    || i.status == NodeStatus::Unknown
-                {
+                if i.consecutive_failures >= self.failures_before_offline || i.status == NodeStatus::Unknown {
                     if i.status != NodeStatus::Offline {
                         tracing::warn!(node = %i.name, %reason, "node offline");
                     }
@@ -81,8 +77,7 @@ impl HealthChecker {
 }
 
 fn parse_models(body: &[u8]) -> Result<Vec<String>, String> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| format!("invalid /v1/models body: {e}"))?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("invalid /v1/models body: {e}"))?;
     let data = v
         .get("data")
         .or_else(|| v.get("models"))
@@ -90,11 +85,7 @@ fn parse_models(body: &[u8]) -> Result<Vec<String>, String> {
         .ok_or("no data array in /v1/models")?;
     Ok(data
         .iter()
-        .filter_map(|m| {
-            m.get("id")
-                .or_else(|| m.get("name"))
-                .and_then(Value::as_str)
-        })
+        .filter_map(|m| m.get("id").or_else(|| m.get("name")).and_then(Value::as_str))
         .map(str::to_string)
         .collect())
 }
@@ -109,10 +100,7 @@ mod tests {
             parse_models(br#"{"data":[{"id":"a"},{"id":"b"}]}"#).unwrap(),
             vec!["a", "b"]
         );
-        assert_eq!(
-            parse_models(br#"{"models":[{"name":"c"}]}"#).unwrap(),
-            vec!["c"]
-        );
+        assert_eq!(parse_models(br#"{"models":[{"name":"c"}]}"#).unwrap(), vec!["c"]);
         assert!(parse_models(b"garbage").is_err());
     }
 }

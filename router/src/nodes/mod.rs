@@ -141,15 +141,13 @@ impl Node {
 
 /// Normalizes a node URL: `http://host:port[/prefix]`, without a trailing `/` or `/v1`.
 pub fn normalize_base_url(raw: &str) -> Result<String, NodeError> {
-    let url =
-        url::Url::parse(raw.trim()).map_err(|e| NodeError::InvalidUrl(format!("{raw}: {e}")))?;
+    let url = url::Url::parse(raw.trim()).map_err(|e| NodeError::InvalidUrl(format!("{raw}: {e}")))?;
     if url.scheme() != "http" {
         return Err(NodeError::InvalidUrl(format!(
             "{raw}: only http:// nodes are supported (TLS to nodes is not implemented)"
         )));
     }
-    if url.host_str().is_none_or(str::is_empty) || url.query().is_some() || url.fragment().is_some()
-    {
+    if url.host_str().is_none_or(str::is_empty) || url.query().is_some() || url.fragment().is_some() {
         return Err(NodeError::InvalidUrl(format!(
             "{raw}: expected http://host[:port][/path]"
         )));
@@ -182,10 +180,7 @@ impl NodeRegistry {
 
     /// Nodes that are not deleted.
     pub fn live(&self) -> Vec<Arc<Node>> {
-        self.all()
-            .into_iter()
-            .filter(|n| !n.with_info(|i| i.deleted))
-            .collect()
+        self.all().into_iter().filter(|n| !n.with_info(|i| i.deleted)).collect()
     }
 
     /// Runs `f` over every node without copying the list (the routing hot path).
@@ -196,12 +191,7 @@ impl NodeRegistry {
     }
 
     pub fn get(&self, id: NodeId) -> Option<Arc<Node>> {
-        self.nodes
-            .read()
-            .unwrap()
-            .iter()
-            .find(|n| n.id == id)
-            .cloned()
+        self.nodes.read().unwrap().iter().find(|n| n.id == id).cloned()
     }
 
     /// A live node, or `NotFound`.
@@ -252,14 +242,10 @@ impl NodeRegistry {
 
     pub async fn update(&self, id: NodeId, changes: NodeChanges) -> Result<Arc<Node>, NodeError> {
         let node = self.live_node(id)?;
-        let stored = self
-            .store
-            .update_node(id, &changes)
-            .await
-            .map_err(|e| match e {
-                StoreError::NotFound => NodeError::NotFound(id),
-                other => other.into(),
-            })?;
+        let stored = self.store.update_node(id, &changes).await.map_err(|e| match e {
+            StoreError::NotFound => NodeError::NotFound(id),
+            other => other.into(),
+        })?;
         node.update_info(|i| {
             i.name = stored.name;
             i.api_key = stored.api_key;

@@ -40,10 +40,7 @@ pub fn upstream_request(
         if is_hop_by_hop(name)
             || matches!(
                 *name,
-                header::HOST
-                    | header::CONTENT_LENGTH
-                    | header::ACCEPT_ENCODING
-                    | header::AUTHORIZATION
+                header::HOST | header::CONTENT_LENGTH | header::ACCEPT_ENCODING | header::AUTHORIZATION
             )
         {
             continue;
@@ -51,10 +48,7 @@ pub fn upstream_request(
         headers.append(name, value.clone());
     }
     if !headers.contains_key(header::CONTENT_TYPE) {
-        headers.insert(
-            header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
+        headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     }
     if let Some(key) = api_key {
         headers.insert(header::AUTHORIZATION, bearer(key)?);

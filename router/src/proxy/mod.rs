@@ -146,17 +146,14 @@ async fn read_request(settings: &ProxySettings, body: Body) -> Result<Parsed, Pr
         .collect()
         .await
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                 ProxyError::BodyTooLarge(settings.max_body_bytes)
             } else {
                 ProxyError::BodyRead(e.to_string())
             }
         })?
         .to_bytes();
-    let json: Value =
-        serde_json::from_slice(&body).map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
+    let json: Value = serde_json::from_slice(&body).map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
     let model = json
         .get("model")
         .and_then(Value::as_str)
@@ -171,13 +168,7 @@ async fn read_request(settings: &ProxySettings, body: Body) -> Result<Parsed, Pr
     })
 }
 
-async fn proxy(
-    st: AppState,
-    kind: RequestType,
-    peer: SocketAddr,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn proxy(st: AppState, kind: RequestType, peer: SocketAddr, headers: HeaderMap, body: Body) -> Response {
     let mut draft = RecordDraft {
         timestamp: Utc::now(),
         started: Instant::now(),
@@ -242,20 +233,10 @@ enum Forwarded {
     FailOver(RequestLease, String),
 }
 
-async fn forward(
-    st: &AppState,
-    lease: RequestLease,
-    req: &Parsed,
-    client_headers: &HeaderMap,
-) -> Forwarded {
+async fn forward(st: &AppState, lease: RequestLease, req: &Parsed, client_headers: &HeaderMap) -> Forwarded {
     let node = lease.node().clone();
-    let (base_url, api_key, wants_usage) = node.with_info(|i| {
-        (
-            i.base_url.clone(),
-            i.api_key.clone(),
-            i.wants_include_usage(),
-        )
-    });
+    let (base_url, api_key, wants_usage) =
+        node.with_info(|i| (i.base_url.clone(), i.api_key.clone(), i.wants_include_usage()));
     let kind = lease.draft().request_type;
     let injected = match kind {
         RequestType::ChatCompletions | RequestType::Completions if wants_usage => {
@@ -344,9 +325,7 @@ async fn complete_plain(
     let bytes = match collected {
         Ok(Ok(c)) => c.to_bytes(),
         Ok(Err(e)) => return fail_after_send(st, lease, UpstreamError::Io(e.to_string())).await,
-        Err(_) => {
-            return fail_after_send(st, lease, UpstreamError::Timeout(st.proxy.idle_timeout)).await
-        }
+        Err(_) => return fail_after_send(st, lease, UpstreamError::Timeout(st.proxy.idle_timeout)).await,
     };
     let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
     let reported = parsed.as_ref().and_then(token::usage_from_json);
@@ -358,14 +337,8 @@ async fn complete_plain(
     let error_message = (!status.is_success()).then(|| {
         let detail = parsed
             .as_ref()
-            .and_then(|v| {
-                v.pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| {
-                String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned()
-            });
+            .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned());
         format!("node answered {}: {detail}", status.as_u16())
     });
     let outcome = RequestOutcome {

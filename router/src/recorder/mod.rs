@@ -127,20 +127,13 @@ impl Recorder {
             if tokio::time::timeout(max, &mut w).await.is_err() {
                 w.abort();
                 let left = self.status.backlog.load(Ordering::Relaxed);
-                tracing::error!(
-                    left,
-                    "recorder did not drain in time; records not persisted"
-                );
+                tracing::error!(left, "recorder did not drain in time; records not persisted");
             }
         }
     }
 }
 
-async fn write_loop(
-    store: Store,
-    mut rx: mpsc::UnboundedReceiver<Job>,
-    status: Arc<RecorderStatus>,
-) {
+async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Job>, status: Arc<RecorderStatus>) {
     let mut records: Vec<RequestResponseRecord> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<bool>> = Vec::new();
     let mut backoff = Duration::from_millis(50);
@@ -190,11 +183,7 @@ async fn write_loop(
 }
 
 /// Adds a queued record to the batch; returns `false` for the shutdown signal.
-fn push(
-    job: Job,
-    records: &mut Vec<RequestResponseRecord>,
-    waiters: &mut Vec<oneshot::Sender<bool>>,
-) -> bool {
+fn push(job: Job, records: &mut Vec<RequestResponseRecord>, waiters: &mut Vec<oneshot::Sender<bool>>) -> bool {
     match job {
         Job::Record { record, waiter } => {
             records.push(record);

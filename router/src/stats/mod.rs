@@ -11,9 +11,7 @@ mod series;
 
 use std::collections::HashMap;
 
-use common::protocol::{
-    DashboardNode, DashboardNodes, DashboardStats, ModelTokenStats, NodeTokenStats, TokenStats,
-};
+use common::protocol::{DashboardNode, DashboardNodes, DashboardStats, ModelTokenStats, NodeTokenStats, TokenStats};
 
 pub use series::{daily, monthly, DailyQuery, MonthlyQuery};
 
@@ -24,10 +22,7 @@ use crate::store::{GroupBy, RollupFilter, Store, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum StatsError {
     #[error("invalid parameter '{param}': {message}")]
-    BadParam {
-        param: &'static str,
-        message: String,
-    },
+    BadParam { param: &'static str, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -55,11 +50,7 @@ pub fn dashboard_nodes(registry: &NodeRegistry) -> DashboardNodes {
         .map(|n| {
             let info = n.info();
             let load = n.load.snapshot();
-            let status = if info.enabled {
-                info.status.as_str()
-            } else {
-                "disabled"
-            };
+            let status = if info.enabled { info.status.as_str() } else { "disabled" };
             DashboardNode {
                 id: n.id,
                 name: info.name,

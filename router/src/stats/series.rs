@@ -119,10 +119,7 @@ pub async fn daily(store: &Store, q: DailyQuery) -> Result<DailyTokenSeries, Sta
     }
     let span = (to - from).num_days() + 1;
     if span > MAX_DAYS as i64 {
-        return Err(bad(
-            "to",
-            format!("range of {span} days is longer than {MAX_DAYS}"),
-        ));
+        return Err(bad("to", format!("range of {span} days is longer than {MAX_DAYS}")));
     }
     let start = local_midnight(tz, from);
     let end = local_midnight(tz, to + Days::new(1));
@@ -178,10 +175,7 @@ pub async fn monthly(store: &Store, q: MonthlyQuery) -> Result<MonthlyTokenSerie
     }
     let span = (to.year() - from.year()) * 12 + to.month() as i32 - from.month() as i32 + 1;
     if span > MAX_MONTHS as i32 {
-        return Err(bad(
-            "to",
-            format!("range of {span} months is longer than {MAX_MONTHS}"),
-        ));
+        return Err(bad("to", format!("range of {span} months is longer than {MAX_MONTHS}")));
     }
     let start = local_midnight(tz, from);
     let end = local_midnight(tz, to + Months::new(1));
@@ -219,22 +213,13 @@ mod tests {
     fn midnight_in_dst_zones() {
         let tz: Tz = "Europe/Paris".parse().unwrap();
         let d = NaiveDate::from_ymd_opt(2026, 3, 29).unwrap(); // DST starts at 02:00
-        assert_eq!(
-            local_midnight(tz, d).to_rfc3339(),
-            "2026-03-28T23:00:00+00:00"
-        );
+        assert_eq!(local_midnight(tz, d).to_rfc3339(), "2026-03-28T23:00:00+00:00");
         let d = NaiveDate::from_ymd_opt(2026, 3, 30).unwrap();
-        assert_eq!(
-            local_midnight(tz, d).to_rfc3339(),
-            "2026-03-29T22:00:00+00:00"
-        );
+        assert_eq!(local_midnight(tz, d).to_rfc3339(), "2026-03-29T22:00:00+00:00");
         // Midnight does not exist in America/Santiago on DST day; the day starts at 01:00.
         let tz: Tz = "America/Santiago".parse().unwrap();
         let d = NaiveDate::from_ymd_opt(2026, 9, 6).unwrap();
-        assert_eq!(
-            local_midnight(tz, d).to_rfc3339(),
-            "2026-09-06T04:00:00+00:00"
-        );
+        assert_eq!(local_midnight(tz, d).to_rfc3339(), "2026-09-06T04:00:00+00:00");
     }
 
     #[test]

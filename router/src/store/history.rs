@@ -81,9 +81,7 @@ impl Store {
         let mut hours: HashMap<(i64, i64, &str), HourAgg> = HashMap::new();
         for r in records {
             let Some(node_id) = r.node_id else { continue };
-            let a = hours
-                .entry((hour_start(r.timestamp), node_id, &r.model))
-                .or_default();
+            let a = hours.entry((hour_start(r.timestamp), node_id, &r.model)).or_default();
             a.requests += 1;
             match r.status {
                 RequestStatus::Success => a.success += 1,
@@ -137,8 +135,7 @@ impl Store {
 
     /// Newest first, `filter.limit` records, starting below `filter.before_id`.
     pub async fn history_page(&self, filter: &HistoryFilter) -> StoreResult<HistoryPage> {
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("SELECT * FROM request_history WHERE 1 = 1");
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM request_history WHERE 1 = 1");
         if let Some(id) = filter.node_id {
             q.push(" AND node_id = ").push_bind(id);
         }
@@ -151,15 +148,10 @@ impl Store {
         if let Some(id) = filter.before_id {
             q.push(" AND id < ").push_bind(id);
         }
-        q.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(filter.limit as i64 + 1);
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(filter.limit as i64 + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
         let has_more = rows.len() > filter.limit as usize;
-        let records = rows
-            .iter()
-            .take(filter.limit as usize)
-            .map(row_to_record)
-            .collect();
+        let records = rows.iter().take(filter.limit as usize).map(row_to_record).collect();
         Ok(HistoryPage { records, has_more })
     }
 
@@ -203,8 +195,7 @@ fn row_to_record(r: &sqlx::sqlite::SqliteRow) -> RequestResponseRecord {
         id: r.get("id"),
         timestamp: from_millis(r.get("timestamp")),
         completed_at: from_millis(r.get("completed_at")),
-        request_type: RequestType::parse(r.get("request_type"))
-            .unwrap_or(RequestType::ChatCompletions),
+        request_type: RequestType::parse(r.get("request_type")).unwrap_or(RequestType::ChatCompletions),
         model: r.get("model"),
         node_id: r.get("node_id"),
         node_name: r.get("node_name"),

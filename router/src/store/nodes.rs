@@ -109,12 +109,11 @@ impl Store {
 
     /// Soft delete: the row stays so statistics keep the node's name.
     pub async fn delete_node(&self, id: i64) -> StoreResult<()> {
-        let done =
-            sqlx::query("UPDATE nodes SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL")
-                .bind(to_millis(Utc::now()))
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
+        let done = sqlx::query("UPDATE nodes SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL")
+            .bind(to_millis(Utc::now()))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }

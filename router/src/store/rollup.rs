@@ -104,20 +104,15 @@ impl Store {
             q.push(" AND hour_start < ").push_bind(to);
         }
         if !key_cols.is_empty() {
-            q.push(" GROUP BY ")
-                .push(key_cols)
-                .push(" ORDER BY ")
-                .push(key_cols);
+            q.push(" GROUP BY ").push(key_cols).push(" ORDER BY ").push(key_cols);
         }
         let rows = q.build().fetch_all(&self.pool).await?;
         Ok(rows
             .iter()
             .map(|r| {
                 let key = RollupKey {
-                    node_id: matches!(group, GroupBy::Node | GroupBy::NodeAndModel)
-                        .then(|| r.get("node_id")),
-                    model: matches!(group, GroupBy::Model | GroupBy::NodeAndModel)
-                        .then(|| r.get("model")),
+                    node_id: matches!(group, GroupBy::Node | GroupBy::NodeAndModel).then(|| r.get("node_id")),
+                    model: matches!(group, GroupBy::Model | GroupBy::NodeAndModel).then(|| r.get("model")),
                     hour_start: matches!(group, GroupBy::Hour).then(|| r.get("hour_start")),
                 };
                 let totals = RollupTotals {

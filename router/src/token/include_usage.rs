@@ -133,21 +133,14 @@ mod tests {
         let parsed: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(parsed["stream_options"]["include_usage"], true);
         let v = json!({"stream": true, "stream_options": {"include_usage": true}});
-        assert_eq!(
-            request_with_include_usage(v.to_string().as_bytes(), &v),
-            None
-        );
+        assert_eq!(request_with_include_usage(v.to_string().as_bytes(), &v), None);
         let v = json!({"stream": false});
-        assert_eq!(
-            request_with_include_usage(v.to_string().as_bytes(), &v),
-            None
-        );
+        assert_eq!(request_with_include_usage(v.to_string().as_bytes(), &v), None);
     }
 
     #[test]
     fn usage_null_is_cut_byte_exactly() {
-        let raw =
-            br#"data: {"id":"x","choices":[{"delta":{"content":"\"usage\":null"}}],"usage":null}"#;
+        let raw = br#"data: {"id":"x","choices":[{"delta":{"content":"\"usage\":null"}}],"usage":null}"#;
         let out = strip_usage_null(raw).unwrap();
         assert_eq!(
             &out[..],

@@ -75,11 +75,7 @@ pub fn usage_from_json(v: &Value) -> Option<TokenUsage> {
     if input.is_none() && output.is_none() && total.is_none() {
         return None;
     }
-    Some(TokenUsage::new(
-        input.unwrap_or(0),
-        output.unwrap_or(0),
-        total,
-    ))
+    Some(TokenUsage::new(input.unwrap_or(0), output.unwrap_or(0), total))
 }
 
 /// What a request asks the model to read: the text to estimate its input tokens from,
@@ -197,11 +193,7 @@ fn push_text(out: &mut String, s: &str) {
 
 /// Final figures of a request: the reported usage when there is one, else the
 /// estimate of the prompt and of the generated text.
-pub async fn settle(
-    reported: Option<TokenUsage>,
-    prompt: &PromptText,
-    generated: String,
-) -> CountedUsage {
+pub async fn settle(reported: Option<TokenUsage>, prompt: &PromptText, generated: String) -> CountedUsage {
     match reported {
         Some(usage) => CountedUsage {
             usage,
@@ -225,9 +217,7 @@ mod tests {
 
     #[test]
     fn openai_usage_is_taken_as_reported() {
-        let u = usage_from_json(
-            &json!({"usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}}),
-        );
+        let u = usage_from_json(&json!({"usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}}));
         assert_eq!(u, Some(TokenUsage::new(12, 5, Some(17))));
     }
 
@@ -268,10 +258,7 @@ mod tests {
     fn bpe_counts_match_tiktoken_cl100k() {
         // Reference counts from tiktoken's cl100k_base.
         assert_eq!(count_tokens("hello world"), 2);
-        assert_eq!(
-            count_tokens("The quick brown fox jumps over the lazy dog."),
-            10
-        );
+        assert_eq!(count_tokens("The quick brown fox jumps over the lazy dog."), 10);
         assert_eq!(count_tokens(""), 0);
     }
 
@@ -292,9 +279,7 @@ mod tests {
             {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}
         ]}));
         assert_eq!(p.text, "a b\nc\n{}");
-        let p = prompt_text(
-            &json!({"prompt": [[1, 2, 3], "x"], "input": [{"role": "user", "content": "y"}]}),
-        );
+        let p = prompt_text(&json!({"prompt": [[1, 2, 3], "x"], "input": [{"role": "user", "content": "y"}]}));
         assert_eq!(
             p,
             PromptText {
@@ -313,12 +298,7 @@ mod tests {
 
     #[tokio::test]
     async fn settle_prefers_reported_and_flags_estimates() {
-        let reported = settle(
-            Some(TokenUsage::new(1, 2, None)),
-            &PromptText::default(),
-            String::new(),
-        )
-        .await;
+        let reported = settle(Some(TokenUsage::new(1, 2, None)), &PromptText::default(), String::new()).await;
         assert_eq!(reported.source, TokenSource::Reported);
         let est = settle(
             None,

@@ -154,10 +154,7 @@ mod tests {
         assert_eq!(ev.len(), 3);
         assert_eq!(ev[0].event.as_deref(), Some("a"));
         assert_eq!(ev[0].data.as_deref(), Some("x\ny"));
-        assert_eq!(
-            ev[0].raw,
-            Bytes::from_static(b"event: a\ndata: x\ndata: y\n\n")
-        );
+        assert_eq!(ev[0].raw, Bytes::from_static(b"event: a\ndata: x\ndata: y\n\n"));
         assert_eq!(ev[1].data, None);
         assert_eq!(ev[2].data.as_deref(), Some("z"));
         assert_eq!(ev[2].start, 37);

@@ -77,10 +77,7 @@ impl StreamTap {
                     now: chunk.slice(..at),
                     held: Some(chunk.slice(at..)),
                 },
-                None => TapOutput {
-                    now: chunk,
-                    held: None,
-                },
+                None => TapOutput { now: chunk, held: None },
             };
         }
         let mut now = BytesMut::new();
@@ -160,24 +157,14 @@ impl StreamTap {
         if let Some(err) = v.get("error") {
             self.error = Some(error_message(err));
         }
-        for c in v
-            .get("choices")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for c in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
             if let Some(d) = c.get("delta") {
                 for k in ["content", "reasoning_content", "reasoning", "refusal"] {
                     if let Some(s) = d.get(k).and_then(Value::as_str) {
                         self.push_generated(s);
                     }
                 }
-                for call in d
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
+                for call in d.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
                     if let Some(a) = call.pointer("/function/arguments").and_then(Value::as_str) {
                         self.push_generated(a);
                     }
@@ -264,10 +251,7 @@ mod tests {
         }
         let tail = tap.on_end();
         if after_commit { &mut held } else { &mut now }.extend_from_slice(&tail);
-        (
-            String::from_utf8(now).unwrap(),
-            String::from_utf8(held).unwrap(),
-        )
+        (String::from_utf8(now).unwrap(), String::from_utf8(held).unwrap())
     }
 
     #[test]
@@ -294,10 +278,7 @@ mod tests {
                 "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\ndata: [DONE]\n\n",
             ],
         );
-        assert_eq!(
-            now,
-            "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n"
-        );
+        assert_eq!(now, "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n");
         assert_eq!(held, "data: [DONE]\n\n");
         assert_eq!(tap.reported_usage(), Some(TokenUsage::new(3, 1, Some(4))));
     }

@@ -111,9 +111,7 @@ async fn stream_without_usage_support_is_estimated_from_the_deltas() {
     })
     .await;
     let h = Harness::start(&[&a]).await;
-    let (s, _) = h
-        .chat_stream(&chat_body("m", "count these words please", true))
-        .await;
+    let (s, _) = h.chat_stream(&chat_body("m", "count these words please", true)).await;
     assert_eq!(s, 200);
     let r = only_record(&h).await;
     assert_tokens(
@@ -148,12 +146,7 @@ async fn a_node_that_rejects_stream_options_is_retried_without_and_remembered() 
     let records = h.history().await;
     assert_eq!(records.len(), 2);
     for r in &records {
-        assert_tokens(
-            r,
-            tokens("hello world"),
-            tokens(&mock_text("alpha", 5)),
-            "estimated",
-        );
+        assert_tokens(r, tokens("hello world"), tokens(&mock_text("alpha", 5)), "estimated");
     }
 }
 
@@ -162,11 +155,7 @@ async fn include_usage_can_be_switched_off_per_node() {
     let a = mock("alpha", &["m"]).await;
     let h = Harness::start(&[&a]).await;
     let (s, _) = h
-        .admin(
-            Method::PATCH,
-            "/api/nodes/1",
-            Some(json!({"include_usage": false})),
-        )
+        .admin(Method::PATCH, "/api/nodes/1", Some(json!({"include_usage": false})))
         .await;
     assert_eq!(s, 200);
     h.chat_stream(&chat_body("m", "a b", true)).await;
@@ -197,17 +186,9 @@ async fn an_error_response_counts_its_input_and_no_output() {
     assert_eq!(records[1]["status"], "error");
     assert_eq!(records[1]["http_status"], 500);
     assert_tokens(&records[1], 5, 0, "reported");
-    assert_tokens(
-        &records[0],
-        tokens("five words in this prompt"),
-        0,
-        "estimated",
-    );
+    assert_tokens(&records[0], tokens("five words in this prompt"), 0, "estimated");
     let n = h.node(&reported.base_url()).await;
-    assert_eq!(
-        (u(&n["failed_requests"]), u(&n["total_input_tokens"])),
-        (1, 5)
-    );
+    assert_eq!((u(&n["failed_requests"]), u(&n["total_input_tokens"])), (1, 5));
 }
 
 #[tokio::test]
@@ -218,9 +199,7 @@ async fn a_stream_broken_by_the_node_counts_what_was_produced() {
     })
     .await;
     let h = Harness::start(&[&a]).await;
-    let resp = h
-        .post("/v1/chat/completions", &chat_body("m", "one two", true))
-        .await;
+    let resp = h.post("/v1/chat/completions", &chat_body("m", "one two", true)).await;
     assert_eq!(resp.status(), 200);
     let mut got = Vec::new();
     let mut broke = false;
@@ -235,19 +214,8 @@ async fn a_stream_broken_by_the_node_counts_what_was_produced() {
     assert!(!String::from_utf8_lossy(&got).contains("[DONE]"));
     let r = only_record(&h).await;
     assert_eq!(r["status"], "error");
-    assert!(
-        r["error_message"]
-            .as_str()
-            .unwrap()
-            .contains("broke the stream"),
-        "{r}"
-    );
-    assert_tokens(
-        &r,
-        tokens("one two"),
-        tokens(&mock_text("alpha", 2)),
-        "estimated",
-    );
+    assert!(r["error_message"].as_str().unwrap().contains("broke the stream"), "{r}");
+    assert_tokens(&r, tokens("one two"), tokens(&mock_text("alpha", 2)), "estimated");
 }
 
 #[tokio::test]
@@ -258,15 +226,11 @@ async fn a_client_that_disconnects_mid_stream_is_recorded_as_cancelled() {
     })
     .await;
     let h = Harness::start(&[&a]).await;
-    let resp = h
-        .post("/v1/chat/completions", &chat_body("m", "one two", true))
-        .await;
+    let resp = h.post("/v1/chat/completions", &chat_body("m", "one two", true)).await;
     let mut s = resp.bytes_stream();
     let mut seen = 0;
     while let Some(c) = s.next().await {
-        seen += String::from_utf8_lossy(&c.unwrap())
-            .matches("alpha")
-            .count();
+        seen += String::from_utf8_lossy(&c.unwrap()).matches("alpha").count();
         if seen >= 4 {
             break;
         }
@@ -291,9 +255,7 @@ async fn a_client_that_disconnects_mid_stream_is_recorded_as_cancelled() {
         "output {out} is not the estimate of a prefix of the stream"
     );
     assert_tokens(r, tokens("one two"), out, "estimated");
-    let n = h
-        .wait_node(&a.base_url(), "idle", |n| n["active_requests"] == 0)
-        .await;
+    let n = h.wait_node(&a.base_url(), "idle", |n| n["active_requests"] == 0).await;
     assert_eq!(
         (u(&n["total_output_tokens"]), n["failed_requests"].clone()),
         (out, json!(1))
@@ -309,18 +271,12 @@ async fn responses_api_and_embeddings_usage_is_recorded() {
         .await;
     assert_eq!(r.status(), 200);
     let r = h
-        .post(
-            "/v1/responses",
-            &json!({"model": "m", "input": "a b", "stream": true}),
-        )
+        .post("/v1/responses", &json!({"model": "m", "input": "a b", "stream": true}))
         .await;
     let text = r.text().await.unwrap();
     assert!(text.contains("response.completed"));
     let r = h
-        .post(
-            "/v1/embeddings",
-            &json!({"model": "m", "input": ["x y", "z"]}),
-        )
+        .post("/v1/embeddings", &json!({"model": "m", "input": ["x y", "z"]}))
         .await;
     assert_eq!(r.status(), 200);
     let records = h.history().await;
@@ -347,12 +303,7 @@ async fn completions_stream_is_counted_and_hidden_usage_removed() {
         .bytes()
         .await
         .unwrap();
-    let got = h
-        .post("/v1/completions", &body)
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let got = h.post("/v1/completions", &body).await.bytes().await.unwrap();
     assert_eq!(got, direct);
     assert_tokens(&only_record(&h).await, 3, 5, "reported");
 }

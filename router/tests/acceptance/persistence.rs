@@ -84,10 +84,7 @@ async fn token_metric_lines(h: &Harness) -> Vec<String> {
         .unwrap();
     let mut lines: Vec<String> = text
         .lines()
-        .filter(|l| {
-            l.starts_with("llm_router_input_tokens_total")
-                || l.starts_with("llm_router_output_tokens_total")
-        })
+        .filter(|l| l.starts_with("llm_router_input_tokens_total") || l.starts_with("llm_router_output_tokens_total"))
         .map(str::to_string)
         .collect();
     lines.sort();
@@ -107,41 +104,25 @@ async fn offline_and_deleted_nodes_keep_their_totals() {
 
     a.shutdown().await;
     h.router.state.health.probe_all().await;
-    let n = h
-        .wait_node(&a_url, "offline", |n| n["status"] == "offline")
-        .await;
-    assert_eq!(
-        (u(&n["total_input_tokens"]), u(&n["total_output_tokens"])),
-        (3, 5)
-    );
+    let n = h.wait_node(&a_url, "offline", |n| n["status"] == "offline").await;
+    assert_eq!((u(&n["total_input_tokens"]), u(&n["total_output_tokens"])), (3, 5));
 
     let b_id = h.node(&b_url).await["id"].as_i64().unwrap();
-    let (s, _) = h
-        .admin(Method::DELETE, &format!("/api/nodes/{b_id}"), None)
-        .await;
+    let (s, _) = h.admin(Method::DELETE, &format!("/api/nodes/{b_id}"), None).await;
     assert_eq!(s, 204);
     let n = h.node(&b_url).await;
     assert_eq!(n["deleted"], true);
-    assert_eq!(
-        (u(&n["total_input_tokens"]), u(&n["total_output_tokens"])),
-        (2, 5)
-    );
+    assert_eq!((u(&n["total_input_tokens"]), u(&n["total_output_tokens"])), (2, 5));
     assert_eq!(token_totals(&h).await, total_before);
 
     let h = h.restart().await;
     let n = h.node(&b_url).await;
-    assert_eq!(
-        (n["deleted"].clone(), u(&n["total_tokens"])),
-        (Value::Bool(true), 7)
-    );
+    assert_eq!((n["deleted"].clone(), u(&n["total_tokens"])), (Value::Bool(true), 7));
     assert_eq!(u(&h.node(&a_url).await["total_tokens"]), 8);
     assert_eq!(token_totals(&h).await, total_before);
     let stats = h.get("/api/dashboard/stats").await;
     assert_eq!(
-        (
-            u(&stats["total_input_tokens"]),
-            u(&stats["total_output_tokens"])
-        ),
+        (u(&stats["total_input_tokens"]), u(&stats["total_output_tokens"])),
         (5, 10)
     );
 }
@@ -165,10 +146,7 @@ async fn pruning_history_changes_no_token_figure() {
     assert_eq!(deleted, 3);
     assert!(h.history().await.is_empty());
     assert_eq!(h.get("/api/dashboard/stats/tokens").await, before);
-    assert_eq!(
-        h.get("/api/dashboard/stats/tokens/daily?days=2").await,
-        daily_before
-    );
+    assert_eq!(h.get("/api/dashboard/stats/tokens/daily?days=2").await, daily_before);
     assert_eq!(u(&before["total_tokens"]), 21);
 }
 
@@ -186,10 +164,7 @@ async fn records_wait_in_memory_while_the_store_is_locked() {
         .expect("sqlite3 CLI is installed");
     use tokio::io::AsyncWriteExt;
     let stdin = locker.stdin.as_mut().unwrap();
-    stdin
-        .write_all(b"BEGIN EXCLUSIVE;\nSELECT 1;\n")
-        .await
-        .unwrap();
+    stdin.write_all(b"BEGIN EXCLUSIVE;\nSELECT 1;\n").await.unwrap();
     stdin.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -197,15 +172,7 @@ async fn records_wait_in_memory_while_the_store_is_locked() {
         let (s, _) = h.chat("m", "one two").await;
         assert_eq!(s, 200, "the router keeps serving");
     }
-    let health: Value = h
-        .http
-        .get(h.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = h.http.get(h.url("/health")).send().await.unwrap().json().await.unwrap();
     assert!(u(&health["recorder"]["backlog"]) >= 3, "{health}");
     // In memory the figures already count them.
     assert_eq!(u(&h.node(&a.base_url()).await["total_requests"]), 4);
@@ -214,34 +181,20 @@ async fn records_wait_in_memory_while_the_store_is_locked() {
     drop(locker.stdin.take());
     locker.wait().await.unwrap();
     for _ in 0..200 {
-        let health: Value = h
-            .http
-            .get(h.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health: Value = h.http.get(h.url("/health")).send().await.unwrap().json().await.unwrap();
         if health["recorder"]["backlog"] == 0 && health["status"] == "ok" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(h.history().await.len(), 4, "every record reached the store");
-    assert_eq!(
-        u(&h.get("/api/dashboard/stats/tokens").await["request_count"]),
-        4
-    );
+    assert_eq!(u(&h.get("/api/dashboard/stats/tokens").await["request_count"]), 4);
 }
 
 #[tokio::test]
 async fn shutdown_flushes_records_of_async_mode() {
     let a = mock("alpha", &["m"]).await;
-    let h = Harness::start_with(&[&a], |args| {
-        args.durability = llm_router::recorder::Durability::Async
-    })
-    .await;
+    let h = Harness::start_with(&[&a], |args| args.durability = llm_router::recorder::Durability::Async).await;
     for _ in 0..20 {
         h.chat("m", "one").await;
     }

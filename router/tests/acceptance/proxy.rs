@@ -50,10 +50,7 @@ async fn concurrent_requests_spread_over_the_least_loaded_nodes() {
         assert_eq!(t.await.unwrap(), 200);
     }
     // Each node had at most one more in flight than the others: 3 each.
-    assert_eq!(
-        [a.received().len(), b.received().len(), c.received().len()],
-        [3, 3, 3]
-    );
+    assert_eq!([a.received().len(), b.received().len(), c.received().len()], [3, 3, 3]);
     let nodes = h.get("/api/dashboard/nodes").await;
     for n in nodes["nodes"].as_array().unwrap() {
         assert_eq!(n["active_requests"], 0);
@@ -105,11 +102,9 @@ async fn health_checker_marks_nodes_offline_and_online_again() {
     let addr = a.addr;
     let h = Harness::start_with(&[&a], |args| args.health_interval_ms = 100).await;
     let url = a.base_url();
-    h.wait_node(&url, "online", |n| n["status"] == "online")
-        .await;
+    h.wait_node(&url, "online", |n| n["status"] == "online").await;
     a.shutdown().await;
-    h.wait_node(&url, "offline", |n| n["status"] == "offline")
-        .await;
+    h.wait_node(&url, "offline", |n| n["status"] == "offline").await;
     let (s, v) = h.chat("m", "hi").await;
     assert_eq!(s, 503, "{v}");
     assert_eq!(v["error"]["code"], "no_node_available");
@@ -121,9 +116,7 @@ async fn health_checker_marks_nodes_offline_and_online_again() {
             ..Default::default()
         },
     );
-    let n = h
-        .wait_node(&url, "online", |n| n["status"] == "online")
-        .await;
+    let n = h.wait_node(&url, "online", |n| n["status"] == "online").await;
     assert_eq!(n["models"], json!(["m", "m2"]), "model list refreshed");
     assert_eq!(h.chat("m", "hi").await.0, 200);
 }
@@ -153,18 +146,12 @@ async fn streams_pass_chunk_by_chunk_and_byte_for_byte() {
         }
         bytes.extend_from_slice(&chunk);
     }
-    assert_eq!(
-        String::from_utf8(bytes).unwrap(),
-        String::from_utf8(direct).unwrap()
-    );
+    assert_eq!(String::from_utf8(bytes).unwrap(), String::from_utf8(direct).unwrap());
     // Content chunks arrive ~200 ms apart: nothing is buffered.
     let content: Vec<_> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
     assert!(content.len() >= 3, "{arrivals:?}");
     for gap in content.iter().skip(1) {
-        assert!(
-            *gap >= Duration::from_millis(120),
-            "chunks were buffered: {arrivals:?}"
-        );
+        assert!(*gap >= Duration::from_millis(120), "chunks were buffered: {arrivals:?}");
     }
 }
 
@@ -177,8 +164,7 @@ async fn models_endpoint_lists_the_union_of_online_nodes() {
     let c_url = c.base_url();
     c.shutdown().await;
     h.router.state.health.probe_all().await;
-    h.wait_node(&c_url, "offline", |n| n["status"] == "offline")
-        .await;
+    h.wait_node(&c_url, "offline", |n| n["status"] == "offline").await;
     let v: Value = h
         .http
         .get(h.url("/v1/models"))
@@ -200,12 +186,7 @@ async fn models_endpoint_lists_the_union_of_online_nodes() {
 }
 
 fn assert_error(v: &Value, code: &str) {
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{v}"
-    );
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     assert!(v["error"]["type"].is_string(), "{v}");
     assert_eq!(v["error"]["code"], code, "{v}");
 }
@@ -253,12 +234,7 @@ async fn each_error_has_its_status_and_the_openai_shape() {
     let (s, _) = send(" ".repeat(1024 * 1024)).await;
     assert_eq!(s, 413);
     // Every one of them is in the history, with its status.
-    let statuses: Vec<u64> = h
-        .history()
-        .await
-        .iter()
-        .map(|r| u(&r["http_status"]))
-        .collect();
+    let statuses: Vec<u64> = h.history().await.iter().map(|r| u(&r["http_status"])).collect();
     assert_eq!(statuses, [413, 503, 502, 413, 404, 400, 400]);
 }
 
@@ -288,10 +264,7 @@ async fn every_admin_route_needs_the_key() {
             checked += 1;
         }
     }
-    assert!(
-        checked >= 13,
-        "only {checked} admin routes in the OpenAPI document"
-    );
+    assert!(checked >= 13, "only {checked} admin routes in the OpenAPI document");
 }
 
 #[tokio::test]
@@ -299,7 +272,13 @@ async fn nodes_are_managed_through_the_api() {
     let a = mock("alpha", &["m"]).await;
     let b = mock("beta", &["m", "mb"]).await;
     let h = Harness::start(&[&a]).await;
-    let (s, v) = h.admin(Method::POST, "/api/nodes", Some(json!({"base_url": format!("{}/v1/", b.base_url()), "name": "beta", "api_key": "node-secret"}))).await;
+    let (s, v) = h
+        .admin(
+            Method::POST,
+            "/api/nodes",
+            Some(json!({"base_url": format!("{}/v1/", b.base_url()), "name": "beta", "api_key": "node-secret"})),
+        )
+        .await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["base_url"], b.base_url());
     assert_eq!(v["status"], "online", "probed at once");
@@ -309,25 +288,15 @@ async fn nodes_are_managed_through_the_api() {
     let id = v["id"].as_i64().unwrap();
 
     let (s, e) = h
-        .admin(
-            Method::POST,
-            "/api/nodes",
-            Some(json!({"base_url": b.base_url()})),
-        )
+        .admin(Method::POST, "/api/nodes", Some(json!({"base_url": b.base_url()})))
         .await;
     assert_eq!(s, 409, "{e}");
     let (s, e) = h
-        .admin(
-            Method::POST,
-            "/api/nodes",
-            Some(json!({"base_url": "not a url"})),
-        )
+        .admin(Method::POST, "/api/nodes", Some(json!({"base_url": "not a url"})))
         .await;
     assert_eq!(s, 400);
     assert!(e["error"]["message"].as_str().unwrap().contains("base_url"));
-    let (s, _) = h
-        .admin(Method::POST, "/api/nodes", Some(json!({"name": "x"})))
-        .await;
+    let (s, _) = h.admin(Method::POST, "/api/nodes", Some(json!({"name": "x"}))).await;
     assert_eq!(s, 400);
     let (s, _) = h.admin(Method::GET, "/api/nodes/999", None).await;
     assert_eq!(s, 404);
@@ -344,11 +313,7 @@ async fn nodes_are_managed_through_the_api() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["name"], "beta-2");
     assert_eq!(v["enabled"], false);
-    assert_eq!(
-        h.chat("mb", "x").await.0,
-        503,
-        "disabled nodes take no requests"
-    );
+    assert_eq!(h.chat("mb", "x").await.0, 503, "disabled nodes take no requests");
     let (s, v) = h
         .admin(
             Method::PATCH,
@@ -362,26 +327,14 @@ async fn nodes_are_managed_through_the_api() {
     let (s, list) = h.admin(Method::GET, "/api/nodes", None).await;
     assert_eq!(s, 200);
     assert_eq!(list["nodes"].as_array().unwrap().len(), 2);
-    let (s, _) = h
-        .admin(Method::DELETE, &format!("/api/nodes/{id}"), None)
-        .await;
+    let (s, _) = h.admin(Method::DELETE, &format!("/api/nodes/{id}"), None).await;
     assert_eq!(s, 204);
-    assert_eq!(
-        h.chat("mb", "x").await.0,
-        404,
-        "a deleted node leaves routing at once"
-    );
-    let (s, _) = h
-        .admin(Method::DELETE, &format!("/api/nodes/{id}"), None)
-        .await;
+    assert_eq!(h.chat("mb", "x").await.0, 404, "a deleted node leaves routing at once");
+    let (s, _) = h.admin(Method::DELETE, &format!("/api/nodes/{id}"), None).await;
     assert_eq!(s, 404);
     // The same URL can be registered again once deleted.
     let (s, _) = h
-        .admin(
-            Method::POST,
-            "/api/nodes",
-            Some(json!({"base_url": b.base_url()})),
-        )
+        .admin(Method::POST, "/api/nodes", Some(json!({"base_url": b.base_url()})))
         .await;
     assert_eq!(s, 201);
 }

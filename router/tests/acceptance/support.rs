@@ -68,12 +68,7 @@ impl Harness {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        self.http.post(self.url(path)).json(body).send().await.unwrap()
     }
 
     /// A chat completion; returns status and JSON body.
@@ -89,22 +84,11 @@ impl Harness {
     pub async fn chat_stream(&self, body: &Value) -> (u16, Vec<u8>) {
         let resp = self.post("/v1/chat/completions", body).await;
         let status = resp.status().as_u16();
-        (
-            status,
-            resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
-        )
+        (status, resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default())
     }
 
-    pub async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(ADMIN_KEY);
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(ADMIN_KEY);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -140,12 +124,7 @@ impl Harness {
     }
 
     /// Waits until `check` holds on the node's dashboard entry (or fails after 5 s).
-    pub async fn wait_node(
-        &self,
-        base_url: &str,
-        what: &str,
-        check: impl Fn(&Value) -> bool,
-    ) -> Value {
+    pub async fn wait_node(&self, base_url: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
         for _ in 0..100 {
             let n = self.node(base_url).await;
             if check(&n) {
@@ -153,10 +132,7 @@ impl Harness {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!(
-            "node {base_url} never became {what}: {}",
-            self.node(base_url).await
-        );
+        panic!("node {base_url} never became {what}: {}", self.node(base_url).await);
     }
 }
 
@@ -168,11 +144,7 @@ pub async fn mock(name: &str, models: &[&str]) -> MockNode {
     mock_with(name, models, |_| {}).await
 }
 
-pub async fn mock_with(
-    name: &str,
-    models: &[&str],
-    tweak: impl FnOnce(&mut MockConfig),
-) -> MockNode {
+pub async fn mock_with(name: &str, models: &[&str], tweak: impl FnOnce(&mut MockConfig)) -> MockNode {
     let mut config = MockConfig {
         name: name.into(),
         models: models.iter().map(|m| m.to_string()).collect(),
