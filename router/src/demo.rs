@@ -50,7 +50,11 @@ async fn synthetic_traffic(client: crate::upstream::UpstreamClient, base: String
     let mut i = 0u64;
     loop {
         tokio::time::sleep(Duration::from_millis(700 + (i % 5) * 150)).await;
-        let model = if i.is_multiple_of(3) { "qwen-2.5-7b" } else { "llama-3-8b" };
+        let model = if i.is_multiple_of(3) {
+            "qwen-2.5-7b"
+        } else {
+            "llama-3-8b"
+        };
         let body = json!({
             "model": model,
             "stream": i.is_multiple_of(2),

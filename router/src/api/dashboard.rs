@@ -64,7 +64,9 @@ fn month(p: &HashMap<String, String>, name: &'static str) -> Result<Option<Naive
     param(p, name)
         .map(|v| {
             NaiveDate::parse_from_str(&format!("{v}-01"), "%Y-%m-%d")
-                .map_err(|_| bad(name, format!("'{v}' is not a month (YYYY-MM)")))
+                .ok()
+                .filter(|_| v.len() == 7)
+                .ok_or_else(|| bad(name, format!("'{v}' is not a month (YYYY-MM)")))
         })
         .transpose()
 }
