@@ -1,6 +1,6 @@
 //! The web dashboard at `/dashboard`: embedded static assets and a cookie session.
 //!
-//! The assets (HTML, CSS, JS and a vendored chart library) are compiled into the
+//! The assets (HTML, CSS, JS and Chart.js 4.6.1, vendored from npm, MIT) are compiled into the
 //! binary with `include_str!`, so `cargo build` needs no Node.js. Logging in with the
 //! admin key creates a session cookie (HttpOnly, SameSite=Strict, 12 h); the admin
 //! API accepts that cookie as well as the Bearer key. The page reads the same
@@ -84,8 +84,8 @@ pub fn routes() -> Router<AppState> {
             get(|| asset("text/css", include_str!("assets/app.css"))),
         )
         .route(
-            "/dashboard/chart.umd.js",
-            get(|| asset("text/javascript", include_str!("assets/chart.umd.js"))),
+            "/dashboard/vendor/chart.umd.min.js",
+            get(|| asset("text/javascript", include_str!("assets/vendor/chart.umd.min.js"))),
         )
         .route("/dashboard/login", post(login))
         .route("/dashboard/logout", post(logout))

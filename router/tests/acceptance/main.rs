@@ -4,6 +4,7 @@
 
 mod accounting;
 mod dashboard_api;
+mod dashboard_e2e;
 mod persistence;
 mod proxy;
 mod support;
