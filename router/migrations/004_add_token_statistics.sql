@@ -28,3 +28,34 @@ CREATE TABLE token_stats_hourly (
 
 CREATE INDEX token_stats_hourly_node ON token_stats_hourly (node_id, hour_start);
 CREATE INDEX token_stats_hourly_model ON token_stats_hourly (model, hour_start);
+
+-- The same sums without the node and model dimensions, one row per hour: unfiltered
+-- daily and monthly series read a year in 8,760 rows, whatever the history size.
+CREATE TABLE token_stats_hourly_all (
+    hour_start INTEGER PRIMARY KEY,
+    request_count INTEGER NOT NULL DEFAULT 0,
+    success_count INTEGER NOT NULL DEFAULT 0,
+    error_count INTEGER NOT NULL DEFAULT 0,
+    cancelled_count INTEGER NOT NULL DEFAULT 0,
+    estimated_count INTEGER NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0,
+    duration_ms_sum INTEGER NOT NULL DEFAULT 0
+);
+
+-- All-time sums per node x model (T-14: totals at start-up, by node, by model).
+CREATE TABLE token_stats_total (
+    node_id INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    request_count INTEGER NOT NULL DEFAULT 0,
+    success_count INTEGER NOT NULL DEFAULT 0,
+    error_count INTEGER NOT NULL DEFAULT 0,
+    cancelled_count INTEGER NOT NULL DEFAULT 0,
+    estimated_count INTEGER NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0,
+    duration_ms_sum INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (node_id, model)
+) WITHOUT ROWID;

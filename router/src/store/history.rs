@@ -1,8 +1,6 @@
 //! `request_history` rows: the group-commit write path (history + rollups in one
 //! transaction), the paged read path and retention pruning.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource};
 use sqlx::{QueryBuilder, Row, Sqlite};
@@ -10,7 +8,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use super::{from_millis, to_i64, to_millis, to_u64, Store, StoreResult};
 
 /// Rows per INSERT statement: 17 bound values each stays under SQLite's 32766 limit.
-const ROWS_PER_STATEMENT: usize = 500;
+pub(super) const ROWS_PER_STATEMENT: usize = 500;
 
 /// Filters of the history page; every field is optional.
 #[derive(Debug, Clone, Default)]
@@ -29,26 +27,8 @@ pub struct HistoryPage {
     pub has_more: bool,
 }
 
-#[derive(Default)]
-struct HourAgg {
-    requests: i64,
-    success: i64,
-    error: i64,
-    cancelled: i64,
-    estimated: i64,
-    input: i64,
-    output: i64,
-    total: i64,
-    duration: i64,
-}
-
-fn hour_start(t: DateTime<Utc>) -> i64 {
-    t.timestamp().div_euclid(3600) * 3600
-}
-
 impl Store {
     /// Commits `records` and their rollup increments in one transaction.
-    /// Records without a node (rejected before routing) go to the history only.
     pub async fn write_batch(&self, records: &[RequestResponseRecord]) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
@@ -78,57 +58,7 @@ impl Store {
             q.build().execute(&mut *tx).await?;
         }
 
-        let mut hours: HashMap<(i64, i64, &str), HourAgg> = HashMap::new();
-        for r in records {
-            let Some(node_id) = r.node_id else { continue };
-            let a = hours.entry((hour_start(r.timestamp), node_id, &r.model)).or_default();
-            a.requests += 1;
-            match r.status {
-                RequestStatus::Success => a.success += 1,
-                RequestStatus::Error => a.error += 1,
-                RequestStatus::Cancelled => a.cancelled += 1,
-            }
-            a.estimated += (r.token_source == TokenSource::Estimated) as i64;
-            a.input = a.input.saturating_add(to_i64(r.input_tokens));
-            a.output = a.output.saturating_add(to_i64(r.output_tokens));
-            a.total = a.total.saturating_add(to_i64(r.total_tokens));
-            a.duration = a.duration.saturating_add(to_i64(r.duration_ms));
-        }
-        let hours: Vec<_> = hours.into_iter().collect();
-        for chunk in hours.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO token_stats_hourly (hour_start, node_id, model, request_count,
-                 success_count, error_count, cancelled_count, estimated_count, input_tokens,
-                 output_tokens, total_tokens, duration_ms_sum) ",
-            );
-            q.push_values(chunk, |mut b, ((hour, node, model), a)| {
-                b.push_bind(*hour)
-                    .push_bind(*node)
-                    .push_bind(*model)
-                    .push_bind(a.requests)
-                    .push_bind(a.success)
-                    .push_bind(a.error)
-                    .push_bind(a.cancelled)
-                    .push_bind(a.estimated)
-                    .push_bind(a.input)
-                    .push_bind(a.output)
-                    .push_bind(a.total)
-                    .push_bind(a.duration);
-            });
-            q.push(
-                " ON CONFLICT (hour_start, node_id, model) DO UPDATE SET
-                 request_count = request_count + excluded.request_count,
-                 success_count = success_count + excluded.success_count,
-                 error_count = error_count + excluded.error_count,
-                 cancelled_count = cancelled_count + excluded.cancelled_count,
-                 estimated_count = estimated_count + excluded.estimated_count,
-                 input_tokens = input_tokens + excluded.input_tokens,
-                 output_tokens = output_tokens + excluded.output_tokens,
-                 total_tokens = total_tokens + excluded.total_tokens,
-                 duration_ms_sum = duration_ms_sum + excluded.duration_ms_sum",
-            );
-            q.build().execute(&mut *tx).await?;
-        }
+        super::rollup::add_to_rollups(&mut tx, records).await?;
         tx.commit().await?;
         Ok(())
     }

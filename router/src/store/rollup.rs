@@ -1,12 +1,124 @@
-//! Aggregation queries over `token_stats_hourly`, the rollups kept forever.
+//! The rollups, kept forever: written with the history rows they sum, read by every
+//! statistic.
 //!
-//! Every statistic of the router (node totals at start-up, Prometheus counters at
-//! boot, the dashboard's totals, by-node, by-model, daily and monthly figures) is one
-//! call of [`Store::rollup_totals`] with a different grouping, so they cannot disagree.
+//! Three tables hold the same sums at different grains: `token_stats_hourly` (UTC hour
+//! x node x model), `token_stats_hourly_all` (UTC hour) and `token_stats_total`
+//! (node x model, all time). [`add_to_rollups`] updates all three in the caller's
+//! transaction; [`Store::rollup_totals`] reads the smallest table that can answer, so
+//! queries stay fast however long the history grows. Every statistic of the router
+//! (node totals at start-up, Prometheus counters at boot, the dashboard's totals,
+//! by-node, by-model, daily and monthly figures) is one call of `rollup_totals`.
+//! Records without a node (rejected before routing) are in the history only.
 
-use sqlx::{QueryBuilder, Row, Sqlite};
+use std::collections::HashMap;
 
-use super::{to_u64, Store, StoreResult};
+use chrono::{DateTime, Utc};
+use common::protocol::{RequestResponseRecord, RequestStatus, TokenSource};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use super::{to_i64, to_u64, Store, StoreResult};
+
+/// The summed columns, in the order of [`RollupTotals::values`].
+const VALUE_COLUMNS: [&str; 9] = [
+    "request_count",
+    "success_count",
+    "error_count",
+    "cancelled_count",
+    "estimated_count",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "duration_ms_sum",
+];
+
+/// A rollup table and the key columns it is grouped by.
+struct RollupTable {
+    name: &'static str,
+    by_hour: bool,
+    by_node_and_model: bool,
+}
+
+const HOURLY: RollupTable = RollupTable {
+    name: "token_stats_hourly",
+    by_hour: true,
+    by_node_and_model: true,
+};
+const HOURLY_ALL: RollupTable = RollupTable {
+    name: "token_stats_hourly_all",
+    by_hour: true,
+    by_node_and_model: false,
+};
+const TOTAL: RollupTable = RollupTable {
+    name: "token_stats_total",
+    by_hour: false,
+    by_node_and_model: true,
+};
+
+impl RollupTable {
+    fn key_columns(&self) -> Vec<&'static str> {
+        let mut cols = Vec::new();
+        if self.by_hour {
+            cols.push("hour_start");
+        }
+        if self.by_node_and_model {
+            cols.extend(["node_id", "model"]);
+        }
+        cols
+    }
+}
+
+fn hour_start(t: DateTime<Utc>) -> i64 {
+    t.timestamp().div_euclid(3600) * 3600
+}
+
+/// Adds `records` to the three rollup tables, inside the caller's transaction.
+pub(super) async fn add_to_rollups(tx: &mut SqliteConnection, records: &[RequestResponseRecord]) -> StoreResult<()> {
+    for table in [HOURLY, HOURLY_ALL, TOTAL] {
+        let mut sums: HashMap<(i64, i64, &str), RollupTotals> = HashMap::new();
+        for r in records {
+            let Some(node_id) = r.node_id else { continue };
+            let hour = if table.by_hour { hour_start(r.timestamp) } else { 0 };
+            let (node, model) = if table.by_node_and_model {
+                (node_id, r.model.as_str())
+            } else {
+                (0, "")
+            };
+            sums.entry((hour, node, model)).or_default().add(&RollupTotals::of(r));
+        }
+        let rows: Vec<_> = sums.into_iter().collect();
+        let keys = table.key_columns();
+        for chunk in rows.chunks(super::history::ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+                "INSERT INTO {} ({}, {}) ",
+                table.name,
+                keys.join(", "),
+                VALUE_COLUMNS.join(", ")
+            ));
+            q.push_values(chunk, |mut b, ((hour, node, model), t)| {
+                if table.by_hour {
+                    b.push_bind(*hour);
+                }
+                if table.by_node_and_model {
+                    b.push_bind(*node).push_bind(*model);
+                }
+                for v in t.values() {
+                    b.push_bind(to_i64(v));
+                }
+            });
+            let updates: Vec<String> = VALUE_COLUMNS
+                .iter()
+                .map(|c| format!("{c} = {c} + excluded.{c}"))
+                .collect();
+            q.push(format!(
+                " ON CONFLICT ({}) DO UPDATE SET {}",
+                keys.join(", "),
+                updates.join(", ")
+            ));
+            q.build().execute(&mut *tx).await?;
+        }
+    }
+    Ok(())
+}
 
 /// What the rows are grouped by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +164,36 @@ pub struct RollupTotals {
 }
 
 impl RollupTotals {
+    /// The contribution of one record.
+    pub fn of(r: &RequestResponseRecord) -> Self {
+        RollupTotals {
+            request_count: 1,
+            success_count: (r.status == RequestStatus::Success) as u64,
+            error_count: (r.status == RequestStatus::Error) as u64,
+            cancelled_count: (r.status == RequestStatus::Cancelled) as u64,
+            estimated_count: (r.token_source == TokenSource::Estimated) as u64,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            total_tokens: r.total_tokens,
+            duration_ms_sum: r.duration_ms,
+        }
+    }
+
+    /// The sums in the order of `VALUE_COLUMNS`.
+    fn values(&self) -> [u64; 9] {
+        [
+            self.request_count,
+            self.success_count,
+            self.error_count,
+            self.cancelled_count,
+            self.estimated_count,
+            self.input_tokens,
+            self.output_tokens,
+            self.total_tokens,
+            self.duration_ms_sum,
+        ]
+    }
+
     pub fn add(&mut self, o: &RollupTotals) {
         self.request_count += o.request_count;
         self.success_count += o.success_count;
@@ -79,18 +221,25 @@ impl Store {
             GroupBy::NodeAndModel => "node_id, model",
             GroupBy::Hour => "hour_start",
         };
+        // The smallest table that has the columns this query needs.
+        let needs_node_or_model =
+            filter.node_id.is_some() || filter.model.is_some() || !matches!(group, GroupBy::Nothing | GroupBy::Hour);
+        let hourly = group == GroupBy::Hour || filter.from_hour.is_some() || filter.to_hour.is_some();
+        let table = match (hourly, needs_node_or_model) {
+            (false, _) => TOTAL,
+            (true, false) => HOURLY_ALL,
+            (true, true) => HOURLY,
+        };
+        let sums: Vec<String> = VALUE_COLUMNS
+            .iter()
+            .map(|c| format!("COALESCE(SUM({c}), 0) AS {c}"))
+            .collect();
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
         if !key_cols.is_empty() {
             q.push(key_cols).push(", ");
         }
-        q.push(
-            "COALESCE(SUM(request_count), 0) AS request_count, COALESCE(SUM(success_count), 0) AS success_count,
-             COALESCE(SUM(error_count), 0) AS error_count, COALESCE(SUM(cancelled_count), 0) AS cancelled_count,
-             COALESCE(SUM(estimated_count), 0) AS estimated_count, COALESCE(SUM(input_tokens), 0) AS input_tokens,
-             COALESCE(SUM(output_tokens), 0) AS output_tokens, COALESCE(SUM(total_tokens), 0) AS total_tokens,
-             COALESCE(SUM(duration_ms_sum), 0) AS duration_ms_sum
-             FROM token_stats_hourly WHERE 1 = 1",
-        );
+        q.push(sums.join(", "))
+            .push(format!(" FROM {} WHERE 1 = 1", table.name));
         if let Some(id) = filter.node_id {
             q.push(" AND node_id = ").push_bind(id);
         }
