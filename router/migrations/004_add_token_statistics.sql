@@ -6,7 +6,6 @@ ALTER TABLE request_history ADD COLUMN total_tokens INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE request_history ADD COLUMN token_source TEXT NOT NULL DEFAULT 'reported';
 
 CREATE INDEX request_history_status ON request_history (status, id);
-CREATE INDEX request_history_token_source ON request_history (token_source, id);
 
 -- One row per UTC hour x node x model, updated in the transaction that inserts the
 -- history rows it sums. hour_start is Unix seconds, a multiple of 3600.

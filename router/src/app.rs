@@ -168,6 +168,13 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
         .await
         .map_err(StartError::Listen)?;
     let addr = listener.local_addr().map_err(StartError::Listen)?;
+    // Streams are many small writes: without TCP_NODELAY each waits for the client's
+    // delayed ACK (~40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let app = routes(state.clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {

@@ -64,34 +64,75 @@ fn local_midnight(tz: Tz, date: NaiveDate) -> DateTime<Utc> {
     }
 }
 
-/// Hourly sums between two instants, keyed by hour start (Unix seconds).
-async fn hours(
+/// The zone's UTC offset at `t` (Unix seconds), in seconds.
+fn offset_at(tz: Tz, t: i64) -> i32 {
+    use chrono::Offset;
+    let at = DateTime::from_timestamp(t, 0).unwrap_or_default();
+    tz.offset_from_utc_datetime(&at.naive_utc()).fix().local_minus_utc()
+}
+
+/// Splits the hours of `[start, end)` into runs over which the zone's offset is
+/// constant: one run per DST period, found by checking each day and then the hours of
+/// a day whose offset changed.
+fn offset_runs(tz: Tz, start: i64, end: i64) -> Vec<(i64, i64, i32)> {
+    let mut runs = Vec::new();
+    let (mut run_start, mut offset) = (start, offset_at(tz, start));
+    let mut t = start;
+    while t < end {
+        let next_day = (t + 86_400).min(end);
+        if offset_at(tz, next_day.min(end - 1)) != offset {
+            let mut h = t + 3600;
+            while h < next_day && offset_at(tz, h) == offset {
+                h += 3600;
+            }
+            let h = h.min(end);
+            runs.push((run_start, h, offset));
+            run_start = h;
+            offset = offset_at(tz, h);
+            t = h;
+            continue;
+        }
+        t = next_day;
+    }
+    if run_start < end {
+        runs.push((run_start, end, offset));
+    }
+    runs
+}
+
+/// Sums per local date between two instants, in a few small queries: one per run of
+/// constant UTC offset, each grouping hours by `(hour_start + offset) / 86400`.
+async fn local_days(
     store: &Store,
+    tz: Tz,
     node_id: Option<i64>,
     model: Option<String>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-) -> Result<Vec<(i64, RollupTotals)>, StatsError> {
-    let filter = RollupFilter {
-        node_id,
-        model,
-        // Widened to whole hours; rows outside the local range are dropped by the caller.
-        from_hour: Some(from.timestamp().div_euclid(3600) * 3600),
-        to_hour: Some(to.timestamp() + 3599),
-    };
-    Ok(store
-        .rollup_totals(GroupBy::Hour, &filter)
-        .await?
-        .into_iter()
-        .filter_map(|(k, t)| Some((k.hour_start?, t)))
-        .collect())
-}
-
-fn local_date(tz: Tz, hour_start: i64) -> NaiveDate {
-    DateTime::from_timestamp(hour_start, 0)
-        .unwrap_or_default()
-        .with_timezone(&tz)
-        .date_naive()
+) -> Result<Vec<(NaiveDate, RollupTotals)>, StatsError> {
+    // Widened to whole hours; dates outside the local range are dropped by the caller.
+    let start = from.timestamp().div_euclid(3600) * 3600;
+    let end = (to.timestamp() + 3599).div_euclid(3600) * 3600;
+    let mut out = Vec::new();
+    for (run_start, run_end, utc_offset_secs) in offset_runs(tz, start, end) {
+        let filter = RollupFilter {
+            node_id,
+            model: model.clone(),
+            from_hour: Some(run_start),
+            to_hour: Some(run_end),
+        };
+        for (k, t) in store
+            .rollup_totals(GroupBy::LocalDay { utc_offset_secs }, &filter)
+            .await?
+        {
+            let day = k.local_day.unwrap_or_default();
+            let date = DateTime::from_timestamp(day * 86_400, 0)
+                .unwrap_or_default()
+                .date_naive();
+            out.push((date, t));
+        }
+    }
+    Ok(out)
 }
 
 fn today(tz: Tz) -> NaiveDate {
@@ -124,8 +165,7 @@ pub async fn daily(store: &Store, q: DailyQuery) -> Result<DailyTokenSeries, Sta
     let start = local_midnight(tz, from);
     let end = local_midnight(tz, to + Days::new(1));
     let mut buckets: BTreeMap<NaiveDate, RollupTotals> = BTreeMap::new();
-    for (hour, t) in hours(store, q.node_id, q.model, start, end).await? {
-        let d = local_date(tz, hour);
+    for (d, t) in local_days(store, tz, q.node_id, q.model, start, end).await? {
         if d >= from && d <= to {
             buckets.entry(d).or_default().add(&t);
         }
@@ -180,8 +220,8 @@ pub async fn monthly(store: &Store, q: MonthlyQuery) -> Result<MonthlyTokenSerie
     let start = local_midnight(tz, from);
     let end = local_midnight(tz, to + Months::new(1));
     let mut buckets: BTreeMap<NaiveDate, RollupTotals> = BTreeMap::new();
-    for (hour, t) in hours(store, q.node_id, q.model, start, end).await? {
-        let m = first_of_month(local_date(tz, hour));
+    for (d, t) in local_days(store, tz, q.node_id, q.model, start, end).await? {
+        let m = first_of_month(d);
         if m >= from && m <= to {
             buckets.entry(m).or_default().add(&t);
         }
@@ -220,6 +260,29 @@ mod tests {
         let tz: Tz = "America/Santiago".parse().unwrap();
         let d = NaiveDate::from_ymd_opt(2026, 9, 6).unwrap();
         assert_eq!(local_midnight(tz, d).to_rfc3339(), "2026-09-06T04:00:00+00:00");
+    }
+
+    #[test]
+    fn offset_runs_split_at_dst_changes() {
+        let tz: Tz = "Europe/Paris".parse().unwrap();
+        let start = DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z")
+            .unwrap()
+            .timestamp();
+        let end = DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z")
+            .unwrap()
+            .timestamp();
+        let runs = offset_runs(tz, start, end);
+        let change = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().timestamp();
+        assert_eq!(
+            runs,
+            [
+                (start, change("2026-03-29T01:00:00Z"), 3600),
+                (change("2026-03-29T01:00:00Z"), change("2026-10-25T01:00:00Z"), 7200),
+                (change("2026-10-25T01:00:00Z"), end, 3600),
+            ]
+        );
+        let utc = offset_runs(Tz::UTC, start, end);
+        assert_eq!(utc, [(start, end, 0)]);
     }
 
     #[test]

@@ -7,9 +7,6 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{from_millis, to_i64, to_millis, to_u64, Store, StoreResult};
 
-/// Rows per INSERT statement: 17 bound values each stays under SQLite's 32766 limit.
-pub(super) const ROWS_PER_STATEMENT: usize = 500;
-
 /// Filters of the history page; every field is optional.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryFilter {
@@ -29,10 +26,17 @@ pub struct HistoryPage {
 
 impl Store {
     /// Commits `records` and their rollup increments in one transaction.
+    ///
+    /// The whole batch (BEGIN, the history INSERTs, the rollup upserts, COMMIT) is one
+    /// multi-statement query: sqlx runs a query on SQLite's own thread, and under load
+    /// every extra round trip costs a thread wake-up that each waiting client would pay.
     pub async fn write_batch(&self, records: &[RequestResponseRecord]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("BEGIN IMMEDIATE; ");
+        for chunk in records.chunks(super::ROWS_PER_STATEMENT) {
+            q.push(
                 "INSERT INTO request_history (timestamp, completed_at, request_type, model, node_id,
                  node_name, client_ip, stream, status, http_status, error_message, duration_ms,
                  input_tokens, output_tokens, total_tokens, token_source) ",
@@ -55,11 +59,16 @@ impl Store {
                     .push_bind(to_i64(r.total_tokens))
                     .push_bind(r.token_source.as_str());
             });
-            q.build().execute(&mut *tx).await?;
+            q.push("; ");
         }
-
-        super::rollup::add_to_rollups(&mut tx, records).await?;
-        tx.commit().await?;
+        super::rollup::push_rollup_upserts(&mut q, records);
+        q.push("COMMIT;");
+        let mut conn = self.pool.acquire().await?;
+        if let Err(e) = q.build().persistent(false).execute(&mut *conn).await {
+            // Leave the connection clean for the next batch (an error if none is open).
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            return Err(e.into());
+        }
         Ok(())
     }
 

@@ -3,8 +3,8 @@
 //!
 //! Three tables hold the same sums at different grains: `token_stats_hourly` (UTC hour
 //! x node x model), `token_stats_hourly_all` (UTC hour) and `token_stats_total`
-//! (node x model, all time). [`add_to_rollups`] updates all three in the caller's
-//! transaction; [`Store::rollup_totals`] reads the smallest table that can answer, so
+//! (node x model, all time). [`push_rollup_upserts`] updates all three in the
+//! caller's transaction; [`Store::rollup_totals`] reads the smallest table that can answer, so
 //! queries stay fast however long the history grows. Every statistic of the router
 //! (node totals at start-up, Prometheus counters at boot, the dashboard's totals,
 //! by-node, by-model, daily and monthly figures) is one call of `rollup_totals`.
@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use common::protocol::{RequestResponseRecord, RequestStatus, TokenSource};
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{to_i64, to_u64, Store, StoreResult};
 
@@ -71,8 +71,9 @@ fn hour_start(t: DateTime<Utc>) -> i64 {
     t.timestamp().div_euclid(3600) * 3600
 }
 
-/// Adds `records` to the three rollup tables, inside the caller's transaction.
-pub(super) async fn add_to_rollups(tx: &mut SqliteConnection, records: &[RequestResponseRecord]) -> StoreResult<()> {
+/// Appends to `q` the upserts that add `records` to the three rollup tables (inside
+/// the caller's transaction).
+pub(super) fn push_rollup_upserts<'a>(q: &mut QueryBuilder<'a, Sqlite>, records: &'a [RequestResponseRecord]) {
     for table in [HOURLY, HOURLY_ALL, TOTAL] {
         let mut sums: HashMap<(i64, i64, &str), RollupTotals> = HashMap::new();
         for r in records {
@@ -86,12 +87,15 @@ pub(super) async fn add_to_rollups(tx: &mut SqliteConnection, records: &[Request
             sums.entry((hour, node, model)).or_default().add(&RollupTotals::of(r));
         }
         let rows: Vec<_> = sums.into_iter().collect();
-        let keys = table.key_columns();
-        for chunk in rows.chunks(super::history::ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-                "INSERT INTO {} ({}, {}) ",
+        let keys = table.key_columns().join(", ");
+        let updates: Vec<String> = VALUE_COLUMNS
+            .iter()
+            .map(|c| format!("{c} = {c} + excluded.{c}"))
+            .collect();
+        for chunk in rows.chunks(super::ROWS_PER_STATEMENT) {
+            q.push(format!(
+                "INSERT INTO {} ({keys}, {}) ",
                 table.name,
-                keys.join(", "),
                 VALUE_COLUMNS.join(", ")
             ));
             q.push_values(chunk, |mut b, ((hour, node, model), t)| {
@@ -105,19 +109,9 @@ pub(super) async fn add_to_rollups(tx: &mut SqliteConnection, records: &[Request
                     b.push_bind(to_i64(v));
                 }
             });
-            let updates: Vec<String> = VALUE_COLUMNS
-                .iter()
-                .map(|c| format!("{c} = {c} + excluded.{c}"))
-                .collect();
-            q.push(format!(
-                " ON CONFLICT ({}) DO UPDATE SET {}",
-                keys.join(", "),
-                updates.join(", ")
-            ));
-            q.build().execute(&mut *tx).await?;
+            q.push(format!(" ON CONFLICT ({keys}) DO UPDATE SET {}; ", updates.join(", ")));
         }
     }
-    Ok(())
 }
 
 /// What the rows are grouped by.
@@ -128,6 +122,11 @@ pub enum GroupBy {
     Model,
     NodeAndModel,
     Hour,
+    /// Local days of a zone whose UTC offset is `utc_offset_secs` over the filtered
+    /// hours: the key is the day number since 1970-01-01 of each hour's local start.
+    LocalDay {
+        utc_offset_secs: i32,
+    },
 }
 
 /// Restricts the rows summed; `None` fields do not restrict.
@@ -147,6 +146,7 @@ pub struct RollupKey {
     pub node_id: Option<i64>,
     pub model: Option<String>,
     pub hour_start: Option<i64>,
+    pub local_day: Option<i64>,
 }
 
 /// Sums of one group.
@@ -214,17 +214,26 @@ impl Store {
         group: GroupBy,
         filter: &RollupFilter,
     ) -> StoreResult<Vec<(RollupKey, RollupTotals)>> {
-        let key_cols = match group {
-            GroupBy::Nothing => "",
-            GroupBy::Node => "node_id",
-            GroupBy::Model => "model",
-            GroupBy::NodeAndModel => "node_id, model",
-            GroupBy::Hour => "hour_start",
+        let day_expr;
+        let (key_cols, key_select) = match group {
+            GroupBy::Nothing => ("", ""),
+            GroupBy::Node => ("node_id", "node_id"),
+            GroupBy::Model => ("model", "model"),
+            GroupBy::NodeAndModel => ("node_id, model", "node_id, model"),
+            GroupBy::Hour => ("hour_start", "hour_start"),
+            GroupBy::LocalDay { utc_offset_secs } => {
+                // An integer from chrono-tz, not user text: safe to format into SQL.
+                day_expr = format!("(hour_start + {utc_offset_secs}) / 86400 AS local_day");
+                ("local_day", day_expr.as_str())
+            }
         };
         // The smallest table that has the columns this query needs.
-        let needs_node_or_model =
-            filter.node_id.is_some() || filter.model.is_some() || !matches!(group, GroupBy::Nothing | GroupBy::Hour);
-        let hourly = group == GroupBy::Hour || filter.from_hour.is_some() || filter.to_hour.is_some();
+        let needs_node_or_model = filter.node_id.is_some()
+            || filter.model.is_some()
+            || !matches!(group, GroupBy::Nothing | GroupBy::Hour | GroupBy::LocalDay { .. });
+        let hourly = matches!(group, GroupBy::Hour | GroupBy::LocalDay { .. })
+            || filter.from_hour.is_some()
+            || filter.to_hour.is_some();
         let table = match (hourly, needs_node_or_model) {
             (false, _) => TOTAL,
             (true, false) => HOURLY_ALL,
@@ -236,7 +245,7 @@ impl Store {
             .collect();
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
         if !key_cols.is_empty() {
-            q.push(key_cols).push(", ");
+            q.push(key_select).push(", ");
         }
         q.push(sums.join(", "))
             .push(format!(" FROM {} WHERE 1 = 1", table.name));
@@ -263,6 +272,7 @@ impl Store {
                     node_id: matches!(group, GroupBy::Node | GroupBy::NodeAndModel).then(|| r.get("node_id")),
                     model: matches!(group, GroupBy::Model | GroupBy::NodeAndModel).then(|| r.get("model")),
                     hour_start: matches!(group, GroupBy::Hour).then(|| r.get("hour_start")),
+                    local_day: matches!(group, GroupBy::LocalDay { .. }).then(|| r.get("local_day")),
                 };
                 let totals = RollupTotals {
                     request_count: to_u64(r.get("request_count")),

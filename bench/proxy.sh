@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Router overhead benchmark: the same load (wrk, 32 connections) sent directly to a mock
+# node, through nginx (the plain-proxy floor) and through llm-router (accounting and
+# durable recording on, then --durability async), plain and streamed, in one run.
+# Prints requests/s, p50 and p99 per target and the router's ratios to nginx and direct.
+#
+# Needs: nginx and wrk (Debian packages; installed if missing and run as root).
+# Usage: bench/proxy.sh [seconds per run, default 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-10}
+CONNS=32
+THREADS=2
+
+for pkg in nginx wrk; do
+  if ! command -v "$pkg" >/dev/null && ! [ -x "/usr/sbin/$pkg" ]; then
+    if [ "$(id -u)" = 0 ]; then apt-get install -y -qq "$pkg" >/dev/null; else echo "install $pkg" >&2; exit 1; fi
+  fi
+done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release -q -p llm-router -p mock-node
+WORK=$(mktemp -d)
+cleanup() { kill $(jobs -p) 2>/dev/null || true; "$NGINX" -p "$WORK" -c nginx.conf -s stop 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+MOCK_PORT=$(free_port); NGINX_PORT=$(free_port); ROUTER_PORT=$(free_port); ASYNC_PORT=$(free_port)
+
+./target/release/mock-node --listen 127.0.0.1:$MOCK_PORT --name bench --chunks 5 >/dev/null &
+sleep 0.3
+cat >"$WORK/nginx.conf" <<NGINX
+worker_processes 1;
+error_log $WORK/error.log;
+pid $WORK/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  upstream node { server 127.0.0.1:$MOCK_PORT; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://node;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+"$NGINX" -p "$WORK" -c nginx.conf
+LLM_ROUTER_LOG=warn ./target/release/llm-router --host 127.0.0.1 --port $ROUTER_PORT --data-dir "$WORK/durable" \
+  --admin-key bench --node http://127.0.0.1:$MOCK_PORT >/dev/null &
+LLM_ROUTER_LOG=warn ./target/release/llm-router --host 127.0.0.1 --port $ASYNC_PORT --data-dir "$WORK/async" \
+  --admin-key bench --durability async --node http://127.0.0.1:$MOCK_PORT >/dev/null &
+for p in $ROUTER_PORT $ASYNC_PORT; do
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$p/health" >/dev/null && break; sleep 0.1; done
+done
+
+lua() {
+  cat >"$WORK/$1.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model":"mock-model","stream":$2,"messages":[{"role":"user","content":"Say hello to the benchmark"}]}'
+LUA
+}
+lua plain false
+lua stream true
+
+# wrk's latency distribution in microseconds: "50%    1.23ms" -> 1230.
+to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else {sub(/s/,"",v); print v*1000000}}'; }
+run() { # name url script
+  local out rps p50 p99
+  curl -s -o /dev/null -X POST -H 'content-type: application/json' --data @<(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" "$WORK/$3.lua") "$2/v1/chat/completions"
+  out=$(wrk -t$THREADS -c$CONNS -d"${DURATION}s" --latency -s "$WORK/$3.lua" "$2/v1/chat/completions")
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}' | to_us)
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}' | to_us)
+  errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
+  printf "%-8s %-16s %10.0f %10.0f %10.0f  %s\n" "$3" "$1" "$rps" "$p50" "$p99" "$errors"
+  echo "$3 $1 $rps $p50 $p99" >>"$WORK/results"
+}
+
+echo "wrk -t$THREADS -c$CONNS -d${DURATION}s, $(nproc) cores; latencies in microseconds"
+printf "%-8s %-16s %10s %10s %10s\n" mode target req/s p50_us p99_us
+for mode in plain stream; do
+  run direct "http://127.0.0.1:$MOCK_PORT" $mode
+  run nginx "http://127.0.0.1:$NGINX_PORT" $mode
+  run router "http://127.0.0.1:$ROUTER_PORT" $mode
+  run router-async "http://127.0.0.1:$ASYNC_PORT" $mode
+done
+
+echo
+echo "Ratios (router = durable recording, the default):"
+awk '{rps[$1" "$2]=$3; p50[$1" "$2]=$4; p99[$1" "$2]=$5}
+  END { for (m in a) {}
+    split("plain stream", modes, " ");
+    for (i = 1; i <= 2; i++) { m = modes[i];
+      for (j = 1; j <= 2; j++) { t = (j == 1) ? "router" : "router-async";
+        printf "%-6s %-13s throughput %.2fx nginx, %.2fx direct; added p50 %+.0f us, added p99 %+.0f us (vs direct)\n",
+          m, t, rps[m" "t]/rps[m" nginx"], rps[m" "t]/rps[m" direct"], p50[m" "t]-p50[m" direct"], p99[m" "t]-p99[m" direct"] } } }' "$WORK/results"
+records=$(curl -s -H 'authorization: Bearer bench' "http://127.0.0.1:$ROUTER_PORT/api/dashboard/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total_requests"])')
+echo "records committed by the durable router: $records"

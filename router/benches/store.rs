@@ -1,0 +1,236 @@
+//! Store benchmarks (not a test): recorder throughput into SQLite, and the latency of
+//! each aggregation query as the history grows to 1 and 10 million rows.
+//!
+//! Run: `cargo bench -p llm-router --bench store` (BENCH_ROWS=10000000 by default;
+//! BENCH_RECORDS=200000 records for the recorder part).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{Duration as Span, Utc};
+use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource};
+use llm_router::nodes::NodeRegistry;
+use llm_router::recorder::{Durability, Recorder};
+use llm_router::stats::{self, DailyQuery, MonthlyQuery};
+use llm_router::store::{GroupBy, RollupFilter, Store};
+use sqlx::sqlite::SqlitePoolOptions;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn record(i: u64) -> RequestResponseRecord {
+    let now = Utc::now();
+    RequestResponseRecord {
+        id: 0,
+        timestamp: now,
+        completed_at: now,
+        request_type: RequestType::ChatCompletions,
+        model: format!("model-{}", i % 3),
+        node_id: Some((i % 8) as i64 + 1),
+        node_name: Some("bench".into()),
+        client_ip: Some("127.0.0.1".into()),
+        stream: i.is_multiple_of(2),
+        status: RequestStatus::Success,
+        http_status: 200,
+        error_message: None,
+        duration_ms: 20,
+        input_tokens: 40,
+        output_tokens: 200,
+        total_tokens: 240,
+        token_source: TokenSource::Reported,
+    }
+}
+
+async fn recorder_throughput(dir: &std::path::Path, records: u64) {
+    for (durability, concurrency) in [
+        (Durability::Durable, 64u64),
+        (Durability::Durable, 512),
+        (Durability::Async, 1),
+    ] {
+        let url = format!("sqlite://{}/recorder-{durability:?}-{concurrency}.db", dir.display());
+        let store = Store::open(&url).await.unwrap();
+        let recorder = Recorder::start(store.clone(), durability);
+        let start = Instant::now();
+        let per_task = records / concurrency;
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|t| {
+                let recorder = recorder.clone();
+                tokio::spawn(async move {
+                    for i in 0..per_task {
+                        // Like a request handler: wait for the commit before the next one.
+                        recorder
+                            .record(record(t * per_task + i))
+                            .wait(Duration::from_secs(30))
+                            .await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        recorder.shutdown(Duration::from_secs(120)).await;
+        let elapsed = start.elapsed();
+        let committed = store.history_count().await.unwrap();
+        assert_eq!(committed, per_task * concurrency);
+        println!(
+            "recorder {durability:?}, {concurrency} concurrent writers: {committed} records in {:.2} s = {:.0} records/s",
+            elapsed.as_secs_f64(),
+            committed as f64 / elapsed.as_secs_f64()
+        );
+    }
+}
+
+/// Bulk-loads `from..to` synthetic history rows spread over the last 365 days (8 nodes
+/// x 3 models), then rebuilds the rollups from the history as the writer would have.
+async fn load_history(url: &str, from: u64, to: u64, total: u64) {
+    let pool = SqlitePoolOptions::new().max_connections(1).connect(url).await.unwrap();
+    let start_ms = (Utc::now() - Span::days(365)).timestamp_millis();
+    let step_ms = (365 * 24 * 3600 * 1000) / total as i64;
+    let t = Instant::now();
+    sqlx::query(&format!(
+        "INSERT INTO request_history (timestamp, completed_at, request_type, model, node_id, node_name, client_ip,
+            stream, status, http_status, error_message, duration_ms, input_tokens, output_tokens, total_tokens, token_source)
+         WITH RECURSIVE seq(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM seq WHERE i < {to} - 1)
+         SELECT {start_ms} + ((i * 7919) % {total}) * {step_ms}, {start_ms} + ((i * 7919) % {total}) * {step_ms} + 20, 'chat_completions',
+            'model-' || ((i / 8) % 3), (i % 8) + 1, 'node', '127.0.0.1', i % 2,
+            CASE WHEN i % 50 = 0 THEN 'error' ELSE 'success' END, 200, NULL, 20 + i % 100,
+            10 + i % 90, 50 + i % 400, 60 + i % 90 + i % 400, CASE WHEN i % 7 = 0 THEN 'estimated' ELSE 'reported' END
+         FROM seq"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let sums = "COUNT(*), SUM(status = 'success'), SUM(status = 'error'), SUM(status = 'cancelled'),
+        SUM(token_source = 'estimated'), SUM(input_tokens), SUM(output_tokens), SUM(total_tokens), SUM(duration_ms)";
+    for sql in [
+        "DELETE FROM token_stats_hourly".to_string(),
+        "DELETE FROM token_stats_hourly_all".to_string(),
+        "DELETE FROM token_stats_total".to_string(),
+        format!("INSERT INTO token_stats_hourly SELECT (timestamp / 3600000) * 3600, node_id, model, {sums} FROM request_history GROUP BY 1, 2, 3"),
+        format!("INSERT INTO token_stats_hourly_all SELECT (timestamp / 3600000) * 3600, {sums} FROM request_history GROUP BY 1"),
+        format!("INSERT INTO token_stats_total SELECT node_id, model, {sums} FROM request_history GROUP BY 1, 2"),
+    ] {
+        sqlx::query(&sql).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+    println!("loaded rows {from}..{to} in {:.1} s", t.elapsed().as_secs_f64());
+}
+
+async fn median_ms<F, Fut>(mut f: F) -> f64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    f().await;
+    let mut times: Vec<f64> = Vec::new();
+    for _ in 0..31 {
+        let t = Instant::now();
+        f().await;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times[times.len() / 2]
+}
+
+async fn query_latencies(store: &Store) -> Vec<(&'static str, f64)> {
+    let registry = Arc::new(NodeRegistry::new(store.clone(), Vec::new()));
+    let mut out = Vec::new();
+    out.push((
+        "node totals at start-up",
+        median_ms(|| async {
+            store
+                .rollup_totals(GroupBy::Node, &RollupFilter::default())
+                .await
+                .unwrap();
+        })
+        .await,
+    ));
+    out.push((
+        "/stats/tokens (by node + by model)",
+        median_ms(|| async {
+            stats::token_stats(store, &registry, &RollupFilter::default())
+                .await
+                .unwrap();
+        })
+        .await,
+    ));
+    let daily = |days: u32, tz: &str, node: Option<i64>| DailyQuery {
+        days: Some(days),
+        tz: Some(tz.into()),
+        node_id: node,
+        ..Default::default()
+    };
+    for (name, q) in [
+        ("/daily 30 days UTC", daily(30, "UTC", None)),
+        ("/daily 365 days Europe/Paris", daily(365, "Europe/Paris", None)),
+        ("/daily 30 days, node filter", daily(30, "Asia/Tokyo", Some(3))),
+    ] {
+        out.push((
+            name,
+            median_ms(|| async {
+                stats::daily(store, q.clone()).await.unwrap();
+            })
+            .await,
+        ));
+    }
+    let monthly = MonthlyQuery {
+        months: Some(12),
+        tz: Some("America/New_York".into()),
+        ..Default::default()
+    };
+    out.push((
+        "/monthly 12 months America/New_York",
+        median_ms(|| async {
+            stats::monthly(store, monthly.clone()).await.unwrap();
+        })
+        .await,
+    ));
+    let by_model = MonthlyQuery {
+        months: Some(12),
+        model: Some("model-1".into()),
+        ..Default::default()
+    };
+    out.push((
+        "/monthly 12 months, model filter",
+        median_ms(|| async {
+            stats::monthly(store, by_model.clone()).await.unwrap();
+        })
+        .await,
+    ));
+    out
+}
+
+#[tokio::main]
+async fn main() {
+    let rows = env("BENCH_ROWS", 10_000_000);
+    let records = env("BENCH_RECORDS", 200_000);
+    let dir = tempfile::TempDir::new().unwrap();
+    println!("== recorder throughput (group commit into SQLite, WAL) ==");
+    recorder_throughput(dir.path(), records).await;
+
+    println!("== aggregation queries, median of 31 runs ==");
+    let url = format!("sqlite://{}/history.db", dir.path().display());
+    let store = Store::open(&url).await.unwrap();
+    let mut table: Vec<(u64, Vec<(&'static str, f64)>)> = Vec::new();
+    let mut loaded = 0;
+    for size in [rows / 10, rows] {
+        load_history(&url, loaded, size, rows).await;
+        loaded = size;
+        println!("history rows: {}", store.history_count().await.unwrap());
+        table.push((size, query_latencies(&store).await));
+    }
+    print!("{:<40}", "query");
+    for (size, _) in &table {
+        print!("{:>14}", format!("{size} rows"));
+    }
+    println!();
+    for i in 0..table[0].1.len() {
+        print!("{:<40}", table[0].1[i].0);
+        for (_, results) in &table {
+            print!("{:>11.2} ms", results[i].1);
+        }
+        println!();
+    }
+}
