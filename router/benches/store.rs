@@ -106,9 +106,13 @@ async fn load_history(url: &str, from: u64, to: u64, total: u64) {
         SUM(token_source = 'estimated'), SUM(input_tokens), SUM(output_tokens), SUM(total_tokens), SUM(duration_ms)";
     for sql in [
         "DELETE FROM token_stats_hourly".to_string(),
+        "DELETE FROM token_stats_hourly_node".to_string(),
+        "DELETE FROM token_stats_hourly_model".to_string(),
         "DELETE FROM token_stats_hourly_all".to_string(),
         "DELETE FROM token_stats_total".to_string(),
         format!("INSERT INTO token_stats_hourly SELECT (timestamp / 3600000) * 3600, node_id, model, {sums} FROM request_history GROUP BY 1, 2, 3"),
+        format!("INSERT INTO token_stats_hourly_node SELECT (timestamp / 3600000) * 3600, node_id, {sums} FROM request_history GROUP BY 1, 2"),
+        format!("INSERT INTO token_stats_hourly_model SELECT (timestamp / 3600000) * 3600, model, {sums} FROM request_history GROUP BY 1, 2"),
         format!("INSERT INTO token_stats_hourly_all SELECT (timestamp / 3600000) * 3600, {sums} FROM request_history GROUP BY 1"),
         format!("INSERT INTO token_stats_total SELECT node_id, model, {sums} FROM request_history GROUP BY 1, 2"),
     ] {
@@ -166,6 +170,7 @@ async fn query_latencies(store: &Store) -> Vec<(&'static str, f64)> {
         ("/daily 30 days UTC", daily(30, "UTC", None)),
         ("/daily 365 days Europe/Paris", daily(365, "Europe/Paris", None)),
         ("/daily 30 days, node filter", daily(30, "Asia/Tokyo", Some(3))),
+        ("/daily 365 days, node filter", daily(365, "UTC", Some(5))),
     ] {
         out.push((
             name,
@@ -192,10 +197,23 @@ async fn query_latencies(store: &Store) -> Vec<(&'static str, f64)> {
         model: Some("model-1".into()),
         ..Default::default()
     };
+    let by_both = MonthlyQuery {
+        months: Some(12),
+        model: Some("model-2".into()),
+        node_id: Some(2),
+        ..Default::default()
+    };
     out.push((
         "/monthly 12 months, model filter",
         median_ms(|| async {
             stats::monthly(store, by_model.clone()).await.unwrap();
+        })
+        .await,
+    ));
+    out.push((
+        "/monthly 12 months, node + model filter",
+        median_ms(|| async {
+            stats::monthly(store, by_both.clone()).await.unwrap();
         })
         .await,
     ));

@@ -329,8 +329,9 @@ async fn complete_plain(
     };
     let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
     let reported = parsed.as_ref().and_then(token::usage_from_json);
-    let generated = match (&parsed, status.is_success()) {
-        (Some(v), true) => token::output_text(v),
+    // The generated text is only needed to estimate, and an error produced none.
+    let generated = match (&parsed, reported, status.is_success()) {
+        (Some(v), None, true) => token::output_text(v),
         _ => String::new(),
     };
     let counted = token::settle(reported, &lease.draft().prompt, generated).await;

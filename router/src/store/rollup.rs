@@ -1,11 +1,12 @@
 //! The rollups, kept forever: written with the history rows they sum, read by every
 //! statistic.
 //!
-//! Three tables hold the same sums at different grains: `token_stats_hourly` (UTC hour
-//! x node x model), `token_stats_hourly_all` (UTC hour) and `token_stats_total`
-//! (node x model, all time). [`push_rollup_upserts`] updates all three in the
-//! caller's transaction; [`Store::rollup_totals`] reads the smallest table that can answer, so
-//! queries stay fast however long the history grows. Every statistic of the router
+//! Five tables hold the same sums at different grains: `token_stats_hourly` (UTC hour
+//! x node x model), `token_stats_hourly_node`, `token_stats_hourly_model`,
+//! `token_stats_hourly_all` (UTC hour) and `token_stats_total` (node x model, all
+//! time). [`push_rollup_upserts`] updates all of them in the caller's transaction;
+//! [`Store::rollup_totals`] reads the smallest table that can answer, so queries stay
+//! fast however long the history grows. Every statistic of the router
 //! (node totals at start-up, Prometheus counters at boot, the dashboard's totals,
 //! by-node, by-model, daily and monthly figures) is one call of `rollup_totals`.
 //! Records without a node (rejected before routing) are in the history only.
@@ -35,24 +36,28 @@ const VALUE_COLUMNS: [&str; 9] = [
 struct RollupTable {
     name: &'static str,
     by_hour: bool,
-    by_node_and_model: bool,
+    by_node: bool,
+    by_model: bool,
 }
 
-const HOURLY: RollupTable = RollupTable {
-    name: "token_stats_hourly",
-    by_hour: true,
-    by_node_and_model: true,
-};
-const HOURLY_ALL: RollupTable = RollupTable {
-    name: "token_stats_hourly_all",
-    by_hour: true,
-    by_node_and_model: false,
-};
-const TOTAL: RollupTable = RollupTable {
-    name: "token_stats_total",
-    by_hour: false,
-    by_node_and_model: true,
-};
+const fn table(name: &'static str, by_hour: bool, by_node: bool, by_model: bool) -> RollupTable {
+    RollupTable {
+        name,
+        by_hour,
+        by_node,
+        by_model,
+    }
+}
+
+/// Every grain, finest first. A query reads the one whose keys are exactly what it
+/// filters or groups by, so it never sums rows of dimensions it does not need.
+const TABLES: [RollupTable; 5] = [
+    table("token_stats_hourly", true, true, true),
+    table("token_stats_hourly_node", true, true, false),
+    table("token_stats_hourly_model", true, false, true),
+    table("token_stats_hourly_all", true, false, false),
+    table("token_stats_total", false, true, true),
+];
 
 impl RollupTable {
     fn key_columns(&self) -> Vec<&'static str> {
@@ -60,10 +65,24 @@ impl RollupTable {
         if self.by_hour {
             cols.push("hour_start");
         }
-        if self.by_node_and_model {
-            cols.extend(["node_id", "model"]);
+        if self.by_node {
+            cols.push("node_id");
+        }
+        if self.by_model {
+            cols.push("model");
         }
         cols
+    }
+
+    /// The table for a query that needs these dimensions.
+    fn for_query(hourly: bool, node: bool, model: bool) -> &'static RollupTable {
+        if !hourly {
+            return &TABLES[4];
+        }
+        TABLES[..4]
+            .iter()
+            .find(|t| t.by_node == node && t.by_model == model)
+            .expect("every combination has a table")
     }
 }
 
@@ -71,19 +90,16 @@ fn hour_start(t: DateTime<Utc>) -> i64 {
     t.timestamp().div_euclid(3600) * 3600
 }
 
-/// Appends to `q` the upserts that add `records` to the three rollup tables (inside
+/// Appends to `q` the upserts that add `records` to every rollup table (inside
 /// the caller's transaction).
 pub(super) fn push_rollup_upserts<'a>(q: &mut QueryBuilder<'a, Sqlite>, records: &'a [RequestResponseRecord]) {
-    for table in [HOURLY, HOURLY_ALL, TOTAL] {
+    for table in &TABLES {
         let mut sums: HashMap<(i64, i64, &str), RollupTotals> = HashMap::new();
         for r in records {
             let Some(node_id) = r.node_id else { continue };
             let hour = if table.by_hour { hour_start(r.timestamp) } else { 0 };
-            let (node, model) = if table.by_node_and_model {
-                (node_id, r.model.as_str())
-            } else {
-                (0, "")
-            };
+            let node = if table.by_node { node_id } else { 0 };
+            let model = if table.by_model { r.model.as_str() } else { "" };
             sums.entry((hour, node, model)).or_default().add(&RollupTotals::of(r));
         }
         let rows: Vec<_> = sums.into_iter().collect();
@@ -102,8 +118,11 @@ pub(super) fn push_rollup_upserts<'a>(q: &mut QueryBuilder<'a, Sqlite>, records:
                 if table.by_hour {
                     b.push_bind(*hour);
                 }
-                if table.by_node_and_model {
-                    b.push_bind(*node).push_bind(*model);
+                if table.by_node {
+                    b.push_bind(*node);
+                }
+                if table.by_model {
+                    b.push_bind(*model);
                 }
                 for v in t.values() {
                     b.push_bind(to_i64(v));
@@ -227,18 +246,12 @@ impl Store {
                 ("local_day", day_expr.as_str())
             }
         };
-        // The smallest table that has the columns this query needs.
-        let needs_node_or_model = filter.node_id.is_some()
-            || filter.model.is_some()
-            || !matches!(group, GroupBy::Nothing | GroupBy::Hour | GroupBy::LocalDay { .. });
         let hourly = matches!(group, GroupBy::Hour | GroupBy::LocalDay { .. })
             || filter.from_hour.is_some()
             || filter.to_hour.is_some();
-        let table = match (hourly, needs_node_or_model) {
-            (false, _) => TOTAL,
-            (true, false) => HOURLY_ALL,
-            (true, true) => HOURLY,
-        };
+        let needs_node = filter.node_id.is_some() || matches!(group, GroupBy::Node | GroupBy::NodeAndModel);
+        let needs_model = filter.model.is_some() || matches!(group, GroupBy::Model | GroupBy::NodeAndModel);
+        let table = RollupTable::for_query(hourly, needs_node, needs_model);
         let sums: Vec<String> = VALUE_COLUMNS
             .iter()
             .map(|c| format!("COALESCE(SUM({c}), 0) AS {c}"))

@@ -307,3 +307,73 @@ async fn completions_stream_is_counted_and_hidden_usage_removed() {
     assert_eq!(got, direct);
     assert_tokens(&only_record(&h).await, 3, 5, "reported");
 }
+
+#[tokio::test]
+async fn a_client_that_gives_up_before_the_answer_is_recorded_as_cancelled() {
+    let a = mock_with("alpha", &["m"], |c| c.latency = Duration::from_millis(800)).await;
+    let h = Harness::start(&[&a]).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let err = client
+        .post(h.url("/v1/chat/completions"))
+        .json(&chat_body("m", "one two three", false))
+        .send()
+        .await;
+    assert!(err.is_err(), "the client timed out");
+    let mut records = Vec::new();
+    for _ in 0..100 {
+        records = h.history().await;
+        if !records.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["status"], "cancelled");
+    assert_tokens(&records[0], tokens("one two three"), 0, "estimated");
+    let n = h.wait_node(&a.base_url(), "idle", |n| n["active_requests"] == 0).await;
+    assert_eq!(n["failed_requests"], 1);
+}
+
+/// A node that answers 200 with an SSE body of garbage, then `[DONE]`.
+async fn garbage_node() -> (String, tokio::task::JoinHandle<()>) {
+    use axum::routing::{get, post};
+    let app = axum::Router::new()
+        .route("/v1/models", get(|| async { axum::Json(json!({"object": "list", "data": [{"id": "g"}]})) }))
+        .route(
+            "/v1/chat/completions",
+            post(|| async {
+                let body: &'static [u8] = b"data: {broken json\n\n\x00\xff\xfe not sse at all\r\n\r\ndata: {\"choices\":[{\"delta\":{\"content\":42}}]}\n\ndata: [DONE]\n\n";
+                ([("content-type", "text/event-stream")], body)
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (
+        url,
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }),
+    )
+}
+
+#[tokio::test]
+async fn a_node_that_sends_garbage_sse_is_passed_through_and_estimated() {
+    let (url, _server) = garbage_node().await;
+    let h = Harness::start(&[]).await;
+    let (s, _) = h
+        .admin(Method::POST, "/api/nodes", Some(json!({"base_url": url})))
+        .await;
+    assert_eq!(s, 201);
+    let (s, bytes) = h.chat_stream(&chat_body("g", "hello there", true)).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        bytes,
+        b"data: {broken json\n\n\x00\xff\xfe not sse at all\r\n\r\ndata: {\"choices\":[{\"delta\":{\"content\":42}}]}\n\ndata: [DONE]\n\n"
+            .to_vec(),
+        "bytes pass unchanged (the router's include_usage edit finds nothing to remove)"
+    );
+    let r = only_record(&h).await;
+    assert_eq!(r["status"], "success");
+    assert_tokens(&r, tokens("hello there"), 0, "estimated");
+}

@@ -202,3 +202,106 @@ async fn shutdown_flushes_records_of_async_mode() {
     assert_eq!(h.history().await.len(), 20);
     assert_eq!(u(&h.node(&a.base_url()).await["total_tokens"]), 120);
 }
+
+#[tokio::test]
+async fn graceful_shutdown_lets_an_in_flight_stream_finish_and_records_it() {
+    let a = mock_with("alpha", &["m"], |c| {
+        c.chunks = 10;
+        c.chunk_delay = Duration::from_millis(60);
+    })
+    .await;
+    let h = Harness::start(&[&a]).await;
+    let resp = h.post("/v1/chat/completions", &chat_body("m", "one two", true)).await;
+    assert_eq!(resp.status(), 200);
+    let reading = tokio::spawn(async move { resp.text().await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let Harness { router, dir, .. } = h;
+    router.shutdown().await;
+    let body = reading.await.unwrap();
+    assert!(body.ends_with("data: [DONE]\n\n"), "the stream ran to its end: {body}");
+    // The record is in the database after shutdown.
+    let store = llm_router::store::Store::open(&format!("sqlite://{}/router.db", dir.path().display()))
+        .await
+        .unwrap();
+    let page = store
+        .history_page(&llm_router::store::HistoryFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].status, common::protocol::RequestStatus::Success);
+    assert_eq!((page.records[0].input_tokens, page.records[0].output_tokens), (2, 10));
+}
+
+#[tokio::test]
+async fn killing_the_router_loses_no_record_a_client_saw_complete() {
+    let a = mock("alpha", &["m"]).await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spawn = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_llm-router"))
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--admin-key",
+                ADMIN_KEY,
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--node", &a.base_url()])
+            .env("LLM_ROUTER_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let wait_up = || async {
+        for _ in 0..100 {
+            if http.get(format!("{base}/health")).send().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("router did not start");
+    };
+    let mut router = spawn();
+    wait_up().await;
+    let mut completed = 0u64;
+    for i in 0..30 {
+        let body = chat_body("m", "one two", i % 2 == 0);
+        let r = http
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(text.contains("alpha4"));
+        completed += 1;
+    }
+    router.start_kill().unwrap(); // SIGKILL: no shutdown, no flush
+    router.wait().await.unwrap();
+    let _router = spawn();
+    wait_up().await;
+    let stats: Value = http
+        .get(format!("{base}/api/dashboard/stats"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(u(&stats["total_requests"]), completed);
+    assert_eq!(u(&stats["total_tokens"]), completed * 7);
+}
