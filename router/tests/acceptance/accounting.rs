@@ -236,14 +236,7 @@ async fn a_client_that_disconnects_mid_stream_is_recorded_as_cancelled() {
         }
     }
     drop(s);
-    let mut records = Vec::new();
-    for _ in 0..100 {
-        records = h.history().await;
-        if !records.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let records = h.wait_history(1).await;
     assert_eq!(records.len(), 1);
     let r = &records[0];
     assert_eq!(r["status"], "cancelled");
@@ -322,14 +315,7 @@ async fn a_client_that_gives_up_before_the_answer_is_recorded_as_cancelled() {
         .send()
         .await;
     assert!(err.is_err(), "the client timed out");
-    let mut records = Vec::new();
-    for _ in 0..100 {
-        records = h.history().await;
-        if !records.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let records = h.wait_history(1).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["status"], "cancelled");
     assert_tokens(&records[0], tokens("one two three"), 0, "estimated");

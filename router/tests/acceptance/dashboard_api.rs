@@ -67,15 +67,7 @@ async fn assert_all_figures_agree(h: &Harness) -> (u64, u64, u64, u64) {
     assert_eq!(sum(&nodes["nodes"], "total_output_tokens"), output);
     assert_eq!(sum(&nodes["nodes"], "total_tokens"), total);
     assert_eq!(sum(&nodes["nodes"], "total_requests"), requests);
-    let metrics = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert_eq!(prom_sum(&metrics, "llm_router_input_tokens_total"), input);
     assert_eq!(prom_sum(&metrics, "llm_router_output_tokens_total"), output);
     assert_eq!(prom_sum(&metrics, "llm_router_tokens_total"), total);
@@ -331,15 +323,7 @@ async fn metrics_expose_requests_tokens_latency_and_node_state() {
     let h = Harness::start(&[&a]).await;
     h.chat("m", "one two").await;
     h.chat_stream(&chat_body("m", "one two", true)).await;
-    let text = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.metrics().await;
     let name = h.node(&a.base_url()).await["name"].as_str().unwrap().to_string();
     let labels = format!("node_id=\"1\",node=\"{name}\",model=\"m\"");
     for line in [

@@ -91,6 +91,10 @@ impl Browser {
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
+    async fn click(&self, locator: Locator<'_>) {
+        self.client.find(locator).await.unwrap().click().await.unwrap();
+    }
+
     async fn number(&self, selector: &str) -> u64 {
         let v = self
             .js(&format!(
@@ -135,13 +139,7 @@ async fn sign_in(b: &Browser, h: &Harness) {
         .send_keys(ADMIN_KEY)
         .await
         .unwrap();
-    b.client
-        .find(Locator::Css("#login-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Css("#login-form button")).await;
     b.wait("overview", "return document.getElementById('card-total').dataset.value")
         .await;
 }
@@ -161,13 +159,7 @@ async fn a_wrong_key_is_refused_and_the_right_one_signs_in_and_out() {
         .send_keys("not-the-key")
         .await
         .unwrap();
-    b.client
-        .find(Locator::Css("#login-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Css("#login-form button")).await;
     let msg = b
         .wait("refusal", "return document.getElementById('login-error').textContent")
         .await;
@@ -189,13 +181,7 @@ async fn a_wrong_key_is_refused_and_the_right_one_signs_in_and_out() {
     let cookie = b.client.get_named_cookie("llm_router_session").await.unwrap();
     assert_eq!(cookie.http_only(), Some(true));
     assert_eq!(format!("{:?}", cookie.same_site()), "Some(Strict)");
-    b.client
-        .find(Locator::Id("logout"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Id("logout")).await;
     b.wait("login form again", "return !document.getElementById('login').hidden")
         .await;
     let status = b
@@ -254,13 +240,7 @@ async fn overview_nodes_statistics_and_history_show_the_api_figures() {
     b.screenshot("overview").await;
 
     // Statistics page (P-2): chart data equals the API's daily series.
-    b.client
-        .find(Locator::Css("a[data-page='stats']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Css("a[data-page='stats']")).await;
     let chart_sums = "const c = Chart.getChart('daily-chart'); if (!c) return null; \
         return c.data.datasets.map(d => d.data.reduce((a, b) => a + b, 0));";
     let sums = b.wait("daily chart", chart_sums).await;
@@ -309,13 +289,7 @@ async fn overview_nodes_statistics_and_history_show_the_api_figures() {
     b.screenshot("statistics-filtered").await;
 
     // Request history.
-    b.client
-        .find(Locator::Css("a[data-page='history']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Css("a[data-page='history']")).await;
     b.wait(
         "history rows",
         "return document.querySelectorAll('#history-table tbody tr').length === 6",
@@ -346,13 +320,7 @@ async fn overview_nodes_statistics_and_history_show_the_api_figures() {
 
     // Narrow screen: nothing overflows the page horizontally.
     b.client.set_window_size(390, 844).await.unwrap();
-    b.client
-        .find(Locator::Css("a[data-page='overview']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Css("a[data-page='overview']")).await;
     b.wait("overview", "return !document.getElementById('page-overview').hidden")
         .await;
     let overflow = b

@@ -73,15 +73,7 @@ async fn totals_and_nodes_survive_a_restart() {
 
 /// The token counter lines of `/metrics`.
 async fn token_metric_lines(h: &Harness) -> Vec<String> {
-    let text = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.metrics().await;
     let mut lines: Vec<String> = text
         .lines()
         .filter(|l| l.starts_with("llm_router_input_tokens_total") || l.starts_with("llm_router_output_tokens_total"))

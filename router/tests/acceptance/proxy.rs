@@ -81,15 +81,7 @@ async fn a_node_that_refuses_connections_is_failed_over_and_marked_offline() {
     assert_eq!(records.len(), 4);
     let b_name = h.node(&b.base_url()).await["name"].clone();
     assert!(records.iter().all(|r| r["node_name"] == b_name));
-    let metrics = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(
         metrics.contains("llm_router_upstream_failures_total{node_id=\"1\""),
         "{metrics}"

@@ -103,6 +103,31 @@ impl Harness {
         v
     }
 
+    /// The Prometheus exposition of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the history holds `n` records (5 s at most); returns them.
+    pub async fn wait_history(&self, n: usize) -> Vec<Value> {
+        let mut records = Vec::new();
+        for _ in 0..100 {
+            records = self.history().await;
+            if records.len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        records
+    }
+
     /// The newest request records, newest first.
     pub async fn history(&self) -> Vec<Value> {
         self.get("/api/dashboard/request-history?limit=500").await["records"]
