@@ -69,16 +69,17 @@ lua stream true
 
 # wrk's latency distribution in microseconds: "50%    1.23ms" -> 1230.
 to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else {sub(/s/,"",v); print v*1000000}}'; }
-run() { # name url script
-  local out rps p50 p99
+run() { # name url script [connections]
+  local out rps p50 p99 conns=${4:-$CONNS} threads=$THREADS
+  [ "$conns" -lt "$threads" ] && threads=$conns
   curl -s -o /dev/null -X POST -H 'content-type: application/json' --data @<(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" "$WORK/$3.lua") "$2/v1/chat/completions"
-  out=$(wrk -t$THREADS -c$CONNS -d"${DURATION}s" --latency -s "$WORK/$3.lua" "$2/v1/chat/completions")
+  out=$(wrk -t$threads -c$conns -d"${DURATION}s" --latency -s "$WORK/$3.lua" "$2/v1/chat/completions")
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}' | to_us)
   p99=$(echo "$out" | awk '$1=="99%" {print $2}' | to_us)
   errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
   printf "%-8s %-16s %10.0f %10.0f %10.0f  %s\n" "$3" "$1" "$rps" "$p50" "$p99" "$errors"
-  echo "$3 $1 $rps $p50 $p99" >>"$WORK/results"
+  echo "$3 $1 $rps $p50 $p99" >>"$WORK/results${4:-}"
 }
 
 echo "wrk -t$THREADS -c$CONNS -d${DURATION}s, $(nproc) cores; latencies in microseconds"
@@ -99,5 +100,21 @@ awk '{rps[$1" "$2]=$3; p50[$1" "$2]=$4; p99[$1" "$2]=$5}
       for (j = 1; j <= 2; j++) { t = (j == 1) ? "router" : "router-async";
         printf "%-6s %-13s throughput %.2fx nginx, %.2fx direct; added p50 %+.0f us, added p99 %+.0f us (vs direct)\n",
           m, t, rps[m" "t]/rps[m" nginx"], rps[m" "t]/rps[m" direct"], p50[m" "t]-p50[m" direct"], p99[m" "t]-p99[m" direct"] } } }' "$WORK/results"
+echo
+echo "Per-request overhead without queueing (1 connection, one request at a time):"
+printf "%-8s %-16s %10s %10s %10s\n" mode target req/s p50_us p99_us
+for mode in plain stream; do
+  run direct "http://127.0.0.1:$MOCK_PORT" $mode 1
+  run nginx "http://127.0.0.1:$NGINX_PORT" $mode 1
+  run router "http://127.0.0.1:$ROUTER_PORT" $mode 1
+  run router-async "http://127.0.0.1:$ASYNC_PORT" $mode 1
+done
+awk '{p50[$1" "$2]=$4; p99[$1" "$2]=$5}
+  END { split("plain stream", modes, " ");
+    for (i = 1; i <= 2; i++) { m = modes[i];
+      printf "%-6s added vs direct: router p50 %+.0f us p99 %+.0f us; router-async p50 %+.0f us p99 %+.0f us; nginx p50 %+.0f us p99 %+.0f us\n",
+        m, p50[m" router"]-p50[m" direct"], p99[m" router"]-p99[m" direct"],
+        p50[m" router-async"]-p50[m" direct"], p99[m" router-async"]-p99[m" direct"],
+        p50[m" nginx"]-p50[m" direct"], p99[m" nginx"]-p99[m" direct"] } }' "$WORK/results1"
 records=$(curl -s -H 'authorization: Bearer bench' "http://127.0.0.1:$ROUTER_PORT/api/dashboard/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total_requests"])')
 echo "records committed by the durable router: $records"

@@ -262,6 +262,14 @@ fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(C
     Ok((call, value))
 }
 
+/// Sleeps unless `d` is zero: a zero sleep still waits for tokio's next timer tick
+/// (about 1 ms), which would make the mock slower than any real server's fast path.
+async fn pause(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
+}
+
 fn error(status: StatusCode, message: &str, usage: Option<Value>) -> Response {
     let mut body = json!({"error": {"message": message, "type": "invalid_request_error", "code": null}});
     if let Some(u) = usage {
@@ -293,7 +301,7 @@ async fn generate(s: Arc<Shared>, path: &str, headers: HeaderMap, body: Bytes, k
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    tokio::time::sleep(s.config.latency).await;
+    pause(s.config.latency).await;
     let n = s.config.chunks;
     let name = s.config.name.clone();
     if !call.stream {
@@ -325,8 +333,8 @@ async fn generate(s: Arc<Shared>, path: &str, headers: HeaderMap, body: Bytes, k
             if i > n + 2 {
                 return None;
             }
-            if i > 0 && i <= n && !cfg.chunk_delay.is_zero() {
-                tokio::time::sleep(cfg.chunk_delay).await;
+            if i > 0 && i <= n {
+                pause(cfg.chunk_delay).await;
             }
             if let Some(b) = cfg.break_after_chunks {
                 if i == b + 1 {
@@ -413,7 +421,7 @@ async fn embeddings(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byte
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    tokio::time::sleep(s.config.latency).await;
+    pause(s.config.latency).await;
     let inputs = match value.get("input") {
         Some(Value::Array(a)) => a.len().max(1),
         _ => 1,
@@ -433,7 +441,7 @@ async fn responses(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    tokio::time::sleep(s.config.latency).await;
+    pause(s.config.latency).await;
     let n = s.config.chunks;
     let name = s.config.name.clone();
     let text: String = (0..n).map(|i| chunk_text(&name, i)).collect();
@@ -471,9 +479,7 @@ async fn responses(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     let delay = s.config.chunk_delay;
     let body = stream::unfold(events.into_iter(), move |mut it| async move {
         let e = it.next()?;
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
+        pause(delay).await;
         Some((Ok::<_, std::io::Error>(Bytes::from(e)), it))
     });
     Response::builder()

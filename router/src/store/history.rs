@@ -64,7 +64,7 @@ impl Store {
         super::rollup::push_rollup_upserts(&mut q, records);
         q.push("COMMIT;");
         let mut conn = self.pool.acquire().await?;
-        if let Err(e) = q.build().persistent(false).execute(&mut *conn).await {
+        if let Err(e) = q.build().execute(&mut *conn).await {
             // Leave the connection clean for the next batch (an error if none is open).
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
             return Err(e.into());
