@@ -28,8 +28,23 @@ pub async fn run(mut args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> 
         ..MockConfig::default()
     })
     .await?;
-    args.nodes = vec![alpha.base_url(), beta.base_url()];
+    // Keep the demo's figures out of the real router's database.
+    if args.data_dir.is_none() && args.database_url.is_none() {
+        args.data_dir = Some(args.data_dir().join("demo"));
+    }
     let router = app::start(args).await?;
+    // Mock nodes of an earlier demo run listened on other ports: retire them (their
+    // statistics stay, listed as deleted).
+    let registry = router.state.balancer.registry();
+    for old in registry.live() {
+        registry.delete(old.id).await?;
+    }
+    for (node, name) in [(&alpha, "alpha"), (&beta, "beta (no usage)")] {
+        let added = registry
+            .add(&node.base_url(), Some(name.into()), None, "static")
+            .await?;
+        router.state.health.probe(&added).await;
+    }
     let base = router.base_url();
     println!("llm-router demo on {base}");
     println!(
