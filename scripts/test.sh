@@ -23,4 +23,4 @@ if ! python3 -c 'import openai' 2>/dev/null; then
   python3 -m pip install -q openai
 fi
 
-cargo test --workspace --all-targets "$@"
+cargo test --workspace "$@"

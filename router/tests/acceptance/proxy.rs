@@ -405,3 +405,41 @@ print([m.id for m in c.models.list().data])
     );
     assert_eq!(h.history().await.len(), 3);
 }
+
+#[tokio::test]
+async fn a_node_slower_than_the_first_byte_timeout_gets_504_and_an_error_record() {
+    let a = mock_with("alpha", &["m"], |c| c.latency = Duration::from_millis(1500)).await;
+    let h = Harness::start_with(&[&a], |args| args.first_byte_timeout_secs = 1).await;
+    let started = Instant::now();
+    let (s, v) = h.chat("m", "one two").await;
+    assert_eq!(s, 504, "{v}");
+    assert_error(&v, "upstream_timeout");
+    assert!(started.elapsed() < Duration::from_millis(1400));
+    let r = &h.history().await[0];
+    assert_eq!(
+        (r["status"].clone(), r["http_status"].clone()),
+        (json!("error"), json!(504))
+    );
+    assert_eq!(u(&r["input_tokens"]), tokens("one two"), "the node received the prompt");
+}
+
+#[tokio::test]
+async fn a_stream_silent_longer_than_the_idle_timeout_is_broken_and_recorded() {
+    let a = mock_with("alpha", &["m"], |c| {
+        c.chunks = 3;
+        c.chunk_delay = Duration::from_millis(1500);
+    })
+    .await;
+    let h = Harness::start_with(&[&a], |args| args.idle_timeout_secs = 1).await;
+    let resp = h.post("/v1/chat/completions", &chat_body("m", "x", true)).await;
+    assert_eq!(resp.status(), 200);
+    let mut s = resp.bytes_stream();
+    let mut broke = false;
+    while let Some(c) = s.next().await {
+        broke |= c.is_err();
+    }
+    assert!(broke, "the client's stream is broken, not ended cleanly");
+    let r = &h.wait_history(1).await[0];
+    assert_eq!(r["status"], "error");
+    assert!(r["error_message"].as_str().unwrap().contains("sent nothing"), "{r}");
+}
