@@ -19,7 +19,7 @@ use crate::metrics::{request_labels, Metrics, NodeLabels, NodeModelLabels};
 use crate::nodes::{Node, NodeId, NodeRegistry, NodeStatus};
 use crate::recorder::{CommitTicket, Recorder};
 use crate::store::RollupTotals;
-use crate::token::{count_tokens, PromptText};
+use crate::token::Prompt;
 
 /// Per-node counters (SPEC T-2/C-2/C-7). Loaded from the store at start-up, so a
 /// restart changes no figure; updated only by `finish_request`.
@@ -124,7 +124,7 @@ pub struct RecordDraft {
     pub client_ip: Option<String>,
     pub stream: bool,
     /// Kept to estimate input tokens if the node reports none.
-    pub prompt: PromptText,
+    pub prompt: Prompt,
 }
 
 /// How a request ended, with its token figures.
@@ -379,7 +379,7 @@ impl Drop for RequestLease {
             Ok(rt) => {
                 rt.spawn(async move { finish(prompt.estimate().await) });
             }
-            Err(_) => finish(count_tokens(&prompt.text).saturating_add(prompt.token_ids)),
+            Err(_) => finish(prompt.estimate_blocking()),
         }
     }
 }

@@ -34,7 +34,7 @@ pub use error::ProxyError;
 use crate::app::AppState;
 use crate::balancer::{NoNode, RecordDraft, RequestLease, RequestOutcome};
 use crate::nodes::NodeStatus;
-use crate::token::{self, include_usage, PromptText};
+use crate::token::{self, include_usage, Prompt};
 use crate::upstream::UpstreamError;
 
 /// Limits and timeouts of the proxy path.
@@ -136,7 +136,7 @@ pub async fn list_models(State(st): State<AppState>) -> Json<Value> {
 /// A parsed inference request.
 struct Parsed {
     body: Bytes,
-    json: Value,
+    json: Arc<Value>,
     model: String,
     stream: bool,
 }
@@ -162,7 +162,7 @@ async fn read_request(settings: &ProxySettings, body: Body) -> Result<Parsed, Pr
     let stream = json.get("stream").and_then(Value::as_bool).unwrap_or(false);
     Ok(Parsed {
         body,
-        json,
+        json: Arc::new(json),
         model,
         stream,
     })
@@ -176,7 +176,7 @@ async fn proxy(st: AppState, kind: RequestType, peer: SocketAddr, headers: Heade
         model: String::new(),
         client_ip: Some(peer.ip().to_string()),
         stream: false,
-        prompt: PromptText::default(),
+        prompt: Prompt::default(),
     };
     let req = match read_request(&st.proxy, body).await {
         Ok(r) => r,
@@ -184,7 +184,7 @@ async fn proxy(st: AppState, kind: RequestType, peer: SocketAddr, headers: Heade
     };
     draft.model = req.model.clone();
     draft.stream = req.stream;
-    draft.prompt = token::prompt_text(&req.json);
+    draft.prompt = Prompt::of(req.json.clone());
     let req = Arc::new(req);
 
     let mut tried = Vec::new();
@@ -299,7 +299,7 @@ async fn fail_after_send(st: &AppState, lease: RequestLease, e: UpstreamError) -
         UpstreamError::Timeout(_) => ProxyError::UpstreamTimeout(e.to_string()),
         _ => ProxyError::Upstream(e.to_string()),
     };
-    let input = lease.draft().prompt.clone().estimate().await;
+    let input = lease.draft().prompt.estimate().await;
     let outcome = RequestOutcome {
         status: RequestStatus::Error,
         http_status: err.status().as_u16(),

@@ -15,6 +15,8 @@ pub mod include_usage;
 pub mod sse;
 pub mod tap;
 
+use std::sync::Arc;
+
 use common::protocol::{TokenSource, TokenUsage};
 use serde_json::Value;
 
@@ -90,6 +92,33 @@ impl PromptText {
     pub async fn estimate(self) -> u64 {
         let ids = self.token_ids;
         estimate_tokens(self.text).await.saturating_add(ids)
+    }
+}
+
+/// A request's body, kept so that its prompt is extracted and counted only when the
+/// node reports no usage (most requests never need it).
+#[derive(Debug, Clone, Default)]
+pub struct Prompt(Option<Arc<Value>>);
+
+impl Prompt {
+    pub fn of(request: Arc<Value>) -> Self {
+        Prompt(Some(request))
+    }
+
+    /// The estimated input tokens of the request.
+    pub async fn estimate(&self) -> u64 {
+        match &self.0 {
+            Some(request) => prompt_text(request).estimate().await,
+            None => 0,
+        }
+    }
+
+    /// [`Prompt::estimate`] outside an async runtime.
+    pub fn estimate_blocking(&self) -> u64 {
+        self.0.as_deref().map_or(0, |request| {
+            let p = prompt_text(request);
+            count_tokens(&p.text).saturating_add(p.token_ids)
+        })
     }
 }
 
@@ -193,14 +222,14 @@ fn push_text(out: &mut String, s: &str) {
 
 /// Final figures of a request: the reported usage when there is one, else the
 /// estimate of the prompt and of the generated text.
-pub async fn settle(reported: Option<TokenUsage>, prompt: &PromptText, generated: String) -> CountedUsage {
+pub async fn settle(reported: Option<TokenUsage>, prompt: &Prompt, generated: String) -> CountedUsage {
     match reported {
         Some(usage) => CountedUsage {
             usage,
             source: TokenSource::Reported,
         },
         None => {
-            let input = prompt.clone().estimate().await;
+            let input = prompt.estimate().await;
             let output = estimate_tokens(generated).await;
             CountedUsage {
                 usage: TokenUsage::new(input, output, None),
@@ -298,14 +327,11 @@ mod tests {
 
     #[tokio::test]
     async fn settle_prefers_reported_and_flags_estimates() {
-        let reported = settle(Some(TokenUsage::new(1, 2, None)), &PromptText::default(), String::new()).await;
+        let reported = settle(Some(TokenUsage::new(1, 2, None)), &Prompt::default(), String::new()).await;
         assert_eq!(reported.source, TokenSource::Reported);
         let est = settle(
             None,
-            &PromptText {
-                text: "hello world".into(),
-                token_ids: 2,
-            },
+            &Prompt::of(Arc::new(json!({"prompt": ["hello world", [1, 2]]}))),
             "hello world".into(),
         )
         .await;

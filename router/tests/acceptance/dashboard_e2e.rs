@@ -128,18 +128,18 @@ async fn workload(h: &Harness) {
     assert_eq!(h.chat("m3", "this fails").await.0, 500);
 }
 
-async fn sign_in(b: &Browser, h: &Harness) {
+/// Opens the dashboard and submits `key` in the login form.
+async fn submit_key(b: &Browser, h: &Harness, key: &str) {
     b.client.goto(&h.url("/dashboard")).await.unwrap();
     b.wait("login form", "return !document.getElementById('login').hidden")
         .await;
-    b.client
-        .find(Locator::Id("admin-key"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN_KEY)
-        .await
-        .unwrap();
+    let input = b.client.find(Locator::Id("admin-key")).await.unwrap();
+    input.send_keys(key).await.unwrap();
     b.click(Locator::Css("#login-form button")).await;
+}
+
+async fn sign_in(b: &Browser, h: &Harness) {
+    submit_key(b, h, ADMIN_KEY).await;
     b.wait("overview", "return document.getElementById('card-total').dataset.value")
         .await;
 }
@@ -149,17 +149,7 @@ async fn a_wrong_key_is_refused_and_the_right_one_signs_in_and_out() {
     let a = mock("alpha", &["m1"]).await;
     let h = Harness::start(&[&a]).await;
     let b = Browser::start().await;
-    b.client.goto(&h.url("/dashboard")).await.unwrap();
-    b.wait("login form", "return !document.getElementById('login').hidden")
-        .await;
-    b.client
-        .find(Locator::Id("admin-key"))
-        .await
-        .unwrap()
-        .send_keys("not-the-key")
-        .await
-        .unwrap();
-    b.click(Locator::Css("#login-form button")).await;
+    submit_key(&b, &h, "not-the-key").await;
     let msg = b
         .wait("refusal", "return document.getElementById('login-error').textContent")
         .await;
@@ -170,13 +160,6 @@ async fn a_wrong_key_is_refused_and_the_right_one_signs_in_and_out() {
     );
     b.screenshot("login-refused").await;
 
-    b.client
-        .find(Locator::Id("admin-key"))
-        .await
-        .unwrap()
-        .clear()
-        .await
-        .unwrap();
     sign_in(&b, &h).await;
     let cookie = b.client.get_named_cookie("llm_router_session").await.unwrap();
     assert_eq!(cookie.http_only(), Some(true));
