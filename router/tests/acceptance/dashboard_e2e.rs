@@ -330,3 +330,127 @@ async fn figures_refresh_by_themselves() {
     assert_eq!(b.number("#card-total").await, 8);
     b.close().await;
 }
+
+/// Sets a `<select>` or `<input>` and fires `change`, as a user's choice would.
+async fn choose(b: &Browser, id: &str, value: &str) {
+    b.js(&format!(
+        "const e = document.getElementById('{id}'); e.value = '{value}'; e.dispatchEvent(new Event('change'));"
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn range_presets_custom_range_and_time_zone_drive_the_charts() {
+    let a = mock("alpha", &["m1"]).await;
+    let h = Harness::start(&[&a]).await;
+    h.chat("m1", "one two three").await;
+    let b = Browser::start().await;
+    sign_in(&b, &h).await;
+    b.click(Locator::Css("a[data-page='stats']")).await;
+    let labels =
+        |n: usize| format!("const c = Chart.getChart('daily-chart'); return !!c && c.data.labels.length === {n};");
+    b.wait("30 days", &labels(30)).await;
+    choose(&b, "range", "7d").await;
+    b.wait("7 days", &labels(7)).await;
+    choose(&b, "range", "90d").await;
+    b.wait("90 days", &labels(90)).await;
+    choose(&b, "range", "12m").await;
+    b.wait(
+        "12 months",
+        "const c = Chart.getChart('monthly-chart'); return c.data.labels.length === 12;",
+    )
+    .await;
+    choose(&b, "range", "custom").await;
+    assert_eq!(
+        b.js("return document.getElementById('from').offsetParent !== null")
+            .await,
+        true
+    );
+    choose(&b, "from", "2026-01-01").await;
+    choose(&b, "to", "2026-01-10").await;
+    b.wait("custom range", &labels(10)).await;
+    let first = b.js("return Chart.getChart('daily-chart').data.labels[0]").await;
+    assert_eq!(first, "2026-01-01");
+    assert_eq!(
+        b.js("return !document.getElementById('stats-empty').hidden").await,
+        true,
+        "empty state"
+    );
+
+    // A time zone far from UTC: the chart shows the API's series for that zone.
+    choose(&b, "range", "7d").await;
+    choose(&b, "tz", "Pacific/Kiritimati").await;
+    let api = h
+        .get("/api/dashboard/stats/tokens/daily?days=7&tz=Pacific/Kiritimati")
+        .await;
+    let expect: Vec<Value> = api["days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["input_tokens"].clone())
+        .collect();
+    let script = format!(
+        "const c = Chart.getChart('daily-chart'); return JSON.stringify(c.data.datasets[0].data) === '{}';",
+        Value::from(expect.clone())
+    );
+    b.wait("Kiritimati series", &script).await;
+    let last = b.js("return Chart.getChart('daily-chart').data.labels[6]").await;
+    assert_eq!(last, api["days"][6]["date"]);
+    assert_eq!(expect.iter().map(u).sum::<u64>(), 3);
+    b.close().await;
+}
+
+#[tokio::test]
+async fn history_pages_with_older_and_newer() {
+    let a = mock("alpha", &["m1"]).await;
+    let h = Harness::start(&[&a]).await;
+    for _ in 0..30 {
+        h.chat("m1", "x").await;
+    }
+    let b = Browser::start().await;
+    sign_in(&b, &h).await;
+    b.click(Locator::Css("a[data-page='history']")).await;
+    let rows = |n: usize| format!("return document.querySelectorAll('#history-table tbody tr').length === {n};");
+    b.wait("first page", &rows(25)).await;
+    let first_id = b
+        .js("return document.querySelector('#history-table tbody tr').dataset.key")
+        .await;
+    assert_eq!(first_id, "30");
+    b.click(Locator::Id("older")).await;
+    b.wait("second page", &rows(5)).await;
+    assert_eq!(b.js("return document.getElementById('older').disabled").await, true);
+    b.click(Locator::Id("newer")).await;
+    b.wait("first page again", &rows(25)).await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_refresh_keeps_the_scroll_and_replaces_nothing_that_did_not_change() {
+    let a = mock("alpha", &["m1"]).await;
+    let h = Harness::start(&[&a]).await;
+    for _ in 0..30 {
+        h.chat("m1", "x").await;
+    }
+    let b = Browser::start().await;
+    b.client.set_window_size(900, 500).await.unwrap();
+    sign_in(&b, &h).await;
+    b.click(Locator::Css("a[data-page='history']")).await;
+    b.wait(
+        "rows",
+        "return document.querySelectorAll('#history-table tbody tr').length === 25",
+    )
+    .await;
+    b.js("window.scrollTo(0, 400); document.querySelector('#history-table tbody').dataset.marker = 'kept';")
+        .await;
+    let y = b.js("return window.scrollY").await;
+    assert!(y.as_f64().unwrap() > 0.0, "the page scrolls");
+    // One refresh (every 5 s) with nothing new: the same table body, the same scroll.
+    tokio::time::sleep(Duration::from_millis(5600)).await;
+    assert_eq!(
+        b.js("return document.querySelector('#history-table tbody').dataset.marker")
+            .await,
+        "kept"
+    );
+    assert_eq!(b.js("return window.scrollY").await, y);
+    b.close().await;
+}
