@@ -22,6 +22,10 @@ use crate::store::Store;
 /// Most records committed in one transaction.
 const MAX_BATCH: usize = 8192;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// In async mode nobody waits for a commit, so the writer lets records gather for a
+/// moment: a transaction's fixed cost is then shared by many records. Durable mode
+/// never lingers (clients wait); its batches grow by themselves under load.
+const ASYNC_LINGER: Duration = Duration::from_millis(5);
 
 /// Whether a response waits for its record to be committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -82,7 +86,11 @@ impl Recorder {
     pub fn start(store: Store, durability: Durability) -> Recorder {
         let (tx, rx) = mpsc::unbounded_channel();
         let status = Arc::new(RecorderStatus::default());
-        let writer = tokio::spawn(write_loop(store, rx, status.clone()));
+        let linger = match durability {
+            Durability::Durable => Duration::ZERO,
+            Durability::Async => ASYNC_LINGER,
+        };
+        let writer = tokio::spawn(write_loop(store, rx, status.clone(), linger));
         Recorder {
             tx,
             durability,
@@ -133,7 +141,7 @@ impl Recorder {
     }
 }
 
-async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Job>, status: Arc<RecorderStatus>) {
+async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Job>, status: Arc<RecorderStatus>, linger: Duration) {
     let mut records: Vec<RequestResponseRecord> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<bool>> = Vec::new();
     let mut backoff = Duration::from_millis(50);
@@ -146,6 +154,12 @@ async fn write_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Job>, status: 
             match rx.recv().await {
                 Some(job) => open &= push(job, &mut records, &mut waiters),
                 None => return,
+            }
+            if open && !linger.is_zero() {
+                tokio::time::sleep(linger).await;
+            } else {
+                // Let handlers that are finishing right now queue their records first.
+                tokio::task::yield_now().await;
             }
         }
         while records.len() < MAX_BATCH {
