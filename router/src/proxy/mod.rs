@@ -185,7 +185,6 @@ async fn proxy(st: AppState, kind: RequestType, peer: SocketAddr, headers: Heade
     draft.model = req.model.clone();
     draft.stream = req.stream;
     draft.prompt = Prompt::of(req.json.clone());
-    let req = Arc::new(req);
 
     let mut tried = Vec::new();
     let mut last_failure: Option<String> = None;
