@@ -20,7 +20,11 @@ if [ ${#missing_debs[@]} -gt 0 ]; then
   fi
 fi
 if ! python3 -c 'import openai' 2>/dev/null; then
-  python3 -m pip install -q openai
+  if ! python3 -m pip --version >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+  fi
+  # Debian's own Python refuses global installs (PEP 668) unless told otherwise.
+  python3 -m pip install -q openai 2>/dev/null || python3 -m pip install -q --break-system-packages openai
 fi
 
 cargo test --workspace "$@"
