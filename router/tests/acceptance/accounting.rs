@@ -363,3 +363,17 @@ async fn a_node_that_sends_garbage_sse_is_passed_through_and_estimated() {
     assert_eq!(r["status"], "success");
     assert_tokens(&r, tokens("hello there"), 0, "estimated");
 }
+
+#[tokio::test]
+async fn a_megabyte_of_whitespace_is_estimated_off_the_runtime_without_panic() {
+    let a = mock_with("alpha", &["m"], |c| c.usage = false).await;
+    let h = Harness::start(&[&a]).await;
+    let prompt = " ".repeat(1024 * 1024);
+    let (s, _) = h.chat("m", &prompt).await;
+    assert_eq!(s, 200);
+    let r = only_record(&h).await;
+    assert_tokens(&r, tokens(&prompt), tokens(&mock_text("alpha", 5)), "estimated");
+    assert!(u(&r["input_tokens"]) > 0);
+    // The router still answers at once afterwards.
+    assert_eq!(h.chat("m", "x").await.0, 200);
+}
