@@ -233,7 +233,10 @@ impl Balancer {
 
     /// Records a request no node took (unknown model, none available, all failed).
     pub fn record_unrouted(&self, draft: RecordDraft, outcome: RequestOutcome) -> CommitTicket {
-        self.inner.recorder.record(build_record(draft, None, outcome))
+        let duration_ms = draft.started.elapsed().as_millis() as u64;
+        self.inner
+            .recorder
+            .record(build_record(draft, None, duration_ms, outcome))
     }
 
     /// The one end of every lease (SPEC C-6): node counters, metrics, record.
@@ -250,7 +253,12 @@ impl Balancer {
             node: name.clone(),
             model: draft.model.clone(),
         };
-        m.active_requests.get_or_create(&node_labels(node)).dec();
+        m.active_requests
+            .get_or_create(&NodeLabels {
+                node_id: labels.node_id.clone(),
+                node: name.clone(),
+            })
+            .dec();
         m.requests
             .get_or_create(&request_labels(&labels, outcome.status.as_str()))
             .inc();
@@ -267,7 +275,7 @@ impl Balancer {
         }
         self.inner
             .recorder
-            .record(build_record(draft, Some((node.id, name)), outcome))
+            .record(build_record(draft, Some((node.id, name)), duration_ms, outcome))
     }
 
     /// A node refused a connection: mark it offline at once.
@@ -295,7 +303,14 @@ pub fn publish_node_up(metrics: &Metrics, node: &Node) {
     metrics.node_up.get_or_create(&node_labels(node)).set(up as i64);
 }
 
-fn build_record(draft: RecordDraft, node: Option<(NodeId, String)>, o: RequestOutcome) -> RequestResponseRecord {
+/// The record of a finished request. `duration_ms` is the one measurement that both the
+/// record and `NodeLoadState` use, so their latency figures cannot drift apart.
+fn build_record(
+    draft: RecordDraft,
+    node: Option<(NodeId, String)>,
+    duration_ms: u64,
+    o: RequestOutcome,
+) -> RequestResponseRecord {
     let (node_id, node_name) = node.unzip();
     RequestResponseRecord {
         id: 0,
@@ -310,7 +325,7 @@ fn build_record(draft: RecordDraft, node: Option<(NodeId, String)>, o: RequestOu
         status: o.status,
         http_status: o.http_status,
         error_message: o.error_message,
-        duration_ms: draft.started.elapsed().as_millis() as u64,
+        duration_ms,
         input_tokens: o.usage.input_tokens,
         output_tokens: o.usage.output_tokens,
         total_tokens: o.usage.total_tokens,

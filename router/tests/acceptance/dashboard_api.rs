@@ -77,6 +77,17 @@ async fn assert_all_figures_agree(h: &Harness) -> (u64, u64, u64, u64) {
     let routed: Vec<&Value> = history.iter().filter(|r| !r["node_id"].is_null()).collect();
     assert_eq!(routed.len() as u64, requests);
     assert_eq!(routed.iter().map(|r| u(&r["total_tokens"])).sum::<u64>(), total);
+    // Latency too: the nodes' averages are the stored durations, to the millisecond.
+    let latency: u64 = routed.iter().map(|r| u(&r["duration_ms"])).sum();
+    let node_latency: f64 = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["average_response_time_ms"].as_f64().unwrap() * n["total_requests"].as_f64().unwrap())
+        .sum();
+    assert_eq!(node_latency.round() as u64, latency);
+    let stats_latency = stats["average_response_time_ms"].as_f64().unwrap() * requests as f64;
+    assert_eq!(stats_latency.round() as u64, latency);
     (input, output, total, requests)
 }
 
