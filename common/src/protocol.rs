@@ -154,16 +154,6 @@ pub struct RequestResponseRecord {
     pub token_source: TokenSource,
 }
 
-impl RequestResponseRecord {
-    pub fn usage(&self) -> TokenUsage {
-        TokenUsage {
-            input_tokens: self.input_tokens,
-            output_tokens: self.output_tokens,
-            total_tokens: self.total_tokens,
-        }
-    }
-}
-
 /// A node as the dashboard shows it, with its load and token totals.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DashboardNode {

@@ -122,10 +122,6 @@ impl Recorder {
         &self.status
     }
 
-    pub fn durability(&self) -> Durability {
-        self.durability
-    }
-
     /// Stops accepting and waits until every queued record is committed (or the
     /// store keeps failing for `max`).
     pub async fn shutdown(&self, max: Duration) {

@@ -40,7 +40,6 @@ pub struct StreamTap {
     usage: Option<TokenUsage>,
     error: Option<String>,
     terminal_seen: bool,
-    events: u64,
 }
 
 /// What one event means for the client's bytes.
@@ -130,10 +129,6 @@ impl StreamTap {
         self.terminal_seen
     }
 
-    pub fn events(&self) -> u64 {
-        self.events
-    }
-
     /// The text generated so far, for estimation.
     pub fn take_generated(&mut self) -> String {
         std::mem::take(&mut self.generated)
@@ -143,7 +138,6 @@ impl StreamTap {
         let Some(data) = e.data.as_deref() else {
             return (Disposition::Forward, false);
         };
-        self.events += 1;
         if data.trim() == "[DONE]" {
             self.terminal_seen = true;
             return (Disposition::Forward, true);

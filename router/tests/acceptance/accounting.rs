@@ -220,11 +220,7 @@ async fn a_stream_broken_by_the_node_counts_what_was_produced() {
 
 #[tokio::test]
 async fn a_client_that_disconnects_mid_stream_is_recorded_as_cancelled() {
-    let a = mock_with("alpha", &["m"], |c| {
-        c.chunks = 40;
-        c.chunk_delay = Duration::from_millis(50);
-    })
-    .await;
+    let a = slow_stream_mock("alpha", 40, Duration::from_millis(50)).await;
     let h = Harness::start(&[&a]).await;
     let resp = h.post("/v1/chat/completions", &chat_body("m", "one two", true)).await;
     let mut s = resp.bytes_stream();

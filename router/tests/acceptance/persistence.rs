@@ -197,11 +197,7 @@ async fn shutdown_flushes_records_of_async_mode() {
 
 #[tokio::test]
 async fn graceful_shutdown_lets_an_in_flight_stream_finish_and_records_it() {
-    let a = mock_with("alpha", &["m"], |c| {
-        c.chunks = 10;
-        c.chunk_delay = Duration::from_millis(60);
-    })
-    .await;
+    let a = slow_stream_mock("alpha", 10, Duration::from_millis(60)).await;
     let h = Harness::start(&[&a]).await;
     let resp = h.post("/v1/chat/completions", &chat_body("m", "one two", true)).await;
     assert_eq!(resp.status(), 200);

@@ -115,11 +115,7 @@ async fn health_checker_marks_nodes_offline_and_online_again() {
 
 #[tokio::test]
 async fn streams_pass_chunk_by_chunk_and_byte_for_byte() {
-    let a = mock_with("alpha", &["m"], |c| {
-        c.chunks = 4;
-        c.chunk_delay = Duration::from_millis(200);
-    })
-    .await;
+    let a = slow_stream_mock("alpha", 4, Duration::from_millis(200)).await;
     let h = Harness::start(&[&a]).await;
     let body = chat_body("m", "tell me", true);
     let direct = direct_stream(&a, &body).await;
@@ -425,11 +421,7 @@ async fn a_node_slower_than_the_first_byte_timeout_gets_504_and_an_error_record(
 
 #[tokio::test]
 async fn a_stream_silent_longer_than_the_idle_timeout_is_broken_and_recorded() {
-    let a = mock_with("alpha", &["m"], |c| {
-        c.chunks = 3;
-        c.chunk_delay = Duration::from_millis(1500);
-    })
-    .await;
+    let a = slow_stream_mock("alpha", 3, Duration::from_millis(1500)).await;
     let h = Harness::start_with(&[&a], |args| args.idle_timeout_secs = 1).await;
     let resp = h.post("/v1/chat/completions", &chat_body("m", "x", true)).await;
     assert_eq!(resp.status(), 200);

@@ -179,6 +179,15 @@ pub async fn mock_with(name: &str, models: &[&str], tweak: impl FnOnce(&mut Mock
     MockNode::start(config).await.unwrap()
 }
 
+/// A mock node that streams `chunks` content chunks, `delay` apart.
+pub async fn slow_stream_mock(name: &str, chunks: usize, delay: Duration) -> MockNode {
+    mock_with(name, &["m"], |c| {
+        c.chunks = chunks;
+        c.chunk_delay = delay;
+    })
+    .await
+}
+
 /// The text a mock node generates for `n` chunks.
 pub fn mock_text(name: &str, n: usize) -> String {
     (0..n).map(|i| mock_node::chunk_text(name, i)).collect()
