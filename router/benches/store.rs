@@ -50,7 +50,7 @@ async fn recorder_throughput(dir: &std::path::Path, records: u64) {
     ] {
         let url = format!("sqlite://{}/recorder-{durability:?}-{concurrency}.db", dir.display());
         let store = Store::open(&url).await.unwrap();
-        let recorder = Recorder::start(store.clone(), durability);
+        let recorder = Recorder::start(store.clone(), durability).unwrap();
         let start = Instant::now();
         let per_task = records / concurrency;
         let tasks: Vec<_> = (0..concurrency)
@@ -80,6 +80,30 @@ async fn recorder_throughput(dir: &std::path::Path, records: u64) {
             committed as f64 / elapsed.as_secs_f64()
         );
     }
+}
+
+/// The wait a lone client pays in durable mode: one record at a time through the
+/// recorder, each waited for like a request handler does.
+async fn lone_writer_latency(dir: &std::path::Path, records: u64) {
+    let url = format!("sqlite://{}/lone.db", dir.display());
+    let store = Store::open(&url).await.unwrap();
+    let recorder = Recorder::start(store.clone(), Durability::Durable).unwrap();
+    let mut waits = Vec::new();
+    for i in 0..records {
+        let t = Instant::now();
+        recorder.record(record(i)).wait(Duration::from_secs(30)).await;
+        waits.push(t.elapsed());
+    }
+    recorder.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(store.history_count().await.unwrap(), records);
+    waits.sort();
+    let q = |p: f64| waits[((waits.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
+    println!(
+        "recorder Durable, 1 writer: {records} records, commit wait p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us",
+        q(0.5),
+        q(0.99),
+        q(0.999)
+    );
 }
 
 /// Bulk-loads `from..to` synthetic history rows spread over the last 365 days (8 nodes
@@ -226,6 +250,7 @@ async fn main() {
     let records = env("BENCH_RECORDS", 200_000);
     let dir = tempfile::TempDir::new().unwrap();
     println!("== recorder throughput (group commit into SQLite, WAL) ==");
+    lone_writer_latency(dir.path(), env("BENCH_LONE", 20_000)).await;
     recorder_throughput(dir.path(), records).await;
 
     println!("== aggregation queries, median of 31 runs ==");

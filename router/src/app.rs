@@ -130,7 +130,7 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
     let store = Store::open(&args.database_url()).await?;
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(restore_nodes(&store, &metrics).await?);
-    let recorder = Recorder::start(store.clone(), args.durability);
+    let recorder = Recorder::start(store.clone(), args.durability)?;
     let balancer = Balancer::new(registry.clone(), recorder, metrics.clone());
     for url in &args.nodes {
         registry.ensure_static(url).await?;

@@ -1,11 +1,11 @@
-//! `request_history` rows: the group-commit write path (history + rollups in one
-//! transaction), the paged read path and retention pruning.
+//! `request_history` rows: the paged read path and retention pruning (the write path
+//! is [`super::writer`]).
 
 use chrono::{DateTime, Utc};
 use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{from_millis, to_i64, to_millis, to_u64, Store, StoreResult};
+use super::{from_millis, to_millis, to_u64, Store, StoreResult};
 
 /// Filters of the history page; every field is optional.
 #[derive(Debug, Clone, Default)]
@@ -25,53 +25,6 @@ pub struct HistoryPage {
 }
 
 impl Store {
-    /// Commits `records` and their rollup increments in one transaction.
-    ///
-    /// The whole batch (BEGIN, the history INSERTs, the rollup upserts, COMMIT) is one
-    /// multi-statement query: sqlx runs a query on SQLite's own thread, and under load
-    /// every extra round trip costs a thread wake-up that each waiting client would pay.
-    pub async fn write_batch(&self, records: &[RequestResponseRecord]) -> StoreResult<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("BEGIN IMMEDIATE; ");
-        for chunk in records.chunks(super::ROWS_PER_STATEMENT) {
-            q.push(
-                "INSERT INTO request_history (timestamp, completed_at, request_type, model, node_id,
-                 node_name, client_ip, stream, status, http_status, error_message, duration_ms,
-                 input_tokens, output_tokens, total_tokens, token_source) ",
-            );
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(to_millis(r.timestamp))
-                    .push_bind(to_millis(r.completed_at))
-                    .push_bind(r.request_type.as_str())
-                    .push_bind(&r.model)
-                    .push_bind(r.node_id)
-                    .push_bind(&r.node_name)
-                    .push_bind(&r.client_ip)
-                    .push_bind(r.stream as i64)
-                    .push_bind(r.status.as_str())
-                    .push_bind(r.http_status as i64)
-                    .push_bind(&r.error_message)
-                    .push_bind(to_i64(r.duration_ms))
-                    .push_bind(to_i64(r.input_tokens))
-                    .push_bind(to_i64(r.output_tokens))
-                    .push_bind(to_i64(r.total_tokens))
-                    .push_bind(r.token_source.as_str());
-            });
-            q.push("; ");
-        }
-        super::rollup::push_rollup_upserts(&mut q, records);
-        q.push("COMMIT;");
-        let mut conn = self.pool.acquire().await?;
-        if let Err(e) = q.build().execute(&mut *conn).await {
-            // Leave the connection clean for the next batch (an error if none is open).
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            return Err(e.into());
-        }
-        Ok(())
-    }
-
     /// Newest first, `filter.limit` records, starting below `filter.before_id`.
     pub async fn history_page(&self, filter: &HistoryFilter) -> StoreResult<HistoryPage> {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM request_history WHERE 1 = 1");

@@ -1,14 +1,17 @@
 //! Persistence: SQLite through `sqlx`, with embedded numbered migrations.
 //!
 //! The store owns every SQL statement of the router and nothing else: it does not know
-//! about HTTP, balancing or tokenizers. Three concerns, one file each: `nodes` (the
-//! node registry's rows), `history` (request records, written in batches together with
-//! their rollups) and `rollup` (the aggregation queries the statistics are built from).
+//! about HTTP, balancing or tokenizers. Four concerns, one file each: `nodes` (the
+//! node registry's rows), `writer` (request records, committed in batches together
+//! with their rollups), `history` (reading and pruning them) and `rollup` (the
+//! aggregation queries the statistics are built from).
 
 mod history;
 mod nodes;
 mod rollup;
+mod writer;
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -18,6 +21,7 @@ use sqlx::SqlitePool;
 pub use history::{HistoryFilter, HistoryPage};
 pub use nodes::{NewNode, NodeChanges, StoredNode};
 pub use rollup::{GroupBy, RollupFilter, RollupKey, RollupTotals};
+pub use writer::HistoryWriter;
 
 /// Errors of the persistence layer.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +32,8 @@ pub enum StoreError {
     NotFound,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Writer(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
 }
@@ -38,6 +44,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// The database file, for the [`HistoryWriter`]'s own connection.
+    path: PathBuf,
 }
 
 impl Store {
@@ -56,6 +64,7 @@ impl Store {
             // per commit and checkpoint fourfold (measured: +25 % durable records/s,
             // p99 at one connection 2.5 ms → 1.6 ms). Applies when the file is created.
             .page_size(1024);
+        let path = options.get_filename().to_path_buf();
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // A local file needs no ping before each use (a round trip to its thread).
@@ -63,17 +72,22 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store { pool, path })
+    }
+
+    /// Copies committed WAL frames into the database file without blocking the
+    /// writer (a passive checkpoint); returns the WAL frames left to copy.
+    pub async fn checkpoint(&self) -> StoreResult<u64> {
+        let (_busy, log, checkpointed): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_u64(log - checkpointed))
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
     }
 }
-
-/// Rows per multi-row INSERT: 256 rows of 16 values stay far under SQLite's limit of
-/// 32766 bound values per statement.
-pub(crate) const ROWS_PER_STATEMENT: usize = 256;
 
 /// Milliseconds since the Unix epoch, as stored.
 pub(crate) fn to_millis(t: chrono::DateTime<chrono::Utc>) -> i64 {

@@ -4,7 +4,7 @@
 //! Five tables hold the same sums at different grains: `token_stats_hourly` (UTC hour
 //! x node x model), `token_stats_hourly_node`, `token_stats_hourly_model`,
 //! `token_stats_hourly_all` (UTC hour) and `token_stats_total` (node x model, all
-//! time). [`push_rollup_upserts`] updates all of them in the caller's transaction;
+//! time). [`add_to_rollups`] updates all of them in the writer's transaction;
 //! [`Store::rollup_totals`] reads the smallest table that can answer, so queries stay
 //! fast however long the history grows. Every statistic of the router
 //! (node totals at start-up, Prometheus counters at boot, the dashboard's totals,
@@ -12,6 +12,7 @@
 //! Records without a node (rejected before routing) are in the history only.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use common::protocol::{RequestResponseRecord, RequestStatus, TokenSource};
@@ -90,10 +91,32 @@ fn hour_start(t: DateTime<Utc>) -> i64 {
     t.timestamp().div_euclid(3600) * 3600
 }
 
-/// Appends to `q` the upserts that add `records` to every rollup table (inside
-/// the caller's transaction).
-pub(super) fn push_rollup_upserts<'a>(q: &mut QueryBuilder<'a, Sqlite>, records: &'a [RequestResponseRecord]) {
-    for table in &TABLES {
+/// The upsert adding one row of sums to `table`.
+fn upsert_sql(table: &RollupTable) -> String {
+    let keys = table.key_columns();
+    let updates: Vec<String> = VALUE_COLUMNS
+        .iter()
+        .map(|c| format!("{c} = {c} + excluded.{c}"))
+        .collect();
+    let placeholders = vec!["?"; keys.len() + VALUE_COLUMNS.len()].join(", ");
+    format!(
+        "INSERT INTO {} ({}, {}) VALUES ({placeholders}) ON CONFLICT ({}) DO UPDATE SET {}",
+        table.name,
+        keys.join(", "),
+        VALUE_COLUMNS.join(", "),
+        keys.join(", "),
+        updates.join(", ")
+    )
+}
+
+static UPSERTS: LazyLock<Vec<String>> = LazyLock::new(|| TABLES.iter().map(upsert_sql).collect());
+
+/// Adds `records` to every rollup table, inside the writer's transaction.
+pub(super) fn add_to_rollups(
+    tx: &rusqlite::Transaction<'_>,
+    records: &[RequestResponseRecord],
+) -> rusqlite::Result<()> {
+    for (table, sql) in TABLES.iter().zip(UPSERTS.iter()) {
         let mut sums: HashMap<(i64, i64, &str), RollupTotals> = HashMap::new();
         for r in records {
             let Some(node_id) = r.node_id else { continue };
@@ -102,35 +125,29 @@ pub(super) fn push_rollup_upserts<'a>(q: &mut QueryBuilder<'a, Sqlite>, records:
             let model = if table.by_model { r.model.as_str() } else { "" };
             sums.entry((hour, node, model)).or_default().add(&RollupTotals::of(r));
         }
-        let rows: Vec<_> = sums.into_iter().collect();
-        let keys = table.key_columns().join(", ");
-        let updates: Vec<String> = VALUE_COLUMNS
-            .iter()
-            .map(|c| format!("{c} = {c} + excluded.{c}"))
-            .collect();
-        for chunk in rows.chunks(super::ROWS_PER_STATEMENT) {
-            q.push(format!(
-                "INSERT INTO {} ({keys}, {}) ",
-                table.name,
-                VALUE_COLUMNS.join(", ")
-            ));
-            q.push_values(chunk, |mut b, ((hour, node, model), t)| {
-                if table.by_hour {
-                    b.push_bind(*hour);
-                }
-                if table.by_node {
-                    b.push_bind(*node);
-                }
-                if table.by_model {
-                    b.push_bind(*model);
-                }
-                for v in t.values() {
-                    b.push_bind(to_i64(v));
-                }
-            });
-            q.push(format!(" ON CONFLICT ({keys}) DO UPDATE SET {}; ", updates.join(", ")));
+        let mut upsert = tx.prepare_cached(sql)?;
+        for ((hour, node, model), totals) in sums {
+            let mut index = 0;
+            let mut next = || {
+                index += 1;
+                index
+            };
+            if table.by_hour {
+                upsert.raw_bind_parameter(next(), hour)?;
+            }
+            if table.by_node {
+                upsert.raw_bind_parameter(next(), node)?;
+            }
+            if table.by_model {
+                upsert.raw_bind_parameter(next(), model)?;
+            }
+            for v in totals.values() {
+                upsert.raw_bind_parameter(next(), to_i64(v))?;
+            }
+            upsert.raw_execute()?;
         }
     }
+    Ok(())
 }
 
 /// What the rows are grouped by.

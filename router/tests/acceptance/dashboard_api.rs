@@ -170,7 +170,13 @@ async fn daily_and_monthly_buckets_follow_the_time_zone_across_dst() {
         record("2026-03-29T22:00:00Z", 1, "x", 1000, 0), // 00:00 on the 30th
         record("2026-03-31T22:30:00Z", 1, "m", 5, 5),   // April 1st in Paris, March 31st in UTC
     ];
-    h.router.state.store.write_batch(&records).await.unwrap();
+    h.router
+        .state
+        .store
+        .writer()
+        .unwrap()
+        .commit(&records, Duration::from_secs(5))
+        .unwrap();
     let d = h
         .get("/api/dashboard/stats/tokens/daily?from=2026-03-28&to=2026-04-01&tz=Europe/Paris")
         .await;
