@@ -10,6 +10,8 @@
 //! Bytes are forwarded unchanged, except, when the router itself asked the node for
 //! usage, the usage-only chunk and the `"usage":null` members (`include_usage`).
 
+use std::sync::LazyLock;
+
 use bytes::{Bytes, BytesMut};
 use common::protocol::TokenUsage;
 use serde_json::Value;
@@ -20,6 +22,9 @@ use super::usage_from_json;
 
 /// Generated text kept for estimation; beyond it the text is not accumulated.
 const MAX_GENERATED_BYTES: usize = 8 * 1024 * 1024;
+/// Undecoded delta chunks kept before they are decoded anyway (bounds the memory a
+/// long stream holds).
+const MAX_DEFERRED_BYTES: usize = 256 * 1024;
 
 /// What to send to the client for one upstream chunk.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -37,6 +42,10 @@ pub struct StreamTap {
     hide_injected_usage: bool,
     offset: u64,
     generated: String,
+    /// Delta chunks not decoded yet: their text is only needed when no usage
+    /// arrives, and decoding JSON was the tap's main cost.
+    deferred: Vec<String>,
+    deferred_bytes: usize,
     usage: Option<TokenUsage>,
     error: Option<String>,
     terminal_seen: bool,
@@ -129,9 +138,30 @@ impl StreamTap {
         self.terminal_seen
     }
 
-    /// The text generated so far, for estimation.
+    /// The text generated so far, for estimation when the node reported no usage
+    /// (once it has, the text is not decoded and this may be partial).
     pub fn take_generated(&mut self) -> String {
+        if self.usage.is_none() {
+            self.decode_deferred();
+        }
         std::mem::take(&mut self.generated)
+    }
+
+    fn defer(&mut self, data: &str) {
+        self.deferred_bytes += data.len();
+        self.deferred.push(data.to_string());
+        if self.deferred_bytes > MAX_DEFERRED_BYTES {
+            self.decode_deferred();
+        }
+    }
+
+    fn decode_deferred(&mut self) {
+        self.deferred_bytes = 0;
+        for data in std::mem::take(&mut self.deferred) {
+            if let Ok(v) = serde_json::from_str::<Value>(&data) {
+                self.collect_choices_text(&v);
+            }
+        }
     }
 
     fn observe(&mut self, e: &SseEvent) -> (Disposition, bool) {
@@ -142,6 +172,10 @@ impl StreamTap {
             self.terminal_seen = true;
             return (Disposition::Forward, true);
         }
+        if is_plain_delta(data) {
+            self.defer(data);
+            return (Disposition::Forward, false);
+        }
         let Ok(v) = serde_json::from_str::<Value>(data) else {
             return (Disposition::Forward, false);
         };
@@ -151,6 +185,26 @@ impl StreamTap {
         if let Some(err) = v.get("error") {
             self.error = Some(error_message(err));
         }
+        self.collect_choices_text(&v);
+        if let Some(u) = usage_from_json(&v) {
+            self.usage = Some(u);
+        }
+        if !self.hide_injected_usage {
+            return (Disposition::Forward, false);
+        }
+        if is_usage_only_chunk(&v) {
+            return (Disposition::Drop, false);
+        }
+        if v.get("usage").is_some_and(Value::is_null) {
+            if let Some(edited) = strip_usage_null(&e.raw) {
+                return (Disposition::Replace(edited), false);
+            }
+        }
+        (Disposition::Forward, false)
+    }
+
+    /// The generated text of a chat or completions chunk.
+    fn collect_choices_text(&mut self, v: &Value) {
         for c in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
             if let Some(d) = c.get("delta") {
                 for k in ["content", "reasoning_content", "reasoning", "refusal"] {
@@ -168,21 +222,6 @@ impl StreamTap {
                 self.push_generated(t);
             }
         }
-        if let Some(u) = usage_from_json(&v) {
-            self.usage = Some(u);
-        }
-        if !self.hide_injected_usage {
-            return (Disposition::Forward, false);
-        }
-        if is_usage_only_chunk(&v) {
-            return (Disposition::Drop, false);
-        }
-        if v.get("usage").is_some_and(Value::is_null) {
-            if let Some(edited) = strip_usage_null(&e.raw) {
-                return (Disposition::Replace(edited), false);
-            }
-        }
-        (Disposition::Forward, false)
     }
 
     /// Responses API events; returns whether the event ends the response.
@@ -214,10 +253,28 @@ impl StreamTap {
     }
 
     fn push_generated(&mut self, s: &str) {
+        // Keep the text in stream order: earlier undecoded chunks first.
+        if !self.deferred.is_empty() {
+            self.decode_deferred();
+        }
         if self.generated.len() + s.len() <= MAX_GENERATED_BYTES {
             self.generated.push_str(s);
         }
     }
+}
+
+/// A chunk that can only carry generated text: no usage, no error, not a Responses
+/// API event (a key is always spelled out with its quotes in the raw JSON; a quote
+/// inside a string value is escaped). Anything else is decoded at once.
+fn is_plain_delta(data: &str) -> bool {
+    static KEYS: LazyLock<[memchr::memmem::Finder<'static>; 3]> = LazyLock::new(|| {
+        [
+            memchr::memmem::Finder::new("\"usage\""),
+            memchr::memmem::Finder::new("\"type\""),
+            memchr::memmem::Finder::new("\"error\""),
+        ]
+    });
+    KEYS.iter().all(|k| k.find(data.as_bytes()).is_none())
 }
 
 fn error_message(err: &Value) -> String {
@@ -287,6 +344,36 @@ mod tests {
         assert_eq!(tap.reported_usage(), Some(TokenUsage::new(2, 1, Some(3))));
         assert_eq!(tap.take_generated(), "x");
         assert!(tap.terminal_seen());
+    }
+
+    #[test]
+    fn text_keeps_stream_order_when_decoding_is_deferred() {
+        let mut tap = StreamTap::new(false);
+        run(
+            &mut tap,
+            &[
+                "data: {\"choices\":[{\"delta\":{\"content\":\"one \"}}]}\n\n",
+                "data: {\"choices\":[{\"delta\":{\"content\":\"two \"}}],\"usage\":null}\n\n",
+                "data: {\"choices\":[{\"delta\":{\"content\":\"three \\\"usage\\\"\"}}]}\n\n",
+                "data: [DONE]\n\n",
+            ],
+        );
+        assert_eq!(tap.reported_usage(), None);
+        assert_eq!(tap.take_generated(), "one two three \"usage\"");
+    }
+
+    #[test]
+    fn a_long_stream_without_usage_is_decoded_as_it_goes() {
+        let mut tap = StreamTap::new(false);
+        let chunk = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
+            "x".repeat(1000)
+        );
+        for _ in 0..1000 {
+            let _ = tap.on_chunk(Bytes::from(chunk.clone()));
+            assert!(tap.deferred_bytes <= MAX_DEFERRED_BYTES);
+        }
+        assert_eq!(tap.take_generated().len(), 1_000_000);
     }
 
     #[test]
