@@ -40,6 +40,17 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// How a WAL checkpoint treats the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// Copies what it can without blocking anyone. Under steady writes the WAL is
+    /// never fully copied at the moment a commit starts, so it is never reused and
+    /// keeps growing: passive checkpoints alone are not enough.
+    Passive,
+    /// Blocks the writer while it copies the rest, then empties the WAL file.
+    Truncate,
+}
+
 /// A handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -75,13 +86,15 @@ impl Store {
         Ok(Store { pool, path })
     }
 
-    /// Copies committed WAL frames into the database file without blocking the
-    /// writer (a passive checkpoint); returns the WAL frames left to copy.
-    pub async fn checkpoint(&self) -> StoreResult<u64> {
-        let (_busy, log, checkpointed): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(to_u64(log - checkpointed))
+    /// Copies committed WAL frames into the database file; returns how many frames
+    /// the WAL held. See [`Checkpoint`] for what each mode blocks.
+    pub async fn checkpoint(&self, mode: Checkpoint) -> StoreResult<u64> {
+        let sql = match mode {
+            Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+            Checkpoint::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+        };
+        let (_busy, frames, _copied): (i64, i64, i64) = sqlx::query_as(sql).fetch_one(&self.pool).await?;
+        Ok(to_u64(frames))
     }
 
     pub async fn close(&self) {
