@@ -1,11 +1,13 @@
 //! Persistence: SQLite through `sqlx`, with embedded numbered migrations.
 //!
 //! The store owns every SQL statement of the router and nothing else: it does not know
-//! about HTTP, balancing or tokenizers. Four concerns, one file each: `nodes` (the
-//! node registry's rows), `writer` (request records, committed in batches together
-//! with their rollups), `history` (reading and pruning them) and `rollup` (the
+//! about HTTP, balancing or tokenizers. One concern per file: `nodes` (the node
+//! registry's rows), `writer` (request records, committed in batches together with
+//! their rollups), `checkpoint` (the WAL, copied into the database file in the
+//! background), `history` (reading and pruning records) and `rollup` (the
 //! aggregation queries the statistics are built from).
 
+pub mod checkpoint;
 mod history;
 mod nodes;
 mod rollup;
@@ -18,10 +20,11 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+pub use checkpoint::Checkpointer;
 pub use history::{HistoryFilter, HistoryPage};
 pub use nodes::{NewNode, NodeChanges, StoredNode};
 pub use rollup::{GroupBy, RollupFilter, RollupKey, RollupTotals};
-pub use writer::HistoryWriter;
+pub use writer::{HistoryWriter, LockWait};
 
 /// Errors of the persistence layer.
 #[derive(Debug, thiserror::Error)]
@@ -34,22 +37,13 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database error: {0}")]
     Writer(#[from] rusqlite::Error),
+    #[error("cannot start the checkpoint thread: {0}")]
+    Thread(String),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
-
-/// How a WAL checkpoint treats the writer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Checkpoint {
-    /// Copies what it can without blocking anyone. Under steady writes the WAL is
-    /// never fully copied at the moment a commit starts, so it is never reused and
-    /// keeps growing: passive checkpoints alone are not enough.
-    Passive,
-    /// Blocks the writer while it copies the rest, then empties the WAL file.
-    Truncate,
-}
 
 /// A handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
@@ -84,17 +78,6 @@ impl Store {
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store { pool, path })
-    }
-
-    /// Copies committed WAL frames into the database file; returns how many frames
-    /// the WAL held. See [`Checkpoint`] for what each mode blocks.
-    pub async fn checkpoint(&self, mode: Checkpoint) -> StoreResult<u64> {
-        let sql = match mode {
-            Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
-            Checkpoint::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
-        };
-        let (_busy, frames, _copied): (i64, i64, i64) = sqlx::query_as(sql).fetch_one(&self.pool).await?;
-        Ok(to_u64(frames))
     }
 
     pub async fn close(&self) {

@@ -25,10 +25,31 @@ const INSERT_HISTORY: &str = "INSERT INTO request_history (timestamp, completed_
     input_tokens, output_tokens, total_tokens, token_source)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
 
+/// Whether a commit waits for another connection's write lock (a checkpoint,
+/// pruning, a node update, another process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockWait {
+    /// Fail at once (on a runtime thread).
+    Never,
+    /// Poll every [`LOCK_POLL`] for up to [`LOCK_PATIENCE`]. SQLite's own busy
+    /// timeout sleeps 1, 2, 5, 10, 15, 20… ms between tries, so a commit could sleep
+    /// 10 ms past a lock held for 3.
+    Patient,
+}
+
+const LOCK_POLL: Duration = Duration::from_micros(200);
+const LOCK_PATIENCE: Duration = Duration::from_secs(5);
+
+/// A busy handler: polls every [`LOCK_POLL`] for up to [`LOCK_PATIENCE`].
+pub(super) fn poll_lock(retries: i32) -> bool {
+    std::thread::sleep(LOCK_POLL);
+    (retries as u128) < LOCK_PATIENCE.as_micros() / LOCK_POLL.as_micros()
+}
+
 /// The one connection that writes request records.
 pub struct HistoryWriter {
     conn: Connection,
-    busy_timeout: Duration,
+    lock_wait: LockWait,
 }
 
 impl std::fmt::Debug for HistoryWriter {
@@ -53,25 +74,27 @@ impl HistoryWriter {
              PRAGMA foreign_keys = ON;
              PRAGMA cache_size = -16000;
              PRAGMA wal_autocheckpoint = 0;
-             PRAGMA journal_size_limit = 67108864;",
+             PRAGMA journal_size_limit = 33554432;",
         )?;
         conn.set_prepared_statement_cache_capacity(16);
-        conn.busy_timeout(Duration::ZERO)?;
+        conn.busy_handler(None)?;
         Ok(HistoryWriter {
             conn,
-            busy_timeout: Duration::ZERO,
+            lock_wait: LockWait::Never,
         })
     }
 
-    /// Commits `records` and their rollup increments in one transaction, waiting at
-    /// most `busy_timeout` for another connection's write lock.
-    pub fn commit(&mut self, records: &[RequestResponseRecord], busy_timeout: Duration) -> StoreResult<()> {
+    /// Commits `records` and their rollup increments in one transaction.
+    pub fn commit(&mut self, records: &[RequestResponseRecord], lock_wait: LockWait) -> StoreResult<()> {
         if records.is_empty() {
             return Ok(());
         }
-        if busy_timeout != self.busy_timeout {
-            self.conn.busy_timeout(busy_timeout)?;
-            self.busy_timeout = busy_timeout;
+        if lock_wait != self.lock_wait {
+            self.conn.busy_handler(match lock_wait {
+                LockWait::Never => None,
+                LockWait::Patient => Some(poll_lock),
+            })?;
+            self.lock_wait = lock_wait;
         }
         // Dropped without commit on any error: rolled back.
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

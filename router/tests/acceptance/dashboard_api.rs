@@ -175,7 +175,7 @@ async fn daily_and_monthly_buckets_follow_the_time_zone_across_dst() {
         .store
         .writer()
         .unwrap()
-        .commit(&records, Duration::from_secs(5))
+        .commit(&records, llm_router::store::LockWait::Patient)
         .unwrap();
     let d = h
         .get("/api/dashboard/stats/tokens/daily?from=2026-03-28&to=2026-04-01&tz=Europe/Paris")

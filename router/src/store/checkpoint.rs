@@ -1,0 +1,97 @@
+//! WAL checkpoints, on a thread of their own at low CPU priority.
+//!
+//! The [`super::HistoryWriter`] never checkpoints (that would stall the commit that
+//! triggers it). Instead a thread copies committed WAL frames into the database file
+//! every [`INTERVAL`] (a passive checkpoint, which blocks nobody), and restarts the
+//! WAL once it holds more than [`RESTART_FRAMES`]: under steady writes a passive
+//! checkpoint is never complete at the moment a commit starts, so the WAL is never
+//! reused and would grow without bound (measured: 90 MB/s under load).
+//!
+//! Measured on this 2-core VM at one connection (p99 of a durable request): a RESTART
+//! at 16 Ki frames every 50 ms 0.65–1.0 ms, at 64 Ki frames 1.3 ms, at 256 Ki 6.5 ms;
+//! TRUNCATE instead of RESTART (the file given back, then grown again) 6 ms. The
+//! thread runs at nice 10 so that copying pages yields to requests.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::{Store, StoreResult};
+
+/// How often committed WAL frames are copied into the database file.
+pub const INTERVAL: Duration = Duration::from_millis(50);
+/// WAL frames (1 KiB pages) beyond which the next commit starts the WAL over from
+/// its beginning; the checkpoint pauses the writer while it copies the last frames.
+pub const RESTART_FRAMES: i64 = 16 * 1024;
+const NICE: i32 = 10;
+
+/// Stops the checkpoint thread when dropped (within one interval).
+#[derive(Debug)]
+pub struct Checkpointer {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Store {
+    /// Starts the checkpoint thread.
+    pub fn start_checkpointer(&self) -> StoreResult<Checkpointer> {
+        let conn = open(&self.path)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("wal-checkpoint".into())
+            .spawn(move || run(conn, &stopped))
+            .map_err(|e| super::StoreError::Thread(e.to_string()))?;
+        Ok(Checkpointer { stop })
+    }
+}
+
+fn open(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;")?;
+    conn.busy_handler(Some(super::writer::poll_lock))?;
+    Ok(conn)
+}
+
+fn run(conn: Connection, stop: &AtomicBool) {
+    lower_priority();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(INTERVAL);
+        let result = checkpoint(&conn, "PASSIVE").and_then(|frames| {
+            if frames > RESTART_FRAMES {
+                checkpoint(&conn, "RESTART")
+            } else {
+                Ok(frames)
+            }
+        });
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "WAL checkpoint failed; retrying at the next interval");
+        }
+    }
+}
+
+/// Runs a checkpoint; returns how many frames the WAL held.
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<i64> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| row.get(1))
+}
+
+/// Lowers this thread's CPU priority (Linux keeps a nice value per thread).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority reads its three integer arguments and nothing else;
+        // `who = 0` names the calling thread.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE) };
+        if rc != 0 {
+            tracing::debug!("could not lower the checkpoint thread's priority");
+        }
+    }
+}
