@@ -1,4 +1,5 @@
-//! Persistence: SQLite through `sqlx`, with embedded numbered migrations.
+//! Persistence: SQLite through `sqlx`, with embedded numbered migrations; request
+//! records are written through a `rusqlite` connection of their own (see `writer`).
 //!
 //! The store owns every SQL statement of the router and nothing else: it does not know
 //! about HTTP, balancing or tokenizers. One concern per file: `nodes` (the node
@@ -37,6 +38,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database error: {0}")]
     Writer(#[from] rusqlite::Error),
+    #[error("an in-memory database cannot be used: the record writer needs a file (give a path in --database-url)")]
+    InMemory,
     #[error("cannot start the checkpoint thread: {0}")]
     Thread(String),
     #[error("migration failed: {0}")]
@@ -70,6 +73,10 @@ impl Store {
             // p99 at one connection 2.5 ms → 1.6 ms). Applies when the file is created.
             .page_size(1024);
         let path = options.get_filename().to_path_buf();
+        let name = path.to_string_lossy();
+        if name == ":memory:" || name.starts_with("file:sqlx-in-memory") {
+            return Err(StoreError::InMemory);
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // A local file needs no ping before each use (a round trip to its thread).
@@ -101,4 +108,17 @@ pub(crate) fn to_u64(v: i64) -> u64 {
 
 pub(crate) fn to_i64(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_in_memory_database_is_refused_with_a_clear_error() {
+        for url in ["sqlite::memory:", "sqlite://:memory:"] {
+            let err = Store::open(url).await.unwrap_err();
+            assert!(matches!(err, StoreError::InMemory), "{url}: {err}");
+        }
+    }
 }
