@@ -60,7 +60,7 @@ async fn recorder_throughput(dir: &std::path::Path, records: u64) {
                     for i in 0..per_task {
                         // Like a request handler: wait for the commit before the next one.
                         recorder
-                            .record(record(t * per_task + i))
+                            .record(record(t * per_task + i), 0)
                             .wait(Duration::from_secs(30))
                             .await;
                     }
@@ -91,7 +91,7 @@ async fn lone_writer_latency(dir: &std::path::Path, records: u64) {
     let mut waits = Vec::new();
     for i in 0..records {
         let t = Instant::now();
-        recorder.record(record(i)).wait(Duration::from_secs(30)).await;
+        recorder.record(record(i), 0).wait(Duration::from_secs(30)).await;
         waits.push(t.elapsed());
     }
     recorder.shutdown(Duration::from_secs(30)).await;

@@ -171,6 +171,8 @@ struct Inner {
     recorder: Recorder,
     metrics: Arc<Metrics>,
     next: AtomicUsize,
+    /// Leases not ended yet, on every node: the recorder's measure of load.
+    in_flight: AtomicUsize,
 }
 
 impl Balancer {
@@ -181,6 +183,7 @@ impl Balancer {
                 recorder,
                 metrics,
                 next: AtomicUsize::new(0),
+                in_flight: AtomicUsize::new(0),
             }),
         }
     }
@@ -219,6 +222,7 @@ impl Balancer {
     /// Starts a request on `node`: it counts as active until its lease ends.
     pub fn begin_request(&self, node: Arc<Node>, draft: RecordDraft) -> RequestLease {
         node.load.active_requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
         self.inner
             .metrics
             .active_requests
@@ -234,14 +238,16 @@ impl Balancer {
     /// Records a request no node took (unknown model, none available, all failed).
     pub fn record_unrouted(&self, draft: RecordDraft, outcome: RequestOutcome) -> CommitTicket {
         let duration_ms = draft.started.elapsed().as_millis() as u64;
+        let others = self.inner.in_flight.load(Ordering::Relaxed);
         self.inner
             .recorder
-            .record(build_record(draft, None, duration_ms, outcome))
+            .record(build_record(draft, None, duration_ms, outcome), others)
     }
 
     /// The one end of every lease (SPEC C-6): node counters, metrics, record.
     fn finish_request(&self, node: &Node, draft: RecordDraft, outcome: RequestOutcome) -> CommitTicket {
         node.load.leave();
+        let others = self.inner.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
         let duration = draft.started.elapsed();
         let duration_ms = duration.as_millis() as u64;
         node.load.add_finished(outcome.status, duration_ms, &outcome.usage);
@@ -275,7 +281,7 @@ impl Balancer {
         }
         self.inner
             .recorder
-            .record(build_record(draft, Some((node.id, name)), duration_ms, outcome))
+            .record(build_record(draft, Some((node.id, name)), duration_ms, outcome), others)
     }
 
     /// A node refused a connection: mark it offline at once.
@@ -360,6 +366,7 @@ impl RequestLease {
     pub fn abandon(mut self, reason: &str) -> RecordDraft {
         let draft = self.draft.take().expect("a live lease has its draft");
         self.node.load.leave();
+        self.balancer.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
         let m = &self.balancer.inner.metrics;
         let labels = node_labels(&self.node);
         m.active_requests.get_or_create(&labels).dec();
