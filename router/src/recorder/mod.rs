@@ -105,9 +105,6 @@ impl CommitTicket {
             if self.gather || shared.failing.load(Ordering::Relaxed) {
                 shared.wake.notify_one();
             } else {
-                // Let the requests finishing on this thread right now queue their
-                // records first: under load one commit then serves them all.
-                tokio::task::yield_now().await;
                 shared.commit_inline();
             }
         }
