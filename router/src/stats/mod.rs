@@ -120,9 +120,16 @@ pub async fn token_stats(
     filter: &RollupFilter,
 ) -> Result<TokenStats, StatsError> {
     let names: HashMap<i64, String> = registry.all().iter().map(|n| (n.id, n.name())).collect();
-    let by_node: Vec<NodeTokenStats> = store
-        .rollup_totals(GroupBy::Node, filter)
+    // One snapshot: Σ by_node = Σ by_model = the totals, even during a commit.
+    let mut groupings = store
+        .rollup_totals_together(&[GroupBy::Node, GroupBy::Model], filter)
         .await?
+        .into_iter();
+    let (node_rows, model_rows) = (
+        groupings.next().unwrap_or_default(),
+        groupings.next().unwrap_or_default(),
+    );
+    let by_node: Vec<NodeTokenStats> = node_rows
         .into_iter()
         .map(|(k, t)| {
             let node_id = k.node_id.unwrap_or_default();
@@ -140,9 +147,7 @@ pub async fn token_stats(
         })
         .collect();
     let mut totals = crate::store::RollupTotals::default();
-    let by_model: Vec<ModelTokenStats> = store
-        .rollup_totals(GroupBy::Model, filter)
-        .await?
+    let by_model: Vec<ModelTokenStats> = model_rows
         .into_iter()
         .map(|(k, t)| {
             totals.add(&t);

@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use common::protocol::{RequestResponseRecord, RequestStatus, TokenSource};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::{to_i64, to_u64, Store, StoreResult};
 
@@ -243,80 +243,100 @@ impl RollupTotals {
     }
 }
 
+/// Rows of one grouping: its key and its sums.
+pub type RollupRows = Vec<(RollupKey, RollupTotals)>;
+
 impl Store {
     /// Sums the rollups matching `filter`, grouped by `group`, ordered by the group key.
-    pub async fn rollup_totals(
-        &self,
-        group: GroupBy,
-        filter: &RollupFilter,
-    ) -> StoreResult<Vec<(RollupKey, RollupTotals)>> {
-        let day_expr;
-        let (key_cols, key_select) = match group {
-            GroupBy::Nothing => ("", ""),
-            GroupBy::Node => ("node_id", "node_id"),
-            GroupBy::Model => ("model", "model"),
-            GroupBy::NodeAndModel => ("node_id, model", "node_id, model"),
-            GroupBy::Hour => ("hour_start", "hour_start"),
-            GroupBy::LocalDay { utc_offset_secs } => {
-                // An integer from chrono-tz, not user text: safe to format into SQL.
-                day_expr = format!("(hour_start + {utc_offset_secs}) / 86400 AS local_day");
-                ("local_day", day_expr.as_str())
-            }
-        };
-        let hourly = matches!(group, GroupBy::Hour | GroupBy::LocalDay { .. })
-            || filter.from_hour.is_some()
-            || filter.to_hour.is_some();
-        let needs_node = filter.node_id.is_some() || matches!(group, GroupBy::Node | GroupBy::NodeAndModel);
-        let needs_model = filter.model.is_some() || matches!(group, GroupBy::Model | GroupBy::NodeAndModel);
-        let table = RollupTable::for_query(hourly, needs_node, needs_model);
-        let sums: Vec<String> = VALUE_COLUMNS
-            .iter()
-            .map(|c| format!("COALESCE(SUM({c}), 0) AS {c}"))
-            .collect();
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
-        if !key_cols.is_empty() {
-            q.push(key_select).push(", ");
-        }
-        q.push(sums.join(", "))
-            .push(format!(" FROM {} WHERE 1 = 1", table.name));
-        if let Some(id) = filter.node_id {
-            q.push(" AND node_id = ").push_bind(id);
-        }
-        if let Some(m) = &filter.model {
-            q.push(" AND model = ").push_bind(m.clone());
-        }
-        if let Some(from) = filter.from_hour {
-            q.push(" AND hour_start >= ").push_bind(from);
-        }
-        if let Some(to) = filter.to_hour {
-            q.push(" AND hour_start < ").push_bind(to);
-        }
-        if !key_cols.is_empty() {
-            q.push(" GROUP BY ").push(key_cols).push(" ORDER BY ").push(key_cols);
-        }
-        let rows = q.build().fetch_all(&self.pool).await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let key = RollupKey {
-                    node_id: matches!(group, GroupBy::Node | GroupBy::NodeAndModel).then(|| r.get("node_id")),
-                    model: matches!(group, GroupBy::Model | GroupBy::NodeAndModel).then(|| r.get("model")),
-                    hour_start: matches!(group, GroupBy::Hour).then(|| r.get("hour_start")),
-                    local_day: matches!(group, GroupBy::LocalDay { .. }).then(|| r.get("local_day")),
-                };
-                let totals = RollupTotals {
-                    request_count: to_u64(r.get("request_count")),
-                    success_count: to_u64(r.get("success_count")),
-                    error_count: to_u64(r.get("error_count")),
-                    cancelled_count: to_u64(r.get("cancelled_count")),
-                    estimated_count: to_u64(r.get("estimated_count")),
-                    input_tokens: to_u64(r.get("input_tokens")),
-                    output_tokens: to_u64(r.get("output_tokens")),
-                    total_tokens: to_u64(r.get("total_tokens")),
-                    duration_ms_sum: to_u64(r.get("duration_ms_sum")),
-                };
-                (key, totals)
-            })
-            .collect())
+    pub async fn rollup_totals(&self, group: GroupBy, filter: &RollupFilter) -> StoreResult<RollupRows> {
+        let mut conn = self.pool.acquire().await?;
+        query_totals(&mut conn, group, filter).await
     }
+
+    /// Several groupings of the same rows, read from one snapshot: their sums agree
+    /// even while records are being committed.
+    pub async fn rollup_totals_together(
+        &self,
+        groups: &[GroupBy],
+        filter: &RollupFilter,
+    ) -> StoreResult<Vec<RollupRows>> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(groups.len());
+        for group in groups {
+            out.push(query_totals(&mut tx, *group, filter).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+async fn query_totals(conn: &mut SqliteConnection, group: GroupBy, filter: &RollupFilter) -> StoreResult<RollupRows> {
+    let day_expr;
+    let (key_cols, key_select) = match group {
+        GroupBy::Nothing => ("", ""),
+        GroupBy::Node => ("node_id", "node_id"),
+        GroupBy::Model => ("model", "model"),
+        GroupBy::NodeAndModel => ("node_id, model", "node_id, model"),
+        GroupBy::Hour => ("hour_start", "hour_start"),
+        GroupBy::LocalDay { utc_offset_secs } => {
+            // An integer from chrono-tz, not user text: safe to format into SQL.
+            day_expr = format!("(hour_start + {utc_offset_secs}) / 86400 AS local_day");
+            ("local_day", day_expr.as_str())
+        }
+    };
+    let hourly = matches!(group, GroupBy::Hour | GroupBy::LocalDay { .. })
+        || filter.from_hour.is_some()
+        || filter.to_hour.is_some();
+    let needs_node = filter.node_id.is_some() || matches!(group, GroupBy::Node | GroupBy::NodeAndModel);
+    let needs_model = filter.model.is_some() || matches!(group, GroupBy::Model | GroupBy::NodeAndModel);
+    let table = RollupTable::for_query(hourly, needs_node, needs_model);
+    let sums: Vec<String> = VALUE_COLUMNS
+        .iter()
+        .map(|c| format!("COALESCE(SUM({c}), 0) AS {c}"))
+        .collect();
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
+    if !key_cols.is_empty() {
+        q.push(key_select).push(", ");
+    }
+    q.push(sums.join(", "))
+        .push(format!(" FROM {} WHERE 1 = 1", table.name));
+    if let Some(id) = filter.node_id {
+        q.push(" AND node_id = ").push_bind(id);
+    }
+    if let Some(m) = &filter.model {
+        q.push(" AND model = ").push_bind(m.clone());
+    }
+    if let Some(from) = filter.from_hour {
+        q.push(" AND hour_start >= ").push_bind(from);
+    }
+    if let Some(to) = filter.to_hour {
+        q.push(" AND hour_start < ").push_bind(to);
+    }
+    if !key_cols.is_empty() {
+        q.push(" GROUP BY ").push(key_cols).push(" ORDER BY ").push(key_cols);
+    }
+    let rows = q.build().fetch_all(&mut *conn).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let key = RollupKey {
+                node_id: matches!(group, GroupBy::Node | GroupBy::NodeAndModel).then(|| r.get("node_id")),
+                model: matches!(group, GroupBy::Model | GroupBy::NodeAndModel).then(|| r.get("model")),
+                hour_start: matches!(group, GroupBy::Hour).then(|| r.get("hour_start")),
+                local_day: matches!(group, GroupBy::LocalDay { .. }).then(|| r.get("local_day")),
+            };
+            let totals = RollupTotals {
+                request_count: to_u64(r.get("request_count")),
+                success_count: to_u64(r.get("success_count")),
+                error_count: to_u64(r.get("error_count")),
+                cancelled_count: to_u64(r.get("cancelled_count")),
+                estimated_count: to_u64(r.get("estimated_count")),
+                input_tokens: to_u64(r.get("input_tokens")),
+                output_tokens: to_u64(r.get("output_tokens")),
+                total_tokens: to_u64(r.get("total_tokens")),
+                duration_ms_sum: to_u64(r.get("duration_ms_sum")),
+            };
+            (key, totals)
+        })
+        .collect())
 }
