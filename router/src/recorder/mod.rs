@@ -8,8 +8,10 @@
 //! response to the client only once the record is committed. The request that
 //! waits for its record commits the queue itself when the writer is free, on its
 //! own thread (about 25 µs for a lone client, with no thread hand-off); when the
-//! writer is busy, its holder commits the newcomers as soon as it is done. Async mode: a
-//! background task commits every few milliseconds and nobody waits.
+//! writer is busy, its holder commits the newcomers as soon as it is done. Under load
+//! (see [`COMMIT_SIBLINGS`]) the background task commits instead, after a short
+//! wait that lets records gather. Async mode: the background task commits every few
+//! milliseconds and nobody waits.
 //!
 //! When the store fails (locked by another process, read-only, disk full) the
 //! records stay queued and the background task retries with backoff; waiters are
