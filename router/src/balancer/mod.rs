@@ -2,7 +2,7 @@
 //!
 //! Selection: online, enabled nodes that serve the model; least active requests
 //! first; round-robin among ties. [`Balancer::begin_request`] returns a
-//! [`RequestLease`]; every lease ends in exactly one [`Balancer::finish_request`]
+//! [`RequestLease`]; every lease ends in exactly one `Balancer::finish_request`
 //! (explicitly, or from `Drop` when the handler's future or the response body is
 //! dropped: the client went away), which updates the node's [`NodeLoadState`] and
 //! the Prometheus counters and queues the request's one record. A failed connection

@@ -9,7 +9,7 @@
 //! waits for its record commits the queue itself when the writer is free, on its
 //! own thread (about 25 µs for a lone client, with no thread hand-off); when the
 //! writer is busy, its holder commits the newcomers as soon as it is done. Under load
-//! (see [`COMMIT_SIBLINGS`]) the background task commits instead, after a short
+//! (see `COMMIT_SIBLINGS`) the background task commits instead, after a short
 //! wait that lets records gather. Async mode: the background task commits every few
 //! milliseconds and nobody waits.
 //!
@@ -36,7 +36,7 @@ const MAX_BATCH: usize = 8192;
 /// transaction of this size takes about a millisecond).
 const INLINE_BATCH: usize = 512;
 /// Requests still in flight beyond which a finishing request does not commit on its
-/// own: it leaves its record to the background task, which waits [`COMMIT_DELAY`]
+/// own: it leaves its record to the background task, which waits `COMMIT_DELAY`
 /// so that one transaction serves several (PostgreSQL's `commit_siblings` and
 /// `commit_delay`). Streams under load committed 1.7 records per transaction.
 const COMMIT_SIBLINGS: usize = 4;
@@ -184,7 +184,7 @@ impl Recorder {
     /// mode, [`CommitTicket::wait`] commits the queue on the caller's thread when the
     /// writer is free.
     /// `others_in_flight`: requests still running besides this one (see
-    /// [`COMMIT_SIBLINGS`]).
+    /// `COMMIT_SIBLINGS`).
     pub fn record(&self, record: RequestResponseRecord, others_in_flight: usize) -> CommitTicket {
         let shared = &self.shared;
         if shared.stopped.load(Ordering::Acquire) {

@@ -31,7 +31,7 @@ const INSERT_HISTORY: &str = "INSERT INTO request_history (timestamp, completed_
 pub enum LockWait {
     /// Fail at once (on a runtime thread).
     Never,
-    /// Poll every [`LOCK_POLL`] for up to [`LOCK_PATIENCE`]. SQLite's own busy
+    /// Poll every `LOCK_POLL` for up to `LOCK_PATIENCE`. SQLite's own busy
     /// timeout sleeps 1, 2, 5, 10, 15, 20… ms between tries, so a commit could sleep
     /// 10 ms past a lock held for 3.
     Patient,
@@ -40,7 +40,7 @@ pub enum LockWait {
 const LOCK_POLL: Duration = Duration::from_micros(200);
 const LOCK_PATIENCE: Duration = Duration::from_secs(5);
 
-/// A busy handler: polls every [`LOCK_POLL`] for up to [`LOCK_PATIENCE`].
+/// A busy handler: polls every `LOCK_POLL` for up to `LOCK_PATIENCE`.
 pub(super) fn poll_lock(retries: i32) -> bool {
     std::thread::sleep(LOCK_POLL);
     (retries as u128) < LOCK_PATIENCE.as_micros() / LOCK_POLL.as_micros()
