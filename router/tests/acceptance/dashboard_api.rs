@@ -414,3 +414,36 @@ async fn every_route_is_in_the_openapi_document() {
     );
     assert!(registered.len() >= 20, "{registered:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_totals_agree_while_records_are_being_committed() {
+    let a = mock("alpha", &["m1", "m2"]).await;
+    let h = Harness::start(&[&a]).await;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let traffic = async {
+        let client = |model: &'static str| async {
+            let mut sent = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(h.chat(model, "words to count").await.0, 200);
+                sent += 1;
+            }
+            sent
+        };
+        let sent = futures_util::future::join_all(["m1", "m2", "m1", "m2", "m1", "m2"].map(client)).await;
+        sent.iter().sum::<u64>()
+    };
+    let reads = async {
+        for _ in 0..150 {
+            let t = h.get("/api/dashboard/stats/tokens").await;
+            let total = u(&t["total_tokens"]);
+            assert_eq!(sum(&t["by_node"], "total_tokens"), total, "by node, mid-traffic");
+            assert_eq!(sum(&t["by_model"], "total_tokens"), total, "by model, mid-traffic");
+            assert_eq!(sum(&t["by_node"], "request_count"), u(&t["request_count"]));
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let (sent, ()) = tokio::join!(traffic, reads);
+    assert!(sent > 0);
+    let t = h.get("/api/dashboard/stats/tokens").await;
+    assert_eq!(u(&t["request_count"]), sent);
+}
