@@ -52,12 +52,6 @@ pub struct HistoryWriter {
     lock_wait: LockWait,
 }
 
-impl std::fmt::Debug for HistoryWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HistoryWriter").finish_non_exhaustive()
-    }
-}
-
 impl Store {
     /// Opens the connection that writes request records (one per recorder).
     pub fn writer(&self) -> StoreResult<HistoryWriter> {
