@@ -1,5 +1,5 @@
 //! The body of a streamed answer: the node's SSE bytes, through the stream tap, to the
-//! client, chunk by chunk as they arrive.
+//! client as they arrive. What arrived together leaves together, in one chunk.
 //!
 //! The record is finished when the terminal event arrives (its bytes are held until
 //! the commit), when the node ends or breaks the stream, or when it stays silent past
@@ -7,18 +7,30 @@
 //! finishes the record as `cancelled` with what was produced so far.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use common::protocol::RequestStatus;
 use futures_util::Stream;
+use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::app::AppState;
 use crate::balancer::{RequestLease, RequestOutcome};
 use crate::token::{self, StreamTap};
+
+/// Turns of the scheduler the node connection's task gets to hand over its next frame.
+/// Measured on one worker thread: the frame was never ready after one turn and always
+/// after two.
+const GATHER_TURNS: usize = 2;
+
+/// A frame from the node, or the idle timeout running out while waiting for one.
+type UpstreamFrame = Result<Option<Result<Frame<Bytes>, hyper::Error>>, tokio::time::error::Elapsed>;
 
 pub struct TappedBody {
     upstream: Incoming,
@@ -66,8 +78,8 @@ impl TappedBody {
 
     async fn next(&mut self) -> Option<Result<Bytes, io::Error>> {
         loop {
-            if let Some(b) = self.queue.pop_front() {
-                return Some(Ok(b));
+            if !self.queue.is_empty() {
+                return Some(Ok(self.take_queued()));
             }
             if let Some(e) = self.failure.take() {
                 return Some(Err(e));
@@ -75,34 +87,82 @@ impl TappedBody {
             if self.ended {
                 return None;
             }
-            match tokio::time::timeout(self.idle_timeout, self.upstream.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    if self.first_chunk.is_none() {
-                        self.first_chunk = self.lease.as_ref().map(|l| l.draft().started.elapsed());
-                    }
-                    let out = self.tap.on_chunk(data);
-                    self.push(out.now);
-                    if let Some(held) = out.held {
-                        self.finish(None).await;
-                        self.push(held);
-                    }
-                }
-                Ok(None) => {
-                    let tail = self.tap.on_end();
-                    self.finish(None).await;
-                    self.push(tail);
-                    self.ended = true;
-                }
-                Ok(Some(Err(e))) => self.fail(format!("node broke the stream: {e}")).await,
-                Err(_) => {
-                    self.fail(format!("node sent nothing for {:?}", self.idle_timeout))
-                        .await
+            let frame = tokio::time::timeout(self.idle_timeout, self.upstream.frame()).await;
+            self.on_frame(frame).await;
+            self.gather_ready_frames().await;
+        }
+    }
+
+    /// Takes in the frames the node has already sent, so that they leave in one write.
+    /// hyper's client hands a body over one frame at a time from the connection's
+    /// task: taking a frame wakes that task to decode the next one from its read
+    /// buffer. This task steps aside for up to `GATHER_TURNS` turns of the scheduler to
+    /// let it; if no frame is ready by then, nothing more has arrived and the queue
+    /// goes out. Without this, every SSE event cost a write to the client and a wake-up
+    /// of the client's reader.
+    async fn gather_ready_frames(&mut self) {
+        while !self.ended && self.failure.is_none() {
+            let mut ready = None;
+            for _ in 0..GATHER_TURNS {
+                StepAside::default().await;
+                ready = std::future::poll_fn(|cx| {
+                    Poll::Ready(match Pin::new(&mut self.upstream).poll_frame(cx) {
+                        Poll::Ready(frame) => Some(frame),
+                        Poll::Pending => None,
+                    })
+                })
+                .await;
+                if ready.is_some() {
+                    break;
                 }
             }
+            match ready {
+                Some(frame) => self.on_frame(Ok(frame)).await,
+                None => return,
+            }
         }
+    }
+
+    async fn on_frame(&mut self, frame: UpstreamFrame) {
+        match frame {
+            Ok(Some(Ok(frame))) => {
+                let Ok(data) = frame.into_data() else {
+                    return;
+                };
+                if self.first_chunk.is_none() {
+                    self.first_chunk = self.lease.as_ref().map(|l| l.draft().started.elapsed());
+                }
+                let out = self.tap.on_chunk(data);
+                self.push(out.now);
+                if let Some(held) = out.held {
+                    self.finish(None).await;
+                    self.push(held);
+                }
+            }
+            Ok(None) => {
+                let tail = self.tap.on_end();
+                self.finish(None).await;
+                self.push(tail);
+                self.ended = true;
+            }
+            Ok(Some(Err(e))) => self.fail(format!("node broke the stream: {e}")).await,
+            Err(_) => {
+                self.fail(format!("node sent nothing for {:?}", self.idle_timeout))
+                    .await
+            }
+        }
+    }
+
+    /// Everything queued, as one piece: one HTTP chunk, one write to the client.
+    fn take_queued(&mut self) -> Bytes {
+        if self.queue.len() == 1 {
+            return self.queue.pop_front().unwrap_or_default();
+        }
+        let mut all = BytesMut::with_capacity(self.queue.iter().map(Bytes::len).sum());
+        for b in self.queue.drain(..) {
+            all.extend_from_slice(&b);
+        }
+        all.freeze()
     }
 
     fn push(&mut self, b: Bytes) {
@@ -176,5 +236,26 @@ impl Drop for TappedBody {
                 time_to_first_byte: first_chunk,
             });
         });
+    }
+}
+
+/// Returns `Pending` once, after waking its own task: the tasks already woken run
+/// first (tokio puts a task that woke itself at the back of the run queue). Unlike
+/// `tokio::task::yield_now`, it does not make the worker poll the I/O driver.
+#[derive(Default)]
+struct StepAside {
+    stepped: bool,
+}
+
+impl Future for StepAside {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.stepped {
+            return Poll::Ready(());
+        }
+        self.stepped = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }

@@ -143,6 +143,59 @@ async fn streams_pass_chunk_by_chunk_and_byte_for_byte() {
     }
 }
 
+/// Sends one HTTP/1.1 request over a raw socket and returns the response head and the
+/// body's chunks as they were framed on the wire (chunked transfer encoding).
+async fn raw_chunked_post(addr: &str, path: &str, body: &Value) -> (String, Vec<Vec<u8>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    socket.read_to_end(&mut raw).await.unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response head") + 4;
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let mut rest = &raw[split..];
+    let mut chunks = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return (head, chunks);
+        }
+        chunks.push(rest[..size].to_vec());
+        assert_eq!(&rest[size..size + 2], b"\r\n");
+        rest = &rest[size + 2..];
+    }
+}
+
+#[tokio::test]
+async fn events_the_node_sent_together_reach_the_client_in_one_chunk() {
+    // The mock node writes its whole answer (role, 5 content events, usage, [DONE]) at
+    // once. The router forwards it in one piece: one write, one wake-up of the client.
+    let a = mock("alpha", &["m"]).await;
+    let h = Harness::start(&[&a]).await;
+    let body = chat_body("m", "tell me", true);
+    let direct = direct_stream(&a, &body).await;
+    let addr = h
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    for _ in 0..5 {
+        let (head, chunks) = raw_chunked_post(&addr, "/v1/chat/completions", &body).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        assert_eq!(chunks.concat(), direct, "the bytes pass unchanged");
+        assert_eq!(chunks.len(), 1, "one chunk: {chunks:?}");
+    }
+}
+
 #[tokio::test]
 async fn models_endpoint_lists_the_union_of_online_nodes() {
     let a = mock("alpha", &["m1", "m2"]).await;
