@@ -29,6 +29,10 @@ use crate::token::{self, StreamTap};
 /// after two.
 const GATHER_TURNS: usize = 2;
 
+/// Gathering stops once this much is queued, so that a long answer the node sent at
+/// once still flows to the client in pieces instead of being buffered whole.
+const MAX_GATHER_BYTES: usize = 64 * 1024;
+
 /// A frame from the node, or the idle timeout running out while waiting for one.
 type UpstreamFrame = Result<Option<Result<Frame<Bytes>, hyper::Error>>, tokio::time::error::Elapsed>;
 
@@ -98,10 +102,10 @@ impl TappedBody {
     /// task: taking a frame wakes that task to decode the next one from its read
     /// buffer. This task steps aside for up to `GATHER_TURNS` turns of the scheduler to
     /// let it; if no frame is ready by then, nothing more has arrived and the queue
-    /// goes out. Without this, every SSE event cost a write to the client and a wake-up
-    /// of the client's reader.
+    /// goes out (at `MAX_GATHER_BYTES` at the latest). Without this, every SSE event
+    /// cost a write to the client and a wake-up of the client's reader.
     async fn gather_ready_frames(&mut self) {
-        while !self.ended && self.failure.is_none() {
+        while !self.ended && self.failure.is_none() && self.queued_bytes() < MAX_GATHER_BYTES {
             let mut ready = None;
             for _ in 0..GATHER_TURNS {
                 StepAside::default().await;
@@ -153,12 +157,16 @@ impl TappedBody {
         }
     }
 
+    fn queued_bytes(&self) -> usize {
+        self.queue.iter().map(Bytes::len).sum()
+    }
+
     /// Everything queued, as one piece: one HTTP chunk, one write to the client.
     fn take_queued(&mut self) -> Bytes {
         if self.queue.len() == 1 {
             return self.queue.pop_front().unwrap_or_default();
         }
-        let mut all = BytesMut::with_capacity(self.queue.iter().map(Bytes::len).sum());
+        let mut all = BytesMut::with_capacity(self.queued_bytes());
         for b in self.queue.drain(..) {
             all.extend_from_slice(&b);
         }

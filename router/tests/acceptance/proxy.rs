@@ -197,6 +197,23 @@ async fn events_the_node_sent_together_reach_the_client_in_one_chunk() {
 }
 
 #[tokio::test]
+async fn a_long_answer_sent_at_once_still_flows_in_pieces() {
+    // 20,000 events (~4 MB) written as fast as the node can: the router gathers what
+    // is ready, but never more than 64 KiB before it writes.
+    let a = mock_with("alpha", &["m"], |c| c.chunks = 20_000).await;
+    let h = Harness::start(&[&a]).await;
+    let body = chat_body("m", "tell me", true);
+    let direct = direct_stream(&a, &body).await;
+    let addr = h.url("").trim_start_matches("http://").to_string();
+    let (head, chunks) = raw_chunked_post(&addr, "/v1/chat/completions", &body).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(chunks.concat(), direct, "the bytes pass unchanged");
+    let largest = chunks.iter().map(Vec::len).max().unwrap();
+    assert!(largest < 64 * 1024 + 1024, "one chunk held {largest} bytes");
+    assert!(chunks.len() >= direct.len() / (65 * 1024), "{} chunks", chunks.len());
+}
+
+#[tokio::test]
 async fn models_endpoint_lists_the_union_of_online_nodes() {
     let a = mock("alpha", &["m1", "m2"]).await;
     let b = mock("beta", &["m2", "m3"]).await;
