@@ -26,17 +26,18 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             router.state.admin_key.expose()
         );
     }
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
     println!(
-        "llm-router listening on {} (dashboard: {}/dashboard)",
+        "llm-router listening on {} with {workers} worker thread{} (dashboard: {}/dashboard)",
         router.base_url(),
+        if workers == 1 { "" } else { "s" },
         router.base_url()
     );
     router.run_until_signal().await;
     Ok(())
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
     let (args, demo) = match cli.command {
         None => (cli.serve, false),
@@ -44,10 +45,14 @@ async fn main() {
         Some(Command::Demo(a)) => (a, true),
     };
     init_tracing(args.log_format);
-    let result = if demo {
-        llm_router::demo::run(args).await
-    } else {
-        serve(args).await
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(args.worker_threads))
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(rt) if demo => rt.block_on(llm_router::demo::run(args)),
+        Ok(rt) => rt.block_on(serve(args)),
+        Err(e) => Err(e.into()),
     };
     if let Err(e) = result {
         eprintln!("llm-router: {e}");

@@ -290,3 +290,44 @@ async fn killing_the_router_loses_no_record_a_client_saw_complete() {
     assert_eq!(u(&stats["total_tokens"]), completed * 7);
     assert_eq!(u(&stats["total_nodes"]), 2, "both nodes of LLM_ROUTER_NODES");
 }
+
+/// Starts the binary with `args` and `env` on a free port; returns its first line of
+/// output, or its exit status and error output if it refuses to start.
+async fn first_line(args: &[&str], env: &[(&str, &str)]) -> Result<String, (i32, String)> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_llm-router"))
+        .args(["--host", "127.0.0.1", "--port", "0", "--admin-key", ADMIN_KEY])
+        .args(args)
+        .envs(env.iter().copied())
+        .env("LLM_ROUTER_DATA_DIR", dir.path())
+        .env("LLM_ROUTER_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).await.unwrap();
+    if !line.is_empty() {
+        return Ok(line);
+    }
+    let status = child.wait().await.unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+    Err((status.code().unwrap_or(-1), err))
+}
+
+#[tokio::test]
+async fn the_runtime_has_the_worker_threads_asked_for() {
+    let default = first_line(&[], &[]).await.unwrap();
+    assert!(default.contains(" with 1 worker thread "), "{default}");
+    let flag = first_line(&["--worker-threads", "3"], &[]).await.unwrap();
+    assert!(flag.contains(" with 3 worker threads "), "{flag}");
+    let env = first_line(&[], &[("LLM_ROUTER_WORKER_THREADS", "2")]).await.unwrap();
+    assert!(env.contains(" with 2 worker threads "), "{env}");
+    let (code, err) = first_line(&["--worker-threads", "0"], &[]).await.unwrap_err();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid value '0' for '--worker-threads"), "{err}");
+}
