@@ -33,6 +33,16 @@ const GATHER_TURNS: usize = 2;
 /// once still flows to the client in pieces instead of being buffered whole.
 const MAX_GATHER_BYTES: usize = 64 * 1024;
 
+/// Finishing a record: done when it is committed (or the commit wait ran out).
+type Commit = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A record to finish: why the stream failed, if it did, and the bytes that wait for
+/// the commit (the terminal event, or what the parser still held at the end).
+struct Settle {
+    failure: Option<String>,
+    then: Bytes,
+}
+
 /// A frame from the node, or the idle timeout running out while waiting for one.
 type UpstreamFrame = Result<Option<Result<Frame<Bytes>, hyper::Error>>, tokio::time::error::Elapsed>;
 
@@ -42,6 +52,10 @@ pub struct TappedBody {
     /// `None` once the record is finished.
     lease: Option<RequestLease>,
     queue: VecDeque<Bytes>,
+    /// The record is ready to be finished (see `next`).
+    settle: Option<Settle>,
+    /// A commit that did not complete at once, and the bytes that wait for it.
+    committing: Option<(Commit, Bytes)>,
     /// An error to end the client's stream with, after the queued bytes.
     failure: Option<io::Error>,
     ended: bool,
@@ -64,6 +78,8 @@ impl TappedBody {
             tap: StreamTap::new(hide_injected_usage),
             lease: Some(lease),
             queue: VecDeque::new(),
+            settle: None,
+            committing: None,
             failure: None,
             ended: false,
             idle_timeout: st.proxy.idle_timeout,
@@ -82,8 +98,28 @@ impl TappedBody {
 
     async fn next(&mut self) -> Option<Result<Bytes, io::Error>> {
         loop {
+            if let Some(settle) = self.settle.take() {
+                // The bytes before the terminal event never wait for the commit: if it
+                // completes at once they leave with it, in one piece; if not, they go
+                // to hyper now and the terminal event follows the commit.
+                let mut commit = self.finish(settle.failure);
+                let committed = std::future::poll_fn(|cx| Poll::Ready(commit.as_mut().poll(cx).is_ready())).await;
+                if committed {
+                    self.push(settle.then);
+                } else if self.queue.is_empty() {
+                    commit.await;
+                    self.push(settle.then);
+                } else {
+                    self.committing = Some((commit, settle.then));
+                }
+            }
             if !self.queue.is_empty() {
                 return Some(Ok(self.take_queued()));
+            }
+            if let Some((commit, then)) = self.committing.take() {
+                commit.await;
+                self.push(then);
+                continue;
             }
             if let Some(e) = self.failure.take() {
                 return Some(Err(e));
@@ -92,7 +128,7 @@ impl TappedBody {
                 return None;
             }
             let frame = tokio::time::timeout(self.idle_timeout, self.upstream.frame()).await;
-            self.on_frame(frame).await;
+            self.on_frame(frame);
             self.gather_ready_frames().await;
         }
     }
@@ -105,7 +141,7 @@ impl TappedBody {
     /// goes out (at `MAX_GATHER_BYTES` at the latest). Without this, every SSE event
     /// cost a write to the client and a wake-up of the client's reader.
     async fn gather_ready_frames(&mut self) {
-        while !self.ended && self.failure.is_none() && self.queued_bytes() < MAX_GATHER_BYTES {
+        while !self.ended && self.settle.is_none() && self.queued_bytes() < MAX_GATHER_BYTES {
             let mut ready = None;
             for _ in 0..GATHER_TURNS {
                 StepAside::default().await;
@@ -121,13 +157,13 @@ impl TappedBody {
                 }
             }
             match ready {
-                Some(frame) => self.on_frame(Ok(frame)).await,
+                Some(frame) => self.on_frame(Ok(frame)),
                 None => return,
             }
         }
     }
 
-    async fn on_frame(&mut self, frame: UpstreamFrame) {
+    fn on_frame(&mut self, frame: UpstreamFrame) {
         match frame {
             Ok(Some(Ok(frame))) => {
                 let Ok(data) = frame.into_data() else {
@@ -139,21 +175,22 @@ impl TappedBody {
                 let out = self.tap.on_chunk(data);
                 self.push(out.now);
                 if let Some(held) = out.held {
-                    self.finish(None).await;
-                    self.push(held);
+                    self.settle = Some(Settle {
+                        failure: None,
+                        then: held,
+                    });
                 }
             }
             Ok(None) => {
                 let tail = self.tap.on_end();
-                self.finish(None).await;
-                self.push(tail);
+                self.settle = Some(Settle {
+                    failure: None,
+                    then: tail,
+                });
                 self.ended = true;
             }
-            Ok(Some(Err(e))) => self.fail(format!("node broke the stream: {e}")).await,
-            Err(_) => {
-                self.fail(format!("node sent nothing for {:?}", self.idle_timeout))
-                    .await
-            }
+            Ok(Some(Err(e))) => self.fail(format!("node broke the stream: {e}")),
+            Err(_) => self.fail(format!("node sent nothing for {:?}", self.idle_timeout)),
         }
     }
 
@@ -181,43 +218,45 @@ impl TappedBody {
 
     /// The node failed mid-stream: record an error, forward what is buffered, then
     /// break the client's stream too, so it cannot mistake it for a complete one.
-    async fn fail(&mut self, reason: String) {
-        let tail = self.tap.on_end();
-        self.finish(Some(reason.clone())).await;
-        self.push(tail);
-        self.failure = Some(io::Error::other(reason));
+    fn fail(&mut self, reason: String) {
+        self.failure = Some(io::Error::other(reason.clone()));
+        self.settle = Some(Settle {
+            failure: Some(reason),
+            then: self.tap.on_end(),
+        });
         self.ended = true;
     }
 
-    /// Finishes the record once (T-12) and waits for its commit.
-    async fn finish(&mut self, failure: Option<String>) {
+    /// Finishes the record once (T-12); the future completes when it is committed.
+    fn finish(&mut self, failure: Option<String>) -> Commit {
         let Some(lease) = self.lease.take() else {
-            return;
+            return Box::pin(std::future::ready(()));
         };
         let error_message = failure.or_else(|| {
             self.tap
                 .error()
                 .map(|e| format!("node reported an error in the stream: {e}"))
         });
-        let counted = token::settle(
-            self.tap.reported_usage(),
-            &lease.draft().prompt,
-            self.tap.take_generated(),
-        )
-        .await;
-        let outcome = RequestOutcome {
-            status: if error_message.is_some() {
-                RequestStatus::Error
-            } else {
-                RequestStatus::Success
-            },
-            http_status: 200,
-            error_message,
-            usage: counted.usage,
-            token_source: counted.source,
-            time_to_first_byte: Some(self.first_chunk.unwrap_or(self.head_time)),
-        };
-        lease.finish(outcome).wait(self.commit_wait).await;
+        let reported = self.tap.reported_usage();
+        let generated = self.tap.take_generated();
+        let time_to_first_byte = Some(self.first_chunk.unwrap_or(self.head_time));
+        let commit_wait = self.commit_wait;
+        Box::pin(async move {
+            let counted = token::settle(reported, &lease.draft().prompt, generated).await;
+            let outcome = RequestOutcome {
+                status: if error_message.is_some() {
+                    RequestStatus::Error
+                } else {
+                    RequestStatus::Success
+                },
+                http_status: 200,
+                error_message,
+                usage: counted.usage,
+                token_source: counted.source,
+                time_to_first_byte,
+            };
+            lease.finish(outcome).wait(commit_wait).await;
+        })
     }
 }
 

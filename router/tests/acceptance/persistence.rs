@@ -164,10 +164,29 @@ async fn records_wait_in_memory_while_the_store_is_locked() {
         let (s, _) = h.chat("m", "one two").await;
         assert_eq!(s, 200, "the router keeps serving");
     }
+    // A stream's content is not held behind a commit that waits; its `[DONE]` is, until
+    // the commit wait (300 ms) runs out.
+    let resp = h.post("/v1/chat/completions", &chat_body("m", "one two", true)).await;
+    assert_eq!(resp.status(), 200);
+    let start = std::time::Instant::now();
+    let (mut content_at, mut done_at) = (None, None);
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        let text = String::from_utf8_lossy(&chunk.unwrap()).into_owned();
+        content_at = content_at.or_else(|| text.contains("\"content\"").then(|| start.elapsed()));
+        if text.contains("[DONE]") {
+            done_at = Some(start.elapsed());
+        }
+    }
+    let (content_at, done_at) = (content_at.unwrap(), done_at.unwrap());
+    assert!(
+        done_at >= content_at + Duration::from_millis(200),
+        "content at {content_at:?}, [DONE] at {done_at:?}"
+    );
     let health: Value = h.http.get(h.url("/health")).send().await.unwrap().json().await.unwrap();
-    assert!(u(&health["recorder"]["backlog"]) >= 3, "{health}");
+    assert!(u(&health["recorder"]["backlog"]) >= 4, "{health}");
     // In memory the figures already count them.
-    assert_eq!(u(&h.node(&a.base_url()).await["total_requests"]), 4);
+    assert_eq!(u(&h.node(&a.base_url()).await["total_requests"]), 5);
 
     stdin.write_all(b"COMMIT;\n.quit\n").await.unwrap();
     drop(locker.stdin.take());
@@ -179,8 +198,8 @@ async fn records_wait_in_memory_while_the_store_is_locked() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(h.history().await.len(), 4, "every record reached the store");
-    assert_eq!(u(&h.get("/api/dashboard/stats/tokens").await["request_count"]), 4);
+    assert_eq!(h.history().await.len(), 5, "every record reached the store");
+    assert_eq!(u(&h.get("/api/dashboard/stats/tokens").await["request_count"]), 5);
 }
 
 #[tokio::test]
