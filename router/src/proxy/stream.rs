@@ -2,8 +2,8 @@
 //! client as they arrive. What arrived together leaves together, in one chunk.
 //!
 //! The record is finished when the terminal event arrives (its bytes are held until
-//! the commit), when the node ends or breaks the stream, or when it stays silent past
-//! the idle timeout. If the client goes away first, hyper drops this body and `Drop`
+//! the commit, the bytes before it are not), when the node ends or breaks the stream,
+//! or when it stays silent past the idle timeout. If the client goes away first, hyper drops this body and `Drop`
 //! finishes the record as `cancelled` with what was produced so far.
 
 use std::collections::VecDeque;
