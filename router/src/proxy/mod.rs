@@ -282,7 +282,9 @@ async fn forward(st: &AppState, lease: RequestLease, req: &Parsed, client_header
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let out_headers = headers::client_response_headers(resp.headers());
     if is_sse && status.is_success() {
-        let body = stream::TappedBody::new(st, lease, resp.into_body(), hide_usage, ttfb);
+        let mut body = stream::TappedBody::new(st, lease, resp.into_body(), hide_usage, ttfb);
+        // What came with the response head leaves with it, in one write.
+        body.gather_ready_frames().await;
         let mut response = Response::new(Body::from_stream(body.into_stream()));
         *response.status_mut() = status;
         *response.headers_mut() = out_headers;

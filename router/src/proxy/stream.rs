@@ -140,8 +140,8 @@ impl TappedBody {
     /// let it; if no frame is ready by then, nothing more has arrived and the queue
     /// goes out (at `MAX_GATHER_BYTES` at the latest). Without this, every SSE event
     /// cost a write to the client and a wake-up of the client's reader.
-    async fn gather_ready_frames(&mut self) {
-        while !self.ended && self.settle.is_none() && self.queued_bytes() < MAX_GATHER_BYTES {
+    pub async fn gather_ready_frames(&mut self) {
+        while !self.ended && self.queued_bytes() < MAX_GATHER_BYTES {
             let mut ready = None;
             for _ in 0..GATHER_TURNS {
                 StepAside::default().await;
@@ -173,20 +173,19 @@ impl TappedBody {
                     self.first_chunk = self.lease.as_ref().map(|l| l.draft().started.elapsed());
                 }
                 let out = self.tap.on_chunk(data);
-                self.push(out.now);
+                if self.settle.is_some() {
+                    // After the terminal event: everything waits for the commit.
+                    self.settle_with(None, out.now);
+                } else {
+                    self.push(out.now);
+                }
                 if let Some(held) = out.held {
-                    self.settle = Some(Settle {
-                        failure: None,
-                        then: held,
-                    });
+                    self.settle_with(None, held);
                 }
             }
             Ok(None) => {
                 let tail = self.tap.on_end();
-                self.settle = Some(Settle {
-                    failure: None,
-                    then: tail,
-                });
+                self.settle_with(None, tail);
                 self.ended = true;
             }
             Ok(Some(Err(e))) => self.fail(format!("node broke the stream: {e}")),
@@ -194,8 +193,10 @@ impl TappedBody {
         }
     }
 
+    /// Bytes taken from the node and not yet handed to hyper.
     fn queued_bytes(&self) -> usize {
-        self.queue.iter().map(Bytes::len).sum()
+        let waiting = self.settle.as_ref().map_or(0, |s| s.then.len());
+        self.queue.iter().map(Bytes::len).sum::<usize>() + waiting
     }
 
     /// Everything queued, as one piece: one HTTP chunk, one write to the client.
@@ -203,7 +204,7 @@ impl TappedBody {
         if self.queue.len() == 1 {
             return self.queue.pop_front().unwrap_or_default();
         }
-        let mut all = BytesMut::with_capacity(self.queued_bytes());
+        let mut all = BytesMut::with_capacity(self.queue.iter().map(Bytes::len).sum());
         for b in self.queue.drain(..) {
             all.extend_from_slice(&b);
         }
@@ -220,11 +221,24 @@ impl TappedBody {
     /// break the client's stream too, so it cannot mistake it for a complete one.
     fn fail(&mut self, reason: String) {
         self.failure = Some(io::Error::other(reason.clone()));
-        self.settle = Some(Settle {
-            failure: Some(reason),
-            then: self.tap.on_end(),
-        });
+        let tail = self.tap.on_end();
+        self.settle_with(Some(reason), tail);
         self.ended = true;
+    }
+
+    /// Marks the record ready to be finished, with `then` to send after its commit. If
+    /// the terminal event came first, its verdict stands and `then` joins its bytes.
+    fn settle_with(&mut self, failure: Option<String>, then: Bytes) {
+        match self.settle.as_mut() {
+            None => self.settle = Some(Settle { failure, then }),
+            Some(settle) => {
+                if !then.is_empty() {
+                    let mut all = BytesMut::from(std::mem::take(&mut settle.then));
+                    all.extend_from_slice(&then);
+                    settle.then = all.freeze();
+                }
+            }
+        }
     }
 
     /// Finishes the record once (T-12); the future completes when it is committed.
