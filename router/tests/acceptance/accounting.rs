@@ -321,14 +321,26 @@ async fn a_client_that_gives_up_before_the_answer_is_recorded_as_cancelled() {
 
 /// A node that answers 200 with an SSE body of garbage, then `[DONE]`.
 async fn garbage_node() -> (String, tokio::task::JoinHandle<()>) {
+    sse_node(&[b"data: {broken json\n\n\x00\xff\xfe not sse at all\r\n\r\ndata: {\"choices\":[{\"delta\":{\"content\":42}}]}\n\ndata: [DONE]\n\n"]).await
+}
+
+/// A node serving model `g` whose chat completions answer `parts` as an SSE stream,
+/// one HTTP chunk each, written at once.
+async fn sse_node(parts: &'static [&'static [u8]]) -> (String, tokio::task::JoinHandle<()>) {
     use axum::routing::{get, post};
     let app = axum::Router::new()
-        .route("/v1/models", get(|| async { axum::Json(json!({"object": "list", "data": [{"id": "g"}]})) }))
+        .route(
+            "/v1/models",
+            get(|| async { axum::Json(json!({"object": "list", "data": [{"id": "g"}]})) }),
+        )
         .route(
             "/v1/chat/completions",
-            post(|| async {
-                let body: &'static [u8] = b"data: {broken json\n\n\x00\xff\xfe not sse at all\r\n\r\ndata: {\"choices\":[{\"delta\":{\"content\":42}}]}\n\ndata: [DONE]\n\n";
-                ([("content-type", "text/event-stream")], body)
+            post(move || async move {
+                let chunks = futures_util::stream::iter(parts.iter().map(|p| Ok::<_, std::io::Error>(*p)));
+                (
+                    [("content-type", "text/event-stream")],
+                    axum::body::Body::from_stream(chunks),
+                )
             }),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -372,4 +384,28 @@ async fn a_megabyte_of_whitespace_is_estimated_off_the_runtime_without_panic() {
     assert!(u(&r["input_tokens"]) > 0);
     // The router still answers at once afterwards.
     assert_eq!(h.chat("m", "x").await.0, 200);
+}
+
+#[tokio::test]
+async fn bytes_after_the_terminal_event_follow_it_in_order() {
+    // Separate chunks, so that the router sees the end and what follows as frames of
+    // their own.
+    let parts: &'static [&'static [u8]] = &[
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"one two\"}}]}\n\n",
+        b"data: [DONE]\n\n",
+        b": after the end\n\n",
+        b"data: {\"late\":1}\n\n",
+    ];
+    let (url, _server) = sse_node(parts).await;
+    let h = Harness::start(&[]).await;
+    let (s, _) = h
+        .admin(Method::POST, "/api/nodes", Some(json!({"base_url": url})))
+        .await;
+    assert_eq!(s, 201);
+    let (s, bytes) = h.chat_stream(&chat_body("g", "hello there", true)).await;
+    assert_eq!(s, 200);
+    assert_eq!(bytes, parts.concat(), "every byte, in the node's order");
+    let r = only_record(&h).await;
+    assert_eq!(r["status"], "success");
+    assert_tokens(&r, tokens("hello there"), tokens("one two"), "estimated");
 }
