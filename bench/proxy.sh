@@ -4,11 +4,16 @@
 # durable recording on, then --durability async), plain and streamed, in one run.
 # Prints requests/s, p50 and p99 per target and the router's ratios to nginx and direct.
 #
+# The targets take turns, ROUNDS times (default 3), and the figures are the medians of
+# the rounds: a shared machine's speed drifts within minutes, and one pass in a fixed
+# order gave whichever target ran in a fast phase a better ratio.
+#
 # Needs: nginx and wrk (Debian packages; installed if missing and run as root).
-# Usage: bench/proxy.sh [seconds per run, default 10]
+# Usage: [ROUNDS=n] bench/proxy.sh [seconds per run, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
+ROUNDS=${ROUNDS:-3}
 CONNS=32
 THREADS=2
 
@@ -82,14 +87,40 @@ run() { # name url script [connections]
   echo "$3 $1 $rps $p50 $p99" >>"$WORK/results${4:-}"
 }
 
-echo "wrk -t$THREADS -c$CONNS -d${DURATION}s, $(nproc) cores; latencies in microseconds"
+# The median of each figure over the rounds: "mode target rps p50 p99" lines in, the
+# same with medians out (mawk has no sort, hence the insertion sort).
+medians() {
+  awk '{ k = $1" "$2; n[k]++; for (f = 3; f <= 5; f++) v[k, f, n[k]] = $f }
+    END { for (k in n) { line = k
+      for (f = 3; f <= 5; f++) {
+        for (i = 1; i <= n[k]; i++) a[i] = v[k, f, i]
+        for (i = 2; i <= n[k]; i++) { x = a[i]; j = i - 1; while (j > 0 && a[j] > x) { a[j + 1] = a[j]; j-- } a[j + 1] = x }
+        m = (n[k] % 2) ? a[(n[k] + 1) / 2] : (a[n[k] / 2] + a[n[k] / 2 + 1]) / 2
+        line = line " " m }
+      print line } }' "$1"
+}
+rounds() { # [connections]
+  for round in $(seq "$ROUNDS"); do
+    for mode in plain stream; do
+      run direct "http://127.0.0.1:$MOCK_PORT" $mode "$@"
+      run nginx "http://127.0.0.1:$NGINX_PORT" $mode "$@"
+      run router "http://127.0.0.1:$ROUTER_PORT" $mode "$@"
+      run router-async "http://127.0.0.1:$ASYNC_PORT" $mode "$@"
+    done
+  done
+}
+print_medians() { # results file
+  echo "Medians of $ROUNDS rounds:"
+  printf "%-8s %-16s %10s %10s %10s\n" mode target req/s p50_us p99_us
+  medians "$1" | sort -k1,1 -k2,2 | awk '{printf "%-8s %-16s %10.0f %10.0f %10.0f\n", $1, $2, $3, $4, $5}'
+  medians "$1" >"$1.median"
+}
+
+echo "wrk -t$THREADS -c$CONNS -d${DURATION}s, $(nproc) cores, $ROUNDS rounds; latencies in microseconds"
 printf "%-8s %-16s %10s %10s %10s\n" mode target req/s p50_us p99_us
-for mode in plain stream; do
-  run direct "http://127.0.0.1:$MOCK_PORT" $mode
-  run nginx "http://127.0.0.1:$NGINX_PORT" $mode
-  run router "http://127.0.0.1:$ROUTER_PORT" $mode
-  run router-async "http://127.0.0.1:$ASYNC_PORT" $mode
-done
+rounds
+echo
+print_medians "$WORK/results"
 
 echo
 echo "Ratios (router = durable recording, the default):"
@@ -99,22 +130,19 @@ awk '{rps[$1" "$2]=$3; p50[$1" "$2]=$4; p99[$1" "$2]=$5}
     for (i = 1; i <= 2; i++) { m = modes[i];
       for (j = 1; j <= 2; j++) { t = (j == 1) ? "router" : "router-async";
         printf "%-6s %-13s throughput %.2fx nginx, %.2fx direct; added p50 %+.0f us, added p99 %+.0f us (vs direct)\n",
-          m, t, rps[m" "t]/rps[m" nginx"], rps[m" "t]/rps[m" direct"], p50[m" "t]-p50[m" direct"], p99[m" "t]-p99[m" direct"] } } }' "$WORK/results"
+          m, t, rps[m" "t]/rps[m" nginx"], rps[m" "t]/rps[m" direct"], p50[m" "t]-p50[m" direct"], p99[m" "t]-p99[m" direct"] } } }' "$WORK/results.median"
 echo
 echo "Per-request overhead without queueing (1 connection, one request at a time):"
 printf "%-8s %-16s %10s %10s %10s\n" mode target req/s p50_us p99_us
-for mode in plain stream; do
-  run direct "http://127.0.0.1:$MOCK_PORT" $mode 1
-  run nginx "http://127.0.0.1:$NGINX_PORT" $mode 1
-  run router "http://127.0.0.1:$ROUTER_PORT" $mode 1
-  run router-async "http://127.0.0.1:$ASYNC_PORT" $mode 1
-done
+rounds 1
+echo
+print_medians "$WORK/results1"
 awk '{p50[$1" "$2]=$4; p99[$1" "$2]=$5}
   END { split("plain stream", modes, " ");
     for (i = 1; i <= 2; i++) { m = modes[i];
       printf "%-6s added vs direct: router p50 %+.0f us p99 %+.0f us; router-async p50 %+.0f us p99 %+.0f us; nginx p50 %+.0f us p99 %+.0f us\n",
         m, p50[m" router"]-p50[m" direct"], p99[m" router"]-p99[m" direct"],
         p50[m" router-async"]-p50[m" direct"], p99[m" router-async"]-p99[m" direct"],
-        p50[m" nginx"]-p50[m" direct"], p99[m" nginx"]-p99[m" direct"] } }' "$WORK/results1"
+        p50[m" nginx"]-p50[m" direct"], p99[m" nginx"]-p99[m" direct"] } }' "$WORK/results1.median"
 records=$(curl -s -H 'authorization: Bearer bench' "http://127.0.0.1:$ROUTER_PORT/api/dashboard/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total_requests"])')
 echo "records committed by the durable router: $records"

@@ -8,6 +8,7 @@
 //! chunk, rejecting `stream_options`, breaking mid-stream, failing at random).
 //! It must stay dumb: no routing or accounting logic lives here.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -72,9 +73,13 @@ pub struct ReceivedRequest {
     pub body: Value,
 }
 
+/// Requests kept for [`MockNode::received`]: the oldest are dropped beyond it, so that
+/// a node under a long benchmark does not grow without bound (it once reached 24 GB).
+pub const KEPT_REQUESTS: usize = 10_000;
+
 struct Shared {
     config: MockConfig,
-    received: Mutex<Vec<ReceivedRequest>>,
+    received: Mutex<VecDeque<ReceivedRequest>>,
 }
 
 /// A running mock node. Dropping it (or calling [`MockNode::shutdown`]) stops it.
@@ -97,7 +102,7 @@ impl MockNode {
         let addr = listener.local_addr().expect("bound listener has an address");
         let shared = Arc::new(Shared {
             config,
-            received: Mutex::new(Vec::new()),
+            received: Mutex::new(VecDeque::new()),
         });
         let app = router(shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -120,8 +125,9 @@ impl MockNode {
         format!("http://{}", self.addr)
     }
 
+    /// The requests received, oldest first (the last [`KEPT_REQUESTS`]).
     pub fn received(&self) -> Vec<ReceivedRequest> {
-        self.shared.received.lock().unwrap().clone()
+        self.shared.received.lock().unwrap().iter().cloned().collect()
     }
 
     /// Stops accepting and closes every open connection at once (streams break).
@@ -228,11 +234,16 @@ fn reject(status: StatusCode, message: impl Into<String>) -> Rejection {
 fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(Call, Value), Rejection> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| reject(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))?;
-    s.received.lock().unwrap().push(ReceivedRequest {
+    let mut received = s.received.lock().unwrap();
+    if received.len() == KEPT_REQUESTS {
+        received.pop_front();
+    }
+    received.push_back(ReceivedRequest {
         path: path.into(),
         headers,
         body: value.clone(),
     });
+    drop(received);
     let model = value.get("model").and_then(Value::as_str).unwrap_or("").to_string();
     if !s.config.models.contains(&model) {
         return Err(reject(StatusCode::NOT_FOUND, format!("model {model} not found")));

@@ -505,3 +505,33 @@ async fn a_stream_silent_longer_than_the_idle_timeout_is_broken_and_recorded() {
     assert_eq!(r["status"], "error");
     assert!(r["error_message"].as_str().unwrap().contains("sent nothing"), "{r}");
 }
+
+#[tokio::test]
+async fn the_mock_node_keeps_a_bounded_log_of_requests() {
+    // The benchmark sends it millions of requests; it once grew to 24 GB and was killed.
+    let a = mock("alpha", &["m"]).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", a.base_url());
+    let sent = mock_node::KEPT_REQUESTS + 5;
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let (http, url) = (http.clone(), url.clone());
+            tokio::spawn(async move {
+                for i in (t..sent).step_by(8) {
+                    let body = chat_body("m", &format!("request {i}"), false);
+                    assert_eq!(http.post(&url).json(&body).send().await.unwrap().status(), 200);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let kept = a.received();
+    assert_eq!(kept.len(), mock_node::KEPT_REQUESTS);
+    let last = kept.last().unwrap().body["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(last.starts_with("request "), "{last}");
+}
