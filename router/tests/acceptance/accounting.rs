@@ -319,14 +319,9 @@ async fn a_client_that_gives_up_before_the_answer_is_recorded_as_cancelled() {
     assert_eq!(n["failed_requests"], 1);
 }
 
-/// A node that answers 200 with an SSE body of garbage, then `[DONE]`.
-async fn garbage_node() -> (String, tokio::task::JoinHandle<()>) {
-    sse_node(&[b"data: {broken json\n\n\x00\xff\xfe not sse at all\r\n\r\ndata: {\"choices\":[{\"delta\":{\"content\":42}}]}\n\ndata: [DONE]\n\n"]).await
-}
-
 /// A node serving model `g` whose chat completions answer `parts` as an SSE stream,
 /// one HTTP chunk each, written at once.
-async fn sse_node(parts: &'static [&'static [u8]]) -> (String, tokio::task::JoinHandle<()>) {
+async fn sse_node(parts: &'static [&'static [u8]]) -> String {
     use axum::routing::{get, post};
     let app = axum::Router::new()
         .route(
@@ -345,15 +340,14 @@ async fn sse_node(parts: &'static [&'static [u8]]) -> (String, tokio::task::Join
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    (
-        url,
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }),
-    )
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
 }
 
-#[tokio::test]
-async fn a_node_that_sends_garbage_sse_is_passed_through_and_estimated() {
-    let (url, _server) = garbage_node().await;
+/// A router over an [`sse_node`] answering `parts`; returns it with the bytes a client
+/// received for a streamed chat completion ("hello there").
+async fn stream_from(parts: &'static [&'static [u8]]) -> (Harness, Vec<u8>) {
+    let url = sse_node(parts).await;
     let h = Harness::start(&[]).await;
     let (s, _) = h
         .admin(Method::POST, "/api/nodes", Some(json!({"base_url": url})))
@@ -361,10 +355,16 @@ async fn a_node_that_sends_garbage_sse_is_passed_through_and_estimated() {
     assert_eq!(s, 201);
     let (s, bytes) = h.chat_stream(&chat_body("g", "hello there", true)).await;
     assert_eq!(s, 200);
+    (h, bytes)
+}
+
+#[tokio::test]
+async fn a_node_that_sends_garbage_sse_is_passed_through_and_estimated() {
+    let parts: &'static [&'static [u8]] = &[b"data: {broken json\n\n\x00\xff\xfe not sse at all\r\n\r\ndata: {\"choices\":[{\"delta\":{\"content\":42}}]}\n\ndata: [DONE]\n\n"];
+    let (h, bytes) = stream_from(parts).await;
     assert_eq!(
         bytes,
-        b"data: {broken json\n\n\x00\xff\xfe not sse at all\r\n\r\ndata: {\"choices\":[{\"delta\":{\"content\":42}}]}\n\ndata: [DONE]\n\n"
-            .to_vec(),
+        parts.concat(),
         "bytes pass unchanged (the router's include_usage edit finds nothing to remove)"
     );
     let r = only_record(&h).await;
@@ -396,14 +396,7 @@ async fn bytes_after_the_terminal_event_follow_it_in_order() {
         b": after the end\n\n",
         b"data: {\"late\":1}\n\n",
     ];
-    let (url, _server) = sse_node(parts).await;
-    let h = Harness::start(&[]).await;
-    let (s, _) = h
-        .admin(Method::POST, "/api/nodes", Some(json!({"base_url": url})))
-        .await;
-    assert_eq!(s, 201);
-    let (s, bytes) = h.chat_stream(&chat_body("g", "hello there", true)).await;
-    assert_eq!(s, 200);
+    let (h, bytes) = stream_from(parts).await;
     assert_eq!(bytes, parts.concat(), "every byte, in the node's order");
     let r = only_record(&h).await;
     assert_eq!(r["status"], "success");
