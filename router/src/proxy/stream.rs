@@ -37,7 +37,8 @@ const MAX_GATHER_BYTES: usize = 64 * 1024;
 type Commit = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A record to finish: why the stream failed, if it did, and the bytes that wait for
-/// the commit (the terminal event, or what the parser still held at the end).
+/// the commit (the terminal event and what followed it, or what the parser still held
+/// at the end).
 struct Settle {
     failure: Option<String>,
     then: Bytes,
