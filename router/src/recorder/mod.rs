@@ -5,49 +5,43 @@
 //! finished requests costs one commit, not N.
 //!
 //! Durable mode (the default): the caller gets a [`CommitTicket`] and completes its
-//! response to the client only once the record is committed. The request that
-//! waits for its record commits the queue itself when the writer is free, on its
-//! own thread (about 25 µs for a lone client, with no thread hand-off); when the
-//! writer is busy, its holder commits the newcomers as soon as it is done. Under load
-//! (see `COMMIT_SIBLINGS`) the background task commits instead, after a short
-//! wait that lets records gather. Async mode: the background task commits every few
-//! milliseconds and nobody waits.
+//! response to the client only once the record is committed. A request that
+//! finishes alone commits the queue itself, on its own thread (about 25 µs for a lone
+//! client, with no thread hand-off); when the writer is busy, its holder commits the
+//! newcomers as soon as it is done. Under load (see `COMMIT_SIBLINGS`) the
+//! [`committer`] thread commits instead, off the proxy's thread. Async mode: the
+//! committer commits every few milliseconds and nobody waits.
 //!
 //! When the store fails (locked by another process, read-only, disk full) the
-//! records stay queued and the background task retries with backoff; waiters are
+//! records stay queued and the committer retries with backoff; waiters are
 //! released so the router keeps serving. The recorder also runs the store's WAL
 //! checkpoint thread. On shutdown [`Recorder::shutdown`] drains the queue first.
 
+mod committer;
+
 use std::collections::VecDeque;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::protocol::RequestResponseRecord;
-use tokio::sync::{oneshot, Notify};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
-use crate::store::{Checkpointer, HistoryWriter, LockWait, Store, StoreResult};
+use crate::store::{Checkpointer, HistoryWriter, LockWait, Store, StoreError, StoreResult};
+use committer::Signal;
 
-/// Most records committed in one transaction by the background task.
+/// Most records committed in one transaction by the committer.
 const MAX_BATCH: usize = 8192;
 /// Most records a finishing request commits at once on its own thread (a
 /// transaction of this size takes about a millisecond).
 const INLINE_BATCH: usize = 512;
 /// Requests still in flight beyond which a finishing request does not commit on its
-/// own: it leaves its record to the background task, which waits `COMMIT_DELAY`
-/// so that one transaction serves several (PostgreSQL's `commit_siblings` and
-/// `commit_delay`). Streams under load committed 1.7 records per transaction.
+/// own thread: the committer does it, and while it commits, the next batch gathers.
+/// On the proxy's thread each of these commits held up every other request.
 const COMMIT_SIBLINGS: usize = 4;
-const COMMIT_DELAY: Duration = Duration::from_micros(300);
 /// Transactions a finishing request commits in a row before it hands what is still
-/// queued to the background task.
+/// queued to the committer.
 const INLINE_ROUNDS: usize = 4;
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// In async mode nobody waits for a commit, so the writer lets records gather for a
-/// moment: a transaction's fixed cost is then shared by many records.
-const ASYNC_LINGER: Duration = Duration::from_millis(5);
 
 /// Whether a response waits for its record to be committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -87,7 +81,7 @@ pub struct CommitTicket {
     committed: Option<oneshot::Receiver<bool>>,
     /// Set until the ticket's holder has tried to commit the queue itself.
     recorder: Option<Arc<Shared>>,
-    /// Other requests were in flight: let the background task gather records.
+    /// Other requests were in flight: leave the commit to the committer.
     gather: bool,
 }
 
@@ -105,7 +99,7 @@ impl CommitTicket {
     pub async fn wait(mut self, max: Duration) -> bool {
         if let Some(shared) = self.recorder.take() {
             if self.gather || shared.failing.load(Ordering::Relaxed) {
-                shared.wake.notify_one();
+                shared.signal.kick();
             } else {
                 shared.commit_inline();
             }
@@ -118,11 +112,10 @@ impl CommitTicket {
 }
 
 impl Drop for CommitTicket {
-    /// Nobody waits for this record (a cancelled request): the background task
-    /// commits it.
+    /// Nobody waits for this record (a cancelled request): the committer commits it.
     fn drop(&mut self) {
         if let Some(shared) = self.recorder.take() {
-            shared.wake.notify_one();
+            shared.signal.kick();
         }
     }
 }
@@ -131,50 +124,65 @@ impl Drop for CommitTicket {
 #[derive(Clone)]
 pub struct Recorder {
     shared: Arc<Shared>,
-    /// Until shutdown.
+    /// Until shutdown; dropping the last handle closes the recorder too.
     running: Arc<Mutex<Option<Running>>>,
 }
 
-/// What runs beside the requests: the background task and the checkpoint thread.
+/// What runs beside the requests: the committer and the checkpoint thread.
 struct Running {
-    writer: JoinHandle<()>,
+    shared: Arc<Shared>,
+    committer_exited: oneshot::Receiver<()>,
     _checkpointer: Checkpointer,
+}
+
+impl Drop for Running {
+    /// The committer drains the queue, then stops.
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.signal.kick();
+    }
 }
 
 struct Shared {
     durability: Durability,
     queue: Mutex<VecDeque<Pending>>,
     writer: Mutex<HistoryWriter>,
-    /// Wakes the background task: records to commit in async mode, leftovers or a
-    /// failure in durable mode, shutdown.
-    wake: Notify,
+    /// Wakes the committer: records to commit in async mode, under load, left over
+    /// or cancelled in durable mode, a failure, shutdown.
+    signal: Signal,
     /// Set while the store fails: requests stop trying to commit themselves.
     failing: AtomicBool,
     closing: AtomicBool,
-    /// Set when the background task has drained the queue and stopped.
+    /// Set when the committer has drained the queue and stopped.
     stopped: AtomicBool,
     status: RecorderStatus,
 }
 
 impl Recorder {
-    /// Opens the writer's connection and starts the background task.
+    /// Opens the writer's connection and starts the committer.
     pub fn start(store: Store, durability: Durability) -> StoreResult<Recorder> {
         let shared = Arc::new(Shared {
             durability,
             queue: Mutex::new(VecDeque::new()),
             writer: Mutex::new(store.writer()?),
-            wake: Notify::new(),
+            signal: Signal::default(),
             failing: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             status: RecorderStatus::default(),
         });
         let checkpointer = store.start_checkpointer()?;
-        let writer = tokio::spawn(background_writer(shared.clone()));
+        let (exited, committer_exited) = oneshot::channel();
+        let committer_side = shared.clone();
+        std::thread::Builder::new()
+            .name("recorder".into())
+            .spawn(move || committer::run(committer_side, exited))
+            .map_err(|e| StoreError::Thread(e.to_string()))?;
         Ok(Recorder {
-            shared,
+            shared: shared.clone(),
             running: Arc::new(Mutex::new(Some(Running {
-                writer,
+                shared,
+                committer_exited,
                 _checkpointer: checkpointer,
             }))),
         })
@@ -206,7 +214,7 @@ impl Recorder {
         shared.status.backlog.fetch_add(1, Ordering::Relaxed);
         shared.queue.lock().unwrap().push_back(Pending { record, waiter });
         if shared.durability == Durability::Async {
-            shared.wake.notify_one();
+            shared.signal.kick();
         }
         ticket
     }
@@ -218,13 +226,12 @@ impl Recorder {
     /// Stops accepting and waits until every queued record is committed (or the
     /// store keeps failing for `max`).
     pub async fn shutdown(&self, max: Duration) {
-        let Some(Running { mut writer, .. }) = self.running.lock().unwrap().take() else {
+        let Some(mut running) = self.running.lock().unwrap().take() else {
             return;
         };
         self.shared.closing.store(true, Ordering::Release);
-        self.shared.wake.notify_one();
-        if tokio::time::timeout(max, &mut writer).await.is_err() {
-            writer.abort();
+        self.shared.signal.kick();
+        if tokio::time::timeout(max, &mut running.committer_exited).await.is_err() {
             self.shared.stopped.store(true, Ordering::Release);
             let left = self.shared.status.backlog.load(Ordering::Relaxed);
             tracing::error!(left, "recorder did not drain in time; records not persisted");
@@ -273,21 +280,21 @@ impl Shared {
                 return;
             }
             // Never wait for a lock on a runtime thread: on any failure the
-            // background task takes over (it waits, retries and reports).
+            // committer takes over (it waits, retries and reports).
             let result = writer.commit(&batch.records, LockWait::Never);
             drop(writer);
             match result {
                 Ok(()) => self.committed(batch),
                 Err(e) => {
-                    tracing::debug!(error = %e, "inline commit failed; handing over to the background writer");
+                    tracing::debug!(error = %e, "inline commit failed; handing over to the committer");
                     self.requeue(batch);
-                    self.wake.notify_one();
+                    self.signal.kick();
                     return;
                 }
             }
         }
         if !self.is_empty() {
-            self.wake.notify_one();
+            self.signal.kick();
         }
     }
 
@@ -305,76 +312,6 @@ impl Shared {
         let mut queue = self.queue.lock().unwrap();
         for (record, waiter) in batch.records.into_iter().zip(batch.waiters).rev() {
             queue.push_front(Pending { record, waiter });
-        }
-    }
-}
-
-/// Commits what the requests did not (async mode, leftovers, retries after a store
-/// failure), off the runtime threads.
-async fn background_writer(shared: Arc<Shared>) {
-    let linger = match shared.durability {
-        Durability::Durable => Duration::ZERO,
-        Durability::Async => ASYNC_LINGER,
-    };
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        if shared.is_empty() {
-            if shared.closing.load(Ordering::Acquire) {
-                // Refuse new records, then commit any that came in meanwhile.
-                shared.stopped.store(true, Ordering::Release);
-                if shared.is_empty() {
-                    return;
-                }
-                continue;
-            }
-            shared.wake.notified().await;
-            if !linger.is_zero() && !shared.closing.load(Ordering::Acquire) {
-                tokio::time::sleep(linger).await;
-            }
-            continue;
-        }
-        let writer_side = shared.clone();
-        let Ok((batch, result)) = tokio::task::spawn_blocking(move || {
-            if writer_side.durability == Durability::Durable {
-                std::thread::sleep(COMMIT_DELAY);
-            }
-            let batch = writer_side.take(MAX_BATCH);
-            // A panic must not take the batch with it.
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                writer_side.lock_writer().commit(&batch.records, LockWait::Patient)
-            }));
-            let result = match result {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err("the writer panicked".to_string()),
-            };
-            (batch, result)
-        })
-        .await
-        else {
-            // Only a cancelled runtime gets here (the closure cannot panic).
-            return;
-        };
-        match result {
-            Ok(()) => {
-                shared.committed(batch);
-                if shared.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!("store writable again; backlog committed");
-                }
-                *shared.status.last_error.lock().unwrap() = None;
-                backoff = Duration::from_millis(50);
-            }
-            Err(e) => {
-                let mut batch = batch;
-                tracing::warn!(error = %e, pending = batch.records.len(), "store write failed; keeping records in memory");
-                *shared.status.last_error.lock().unwrap() = Some(e);
-                shared.failing.store(true, Ordering::Relaxed);
-                for w in batch.waiters.iter_mut().filter_map(Option::take) {
-                    let _ = w.send(false);
-                }
-                shared.requeue(batch);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
         }
     }
 }
@@ -424,8 +361,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_concurrent_durable_waiter_sees_its_record_committed() {
-        // Committed by the waiters themselves (nothing else in flight), then gathered
-        // by the background task (many requests in flight).
+        // Committed by the waiters themselves (nothing else in flight), then by the
+        // committer (many requests in flight).
         for others_in_flight in [0, COMMIT_SIBLINGS] {
             let dir = tempfile::tempdir().unwrap();
             let store = open(&dir).await;
@@ -477,11 +414,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_record_nobody_waits_for_is_committed_by_the_background_task() {
+    async fn a_record_nobody_waits_for_is_committed_by_the_committer() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir).await;
         let recorder = Recorder::start(store.clone(), Durability::Durable).unwrap();
-        // Let the background task go idle first: it must be woken for this record.
+        // Let the committer go idle first: it must be woken for this record.
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(recorder.record(record(7), 0));
         for _ in 0..200 {
