@@ -32,7 +32,8 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 MOCK_PORT=$(free_port); NGINX_PORT=$(free_port); ROUTER_PORT=$(free_port); ASYNC_PORT=$(free_port)
 
-./target/release/mock-node --listen 127.0.0.1:$MOCK_PORT --name bench --chunks 5 >/dev/null &
+# One thread (the mock's default): it shares the 2 cores with what it measures.
+./target/release/mock-node --listen 127.0.0.1:$MOCK_PORT --name bench --chunks 5 --worker-threads 1 >/dev/null &
 sleep 0.3
 cat >"$WORK/nginx.conf" <<NGINX
 worker_processes 1;

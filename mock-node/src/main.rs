@@ -26,11 +26,23 @@ struct Args {
     no_usage: bool,
     #[arg(long, default_value_t = 0.0)]
     failure_rate: f64,
+    /// Threads serving requests. One by default: the mock shares its machine with what
+    /// it measures, and with two it woke its idle thread (a futex) for most requests
+    /// behind the router: 24 µs of CPU per request instead of 19 behind nginx.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: u16,
 }
 
-#[tokio::main]
-async fn main() -> std::io::Result<()> {
+fn main() -> std::io::Result<()> {
     let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(args.worker_threads))
+        .enable_all()
+        .build()?
+        .block_on(serve(args))
+}
+
+async fn serve(args: Args) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let config = MockConfig {
         name: args.name,
