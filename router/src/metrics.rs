@@ -4,6 +4,10 @@
 //! that updates `NodeLoadState` and queues the record, and start at boot from the
 //! stored rollups, so they agree with every other figure of the router.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use common::protocol::RequestStatus;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -40,8 +44,36 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 16))
 }
 
+/// The metrics a request on one node × model updates, resolved once: a request then
+/// updates them without building label sets (nine strings) and hashing them in seven
+/// family look-ups, which was 2 % of the proxy thread's time.
+pub struct RequestMetrics {
+    /// By [`RequestStatus`]: success, error, cancelled.
+    requests: [Counter; 3],
+    pub input_tokens: Counter,
+    pub output_tokens: Counter,
+    pub total_tokens: Counter,
+    pub request_duration: Histogram,
+    pub time_to_first_token: Histogram,
+    pub active_requests: Gauge,
+}
+
+impl RequestMetrics {
+    pub fn requests(&self, status: RequestStatus) -> &Counter {
+        &self.requests[match status {
+            RequestStatus::Success => 0,
+            RequestStatus::Error => 1,
+            RequestStatus::Cancelled => 2,
+        }]
+    }
+}
+
+/// Resolved [`RequestMetrics`] by node id, then model, with the node name they carry.
+type RequestMetricsCache = HashMap<i64, HashMap<String, (String, Arc<RequestMetrics>)>>;
+
 pub struct Metrics {
     registry: Registry,
+    request_metrics: Mutex<RequestMetricsCache>,
     pub requests: Family<RequestLabels, Counter>,
     pub input_tokens: Family<NodeModelLabels, Counter>,
     pub output_tokens: Family<NodeModelLabels, Counter>,
@@ -64,6 +96,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("llm_router");
         let m = Metrics {
             registry: Registry::default(),
+            request_metrics: Mutex::default(),
             requests: Family::default(),
             input_tokens: Family::default(),
             output_tokens: Family::default(),
@@ -112,6 +145,42 @@ impl Metrics {
             m.upstream_failures.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// The metrics of requests on node `node_id` (named `node`) for `model`. A renamed
+    /// node gets new ones: its label changed.
+    pub fn for_request(&self, node_id: i64, node: &str, model: &str) -> Arc<RequestMetrics> {
+        let mut cache = self.request_metrics.lock().unwrap_or_else(|p| p.into_inner());
+        let by_model = cache.entry(node_id).or_default();
+        if let Some((name, m)) = by_model.get(model) {
+            if name == node {
+                return m.clone();
+            }
+        }
+        let labels = NodeModelLabels {
+            node_id: node_id.to_string(),
+            node: node.to_string(),
+            model: model.to_string(),
+        };
+        let node_labels = NodeLabels {
+            node_id: labels.node_id.clone(),
+            node: labels.node.clone(),
+        };
+        let m = Arc::new(RequestMetrics {
+            requests: [RequestStatus::Success, RequestStatus::Error, RequestStatus::Cancelled].map(|s| {
+                self.requests
+                    .get_or_create(&request_labels(&labels, s.as_str()))
+                    .clone()
+            }),
+            input_tokens: self.input_tokens.get_or_create(&labels).clone(),
+            output_tokens: self.output_tokens.get_or_create(&labels).clone(),
+            total_tokens: self.total_tokens.get_or_create(&labels).clone(),
+            request_duration: self.request_duration.get_or_create(&labels).clone(),
+            time_to_first_token: self.time_to_first_token.get_or_create(&labels).clone(),
+            active_requests: self.active_requests.get_or_create(&node_labels).clone(),
+        });
+        by_model.insert(model.to_string(), (node.to_string(), m.clone()));
+        m
     }
 
     /// Starts the token and request counters of a node × model at stored totals.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource, TokenUsage};
 
-use crate::metrics::{request_labels, Metrics, NodeLabels, NodeModelLabels};
+use crate::metrics::{Metrics, NodeLabels, RequestMetrics};
 use crate::nodes::{Node, NodeId, NodeRegistry, NodeStatus};
 use crate::recorder::{CommitTicket, Recorder};
 use crate::store::RollupTotals;
@@ -223,14 +223,12 @@ impl Balancer {
     pub fn begin_request(&self, node: Arc<Node>, draft: RecordDraft) -> RequestLease {
         node.load.active_requests.fetch_add(1, Ordering::Relaxed);
         self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .metrics
-            .active_requests
-            .get_or_create(&node_labels(&node))
-            .inc();
+        let metrics = node.with_info(|i| self.inner.metrics.for_request(node.id, &i.name, &draft.model));
+        metrics.active_requests.inc();
         RequestLease {
             balancer: self.clone(),
             node,
+            metrics,
             draft: Some(draft),
         }
     }
@@ -245,43 +243,32 @@ impl Balancer {
     }
 
     /// The one end of every lease (SPEC C-6): node counters, metrics, record.
-    fn finish_request(&self, node: &Node, draft: RecordDraft, outcome: RequestOutcome) -> CommitTicket {
+    fn finish_request(
+        &self,
+        node: &Node,
+        metrics: &RequestMetrics,
+        draft: RecordDraft,
+        outcome: RequestOutcome,
+    ) -> CommitTicket {
         node.load.leave();
         let others = self.inner.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
         let duration = draft.started.elapsed();
         let duration_ms = duration.as_millis() as u64;
         node.load.add_finished(outcome.status, duration_ms, &outcome.usage);
 
-        let m = &self.inner.metrics;
-        let name = node.name();
-        let labels = NodeModelLabels {
-            node_id: node.id.to_string(),
-            node: name.clone(),
-            model: draft.model.clone(),
-        };
-        m.active_requests
-            .get_or_create(&NodeLabels {
-                node_id: labels.node_id.clone(),
-                node: name.clone(),
-            })
-            .dec();
-        m.requests
-            .get_or_create(&request_labels(&labels, outcome.status.as_str()))
-            .inc();
-        m.input_tokens.get_or_create(&labels).inc_by(outcome.usage.input_tokens);
-        m.output_tokens
-            .get_or_create(&labels)
-            .inc_by(outcome.usage.output_tokens);
-        m.total_tokens.get_or_create(&labels).inc_by(outcome.usage.total_tokens);
-        m.request_duration
-            .get_or_create(&labels)
-            .observe(duration.as_secs_f64());
+        metrics.active_requests.dec();
+        metrics.requests(outcome.status).inc();
+        metrics.input_tokens.inc_by(outcome.usage.input_tokens);
+        metrics.output_tokens.inc_by(outcome.usage.output_tokens);
+        metrics.total_tokens.inc_by(outcome.usage.total_tokens);
+        metrics.request_duration.observe(duration.as_secs_f64());
         if let Some(t) = outcome.time_to_first_byte {
-            m.time_to_first_token.get_or_create(&labels).observe(t.as_secs_f64());
+            metrics.time_to_first_token.observe(t.as_secs_f64());
         }
-        self.inner
-            .recorder
-            .record(build_record(draft, Some((node.id, name)), duration_ms, outcome), others)
+        self.inner.recorder.record(
+            build_record(draft, Some((node.id, node.name())), duration_ms, outcome),
+            others,
+        )
     }
 
     /// A node refused a connection: mark it offline at once.
@@ -344,6 +331,8 @@ fn build_record(
 pub struct RequestLease {
     balancer: Balancer,
     node: Arc<Node>,
+    /// Resolved when the lease began, so that it ends on the gauge it started on.
+    metrics: Arc<RequestMetrics>,
     draft: Option<RecordDraft>,
 }
 
@@ -358,7 +347,7 @@ impl RequestLease {
 
     pub fn finish(mut self, outcome: RequestOutcome) -> CommitTicket {
         let draft = self.draft.take().expect("a live lease has its draft");
-        self.balancer.finish_request(&self.node, draft, outcome)
+        self.balancer.finish_request(&self.node, &self.metrics, draft, outcome)
     }
 
     /// The attempt failed before the node got the request: no record, and the draft
@@ -367,10 +356,14 @@ impl RequestLease {
         let draft = self.draft.take().expect("a live lease has its draft");
         self.node.load.leave();
         self.balancer.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let m = &self.balancer.inner.metrics;
+        self.metrics.active_requests.dec();
         let labels = node_labels(&self.node);
-        m.active_requests.get_or_create(&labels).dec();
-        m.upstream_failures.get_or_create(&labels).inc();
+        self.balancer
+            .inner
+            .metrics
+            .upstream_failures
+            .get_or_create(&labels)
+            .inc();
         tracing::debug!(node = %labels.node, reason, "attempt abandoned");
         draft
     }
@@ -386,6 +379,7 @@ impl Drop for RequestLease {
         let prompt = std::mem::take(&mut draft.prompt);
         let balancer = self.balancer.clone();
         let node = self.node.clone();
+        let metrics = self.metrics.clone();
         let finish = move |input: u64| {
             let outcome = RequestOutcome {
                 status: RequestStatus::Cancelled,
@@ -395,7 +389,7 @@ impl Drop for RequestLease {
                 token_source: TokenSource::Estimated,
                 time_to_first_byte: None,
             };
-            let _ = balancer.finish_request(&node, draft, outcome);
+            let _ = balancer.finish_request(&node, &metrics, draft, outcome);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {

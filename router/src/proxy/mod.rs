@@ -328,8 +328,13 @@ async fn complete_plain(
         Ok(Err(e)) => return fail_after_send(st, lease, UpstreamError::Io(e.to_string())).await,
         Err(_) => return fail_after_send(st, lease, UpstreamError::Timeout(st.proxy.idle_timeout)).await,
     };
-    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
-    let reported = parsed.as_ref().and_then(token::usage_from_json);
+    let reported = token::usage_in_body(&bytes);
+    // The whole answer is read only to estimate its output or quote its error.
+    let parsed: Option<Value> = if reported.is_none() || !status.is_success() {
+        serde_json::from_slice(&bytes).ok()
+    } else {
+        None
+    };
     // The generated text is only needed to estimate, and an error produced none.
     let generated = match (&parsed, reported, status.is_success()) {
         (Some(v), None, true) => token::output_text(v),

@@ -70,7 +70,29 @@ fn as_count(v: Option<&Value>) -> Option<u64> {
 /// The usage a node reported in a response body or a stream chunk, if any.
 /// A `"usage": null` or a usage object without any count is no usage.
 pub fn usage_from_json(v: &Value) -> Option<TokenUsage> {
-    let u = v.get("usage").filter(|u| u.is_object())?;
+    usage_object(v.get("usage")?)
+}
+
+/// The usage of a whole JSON answer, read without building the rest of it: an
+/// embeddings answer is mostly numbers the router never looks at.
+pub fn usage_in_body(body: &[u8]) -> Option<TokenUsage> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        usage: Option<Value>,
+    }
+    // A derived struct would also accept an array (`[usage]`).
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
+    let answer: Answer = serde_json::from_slice(body).ok()?;
+    usage_object(answer.usage.as_ref()?)
+}
+
+fn usage_object(u: &Value) -> Option<TokenUsage> {
+    if !u.is_object() {
+        return None;
+    }
     let input = as_count(u.get("prompt_tokens")).or(as_count(u.get("input_tokens")));
     let output = as_count(u.get("completion_tokens")).or(as_count(u.get("output_tokens")));
     let total = as_count(u.get("total_tokens"));
@@ -243,6 +265,19 @@ pub async fn settle(reported: Option<TokenUsage>, prompt: &Prompt, generated: St
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_body_s_usage_is_read_whatever_else_it_holds() {
+        let vector: Vec<f64> = (0..4096).map(|i| i as f64 / 7.0).collect();
+        let body = json!({"object": "list", "data": [{"embedding": vector, "index": 0}],
+            "usage": {"prompt_tokens": 8, "total_tokens": 8}});
+        let bytes = serde_json::to_vec(&body).unwrap();
+        assert_eq!(usage_in_body(&bytes), Some(TokenUsage::new(8, 0, Some(8))));
+        assert_eq!(usage_in_body(br#"{"usage": null, "choices": []}"#), None);
+        assert_eq!(usage_in_body(br#"{"usage": 3}"#), None);
+        assert_eq!(usage_in_body(br#"[{"prompt_tokens": 1}]"#), None);
+        assert_eq!(usage_in_body(b"not json"), None);
+    }
 
     #[test]
     fn openai_usage_is_taken_as_reported() {
