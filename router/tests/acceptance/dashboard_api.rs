@@ -360,6 +360,32 @@ async fn metrics_expose_requests_tokens_latency_and_node_state() {
 }
 
 #[tokio::test]
+async fn a_request_ends_on_the_gauge_it_started_on_when_its_node_is_renamed() {
+    let a = slow_stream_mock("alpha", 4, Duration::from_millis(100)).await;
+    let h = Harness::start(&[&a]).await;
+    let old = h.node(&a.base_url()).await["name"].as_str().unwrap().to_string();
+    let rename = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let (s, _) = h
+            .admin(Method::PATCH, "/api/nodes/1", Some(json!({"name": "renamed"})))
+            .await;
+        assert_eq!(s, 200);
+        h.metrics().await
+    };
+    let body = chat_body("m", "x", true);
+    let ((status, _), during) = tokio::join!(h.chat_stream(&body), rename);
+    assert_eq!(status, 200);
+    let active = |name: &str, n: i64| format!("llm_router_active_requests{{node_id=\"1\",node=\"{name}\"}} {n}");
+    assert!(during.lines().any(|l| l == active(&old, 1)), "{during}");
+    let after = h.metrics().await;
+    assert!(after.lines().any(|l| l == active(&old, 0)), "{after}");
+    assert!(!after.lines().any(|l| l == active("renamed", -1)), "{after}");
+    let requests =
+        format!("llm_router_requests_total{{node_id=\"1\",node=\"{old}\",model=\"m\",status=\"success\"}} 1");
+    assert!(after.lines().any(|l| l == requests), "{after}");
+}
+
+#[tokio::test]
 async fn metrics_can_require_the_admin_key() {
     let a = mock("alpha", &["m"]).await;
     let h = Harness::start_with(&[&a], |args| args.metrics = llm_router::config::MetricsAccess::Admin).await;
