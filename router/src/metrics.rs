@@ -207,7 +207,7 @@ impl Metrics {
     }
 }
 
-pub fn request_labels(l: &NodeModelLabels, status: &str) -> RequestLabels {
+fn request_labels(l: &NodeModelLabels, status: &str) -> RequestLabels {
     RequestLabels {
         node_id: l.node_id.clone(),
         node: l.node.clone(),
