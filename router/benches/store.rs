@@ -12,7 +12,7 @@ use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenS
 use llm_router::nodes::NodeRegistry;
 use llm_router::recorder::{Durability, Recorder};
 use llm_router::stats::{self, DailyQuery, MonthlyQuery};
-use llm_router::store::{GroupBy, RollupFilter, Store};
+use llm_router::store::{GroupBy, HistoryFilter, RollupFilter, Store};
 use sqlx::sqlite::SqlitePoolOptions;
 
 fn env(name: &str, default: u64) -> u64 {
@@ -135,7 +135,7 @@ async fn load_history(url: &str, from: u64, to: u64, total: u64) {
         "DELETE FROM token_stats_hourly_all".to_string(),
         "DELETE FROM token_stats_total".to_string(),
         format!("INSERT INTO token_stats_hourly SELECT (timestamp / 3600000) * 3600, node_id, model, {sums} FROM request_history GROUP BY 1, 2, 3"),
-        format!("INSERT INTO token_stats_hourly_node SELECT (timestamp / 3600000) * 3600, node_id, {sums} FROM request_history GROUP BY 1, 2"),
+        format!("INSERT INTO token_stats_hourly_node SELECT (timestamp / 3600000) * 3600, node_id, {sums}, MIN(id), MAX(id) FROM request_history GROUP BY 1, 2"),
         format!("INSERT INTO token_stats_hourly_model SELECT (timestamp / 3600000) * 3600, model, {sums} FROM request_history GROUP BY 1, 2"),
         format!("INSERT INTO token_stats_hourly_all SELECT (timestamp / 3600000) * 3600, {sums} FROM request_history GROUP BY 1"),
         format!("INSERT INTO token_stats_total SELECT node_id, model, {sums} FROM request_history GROUP BY 1, 2"),
@@ -241,6 +241,25 @@ async fn query_latencies(store: &Store) -> Vec<(&'static str, f64)> {
         })
         .await,
     ));
+    let pages = [
+        ("history page (50), node filter", Some(5), None),
+        ("history page (50), status=error", None, Some(RequestStatus::Error)),
+    ];
+    for (name, node_id, status) in pages {
+        let filter = HistoryFilter {
+            node_id,
+            status,
+            limit: 50,
+            ..Default::default()
+        };
+        out.push((
+            name,
+            median_ms(|| async {
+                assert_eq!(store.history_page(&filter).await.unwrap().records.len(), 50);
+            })
+            .await,
+        ));
+    }
     out
 }
 

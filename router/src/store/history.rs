@@ -26,27 +26,55 @@ pub struct HistoryPage {
 
 impl Store {
     /// Newest first, `filter.limit` records, starting below `filter.before_id`.
+    ///
+    /// A node filter alone has no index on the history (migration 005): the page
+    /// reads the id ranges the node's hourly rollup rows keep, newest first, until
+    /// it is full. The model filter and the unsuccessful statuses have indexes; a
+    /// success or no filter scans back by id.
     pub async fn history_page(&self, filter: &HistoryFilter) -> StoreResult<HistoryPage> {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM request_history WHERE 1 = 1");
-        if let Some(id) = filter.node_id {
-            q.push(" AND node_id = ").push_bind(id);
-        }
-        if let Some(m) = &filter.model {
-            q.push(" AND model = ").push_bind(m.clone());
-        }
-        if let Some(s) = filter.status {
-            q.push(" AND status = ").push_bind(s.as_str());
-        }
-        if let Some(id) = filter.before_id {
-            q.push(" AND id < ").push_bind(id);
-        }
-        q.push(" ORDER BY id DESC LIMIT ").push_bind(filter.limit as i64 + 1);
-        let rows = q.build().fetch_all(&self.pool).await?;
-        let has_more = rows.len() > filter.limit as usize;
+        let want = filter.limit as usize + 1;
+        let by_ranges = filter.node_id.is_some()
+            && filter.model.is_none()
+            && matches!(filter.status, None | Some(RequestStatus::Success));
+        let rows = if let (true, Some(node_id)) = (by_ranges, filter.node_id) {
+            let mut rows = Vec::new();
+            for (low, high) in self.node_id_ranges(node_id, filter.before_id).await? {
+                let mut q = filtered_query(filter);
+                q.push(" AND id BETWEEN ").push_bind(low).push(" AND ").push_bind(high);
+                q.push(" ORDER BY id DESC LIMIT ").push_bind((want - rows.len()) as i64);
+                rows.extend(q.build().fetch_all(&self.pool).await?);
+                if rows.len() == want {
+                    break;
+                }
+            }
+            rows
+        } else {
+            let mut q = filtered_query(filter);
+            q.push(" ORDER BY id DESC LIMIT ").push_bind(want as i64);
+            q.build().fetch_all(&self.pool).await?
+        };
+        let has_more = rows.len() == want;
         let records = rows.iter().take(filter.limit as usize).map(row_to_record).collect();
         Ok(HistoryPage { records, has_more })
     }
 
+    /// The ranges of history ids that may hold records of `node_id` below `before_id`:
+    /// disjoint, highest first.
+    async fn node_id_ranges(&self, node_id: i64, before_id: Option<i64>) -> StoreResult<Vec<(i64, i64)>> {
+        let below = before_id.unwrap_or(i64::MAX);
+        // Rows whose history is pruned are skipped.
+        let mut ranges: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT min_id, MIN(max_id, ? - 1) FROM token_stats_hourly_node
+             WHERE node_id = ? AND min_id < ?
+               AND max_id >= (SELECT COALESCE(MIN(id), 0) FROM request_history)",
+        )
+        .bind(below)
+        .bind(node_id)
+        .bind(below)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(merge_ranges(&mut ranges))
+    }
     pub async fn history_record(&self, id: i64) -> StoreResult<Option<RequestResponseRecord>> {
         let row = sqlx::query("SELECT * FROM request_history WHERE id = ?")
             .bind(id)
@@ -82,6 +110,41 @@ impl Store {
     }
 }
 
+/// `SELECT * FROM request_history` with the filter's conditions.
+fn filtered_query(filter: &HistoryFilter) -> QueryBuilder<'static, Sqlite> {
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM request_history WHERE 1 = 1");
+    if let Some(id) = filter.node_id {
+        q.push(" AND node_id = ").push_bind(id);
+    }
+    if let Some(m) = &filter.model {
+        q.push(" AND model = ").push_bind(m.clone());
+    }
+    if let Some(s) = filter.status {
+        q.push(" AND status = ").push_bind(s.as_str());
+        if s != RequestStatus::Success {
+            // Lets SQLite use the partial index of migration 005.
+            q.push(" AND status <> 'success'");
+        }
+    }
+    if let Some(id) = filter.before_id {
+        q.push(" AND id < ").push_bind(id);
+    }
+    q
+}
+
+/// Sorts `ranges` and merges those that overlap or touch: disjoint, highest first.
+fn merge_ranges(ranges: &mut [(i64, i64)]) -> Vec<(i64, i64)> {
+    ranges.sort_unstable_by_key(|r| std::cmp::Reverse(r.1));
+    let mut merged: Vec<(i64, i64)> = Vec::with_capacity(ranges.len());
+    for &(low, high) in ranges.iter() {
+        match merged.last_mut() {
+            Some(last) if high >= last.0 - 1 => last.0 = last.0.min(low),
+            _ => merged.push((low, high)),
+        }
+    }
+    merged
+}
+
 fn row_to_record(r: &sqlx::sqlite::SqliteRow) -> RequestResponseRecord {
     RequestResponseRecord {
         id: r.get("id"),
@@ -101,5 +164,140 @@ fn row_to_record(r: &sqlx::sqlite::SqliteRow) -> RequestResponseRecord {
         output_tokens: to_u64(r.get("output_tokens")),
         total_tokens: to_u64(r.get("total_tokens")),
         token_source: TokenSource::parse(r.get("token_source")).unwrap_or(TokenSource::Reported),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::store::LockWait;
+
+    fn record(node_id: i64, hour: i64, status: RequestStatus) -> RequestResponseRecord {
+        let at = Utc.timestamp_opt(1_700_000_000 + hour * 3600, 0).unwrap();
+        RequestResponseRecord {
+            id: 0,
+            timestamp: at,
+            completed_at: at,
+            request_type: RequestType::ChatCompletions,
+            model: "m".into(),
+            node_id: Some(node_id),
+            node_name: Some(format!("n{node_id}")),
+            client_ip: None,
+            stream: false,
+            status,
+            http_status: 200,
+            error_message: None,
+            duration_ms: 1,
+            input_tokens: 1,
+            output_tokens: 1,
+            total_tokens: 2,
+            token_source: TokenSource::Reported,
+        }
+    }
+
+    /// Ids of `node`'s records (with `status`), newest first.
+    fn expect(records: &[(i64, i64, RequestStatus)], node: i64, status: Option<RequestStatus>) -> Vec<i64> {
+        records
+            .iter()
+            .rev()
+            .filter(|(_, n, s)| *n == node && status.is_none_or(|w| w == *s))
+            .map(|(id, _, _)| *id)
+            .collect()
+    }
+
+    /// Every page of `filter`, as ids.
+    async fn all_pages(store: &Store, mut filter: HistoryFilter) -> Vec<Vec<i64>> {
+        let mut pages = Vec::new();
+        loop {
+            let page = store.history_page(&filter).await.unwrap();
+            let ids: Vec<i64> = page.records.iter().map(|r| r.id).collect();
+            filter.before_id = ids.last().copied();
+            pages.push(ids);
+            if !page.has_more {
+                return pages;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_filter_reads_overlapping_hourly_ranges_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}/h.db", dir.path().display()))
+            .await
+            .unwrap();
+        let mut writer = store.writer().unwrap();
+        // 400 records over 3 nodes and 12 hours, committed in an order that makes the
+        // id ranges of hours overlap (long requests finish after later ones started).
+        let mut expected: Vec<(i64, i64, RequestStatus)> = Vec::new();
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        for batch in 0..40 {
+            let records: Vec<_> = (0..10)
+                .map(|_| {
+                    let node = 1 + (next() % 3) as i64;
+                    let hour = (batch / 4 + (next() % 3) as i64).min(11);
+                    let status = if next() % 5 == 0 {
+                        RequestStatus::Error
+                    } else {
+                        RequestStatus::Success
+                    };
+                    record(node, hour, status)
+                })
+                .collect();
+            writer.commit(&records, LockWait::Never).unwrap();
+            for r in &records {
+                expected.push(((expected.len() + 1) as i64, r.node_id.unwrap(), r.status));
+            }
+        }
+        let mut read_rows = 0;
+        for node in 1..=3 {
+            for status in [None, Some(RequestStatus::Success), Some(RequestStatus::Error)] {
+                let filter = HistoryFilter {
+                    node_id: Some(node),
+                    status,
+                    limit: 7,
+                    ..Default::default()
+                };
+                let pages = all_pages(&store, filter).await;
+                assert!(pages.iter().all(|p| p.len() <= 7));
+                assert!(pages.iter().rev().skip(1).all(|p| p.len() == 7), "{pages:?}");
+                let ids: Vec<i64> = pages.concat();
+                assert_eq!(ids, expect(&expected, node, status), "node {node} {status:?}");
+                read_rows += ids.len();
+            }
+        }
+        assert_eq!(read_rows, 2 * 400);
+
+        // Pruned history: its ranges are skipped, what is left still pages right.
+        let pruned = store
+            .prune_history(Utc.timestamp_opt(1_700_000_000 + 6 * 3600, 0).unwrap())
+            .await
+            .unwrap();
+        assert!(pruned > 0);
+        let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM request_history")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+        expected.retain(|(id, _, _)| left.contains(id));
+        for node in 1..=3 {
+            let filter = HistoryFilter {
+                node_id: Some(node),
+                limit: 5,
+                ..Default::default()
+            };
+            assert_eq!(all_pages(&store, filter).await.concat(), expect(&expected, node, None));
+        }
+    }
+
+    #[test]
+    fn ranges_merge_when_they_overlap_or_touch() {
+        let mut ranges = [(1, 4), (10, 12), (3, 6), (7, 8), (20, 30), (25, 26)];
+        assert_eq!(merge_ranges(&mut ranges), [(20, 30), (10, 12), (1, 8)]);
+        assert_eq!(merge_ranges(&mut []), []);
     }
 }

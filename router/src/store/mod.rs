@@ -114,6 +114,69 @@ pub(crate) fn to_i64(v: u64) -> i64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn migration_005_keeps_the_id_ranges_of_the_history_it_finds() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        for sql in [
+            include_str!("../../migrations/001_create_nodes.sql"),
+            include_str!("../../migrations/002_create_request_history.sql"),
+            include_str!("../../migrations/003_request_history_indexes.sql"),
+            include_str!("../../migrations/004_add_token_statistics.sql"),
+        ] {
+            conn.execute_batch(sql).unwrap();
+        }
+        // Hour 0: node 1 (ids 1, 3), node 2 (id 2); hour 1: node 1 (id 4), a record
+        // without a node (id 5). Only node 1's rows have rollups (node 2's history is
+        // older than migration 004).
+        for (hour, node) in [(0, Some(1)), (0, Some(2)), (0, Some(1)), (1, Some(1)), (1, None)] {
+            conn.execute(
+                "INSERT INTO request_history (timestamp, completed_at, request_type, model, node_id,
+                 stream, status, http_status, duration_ms, input_tokens)
+                 VALUES (?1, ?1, 'chat_completions', 'm', ?2, 0, 'success', 200, 1, 10)",
+                rusqlite::params![hour * 3_600_000 + 1_000, node],
+            )
+            .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO token_stats_hourly_node (hour_start, node_id, request_count, input_tokens)
+             VALUES (0, 1, 2, 20), (3600, 1, 1, 10)",
+        )
+        .unwrap();
+        conn.execute_batch(include_str!("../../migrations/005_lighter_history_indexes.sql"))
+            .unwrap();
+        let rows: Vec<(i64, i64, i64, i64, i64, i64)> = conn
+            .prepare(
+                "SELECT hour_start, node_id, min_id, max_id, request_count, input_tokens
+                 FROM token_stats_hourly_node ORDER BY hour_start, node_id",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        // Sums unchanged; node 2 gets a range with zero sums.
+        assert_eq!(rows, [(0, 1, 1, 3, 2, 20), (0, 2, 2, 2, 0, 0), (3600, 1, 4, 4, 1, 10)]);
+        let indexes: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'request_history' ORDER BY name",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            indexes,
+            [
+                "request_history_model",
+                "request_history_timestamp",
+                "request_history_unsuccessful"
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn an_in_memory_database_is_refused_with_a_clear_error() {
         for url in ["sqlite::memory:", "sqlite://:memory:"] {

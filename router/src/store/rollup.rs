@@ -39,6 +39,9 @@ struct RollupTable {
     by_hour: bool,
     by_node: bool,
     by_model: bool,
+    /// Keeps `min_id` and `max_id`: the range of history ids summed in each row (the
+    /// history page's node filter reads them, see `super::history`).
+    id_range: bool,
 }
 
 const fn table(name: &'static str, by_hour: bool, by_node: bool, by_model: bool) -> RollupTable {
@@ -47,6 +50,7 @@ const fn table(name: &'static str, by_hour: bool, by_node: bool, by_model: bool)
         by_hour,
         by_node,
         by_model,
+        id_range: false,
     }
 }
 
@@ -54,7 +58,10 @@ const fn table(name: &'static str, by_hour: bool, by_node: bool, by_model: bool)
 /// filters or groups by, so it never sums rows of dimensions it does not need.
 const TABLES: [RollupTable; 5] = [
     table("token_stats_hourly", true, true, true),
-    table("token_stats_hourly_node", true, true, false),
+    RollupTable {
+        id_range: true,
+        ..table("token_stats_hourly_node", true, true, false)
+    },
     table("token_stats_hourly_model", true, false, true),
     table("token_stats_hourly_all", true, false, false),
     table("token_stats_total", false, true, true),
@@ -94,16 +101,23 @@ fn hour_start(t: DateTime<Utc>) -> i64 {
 /// The upsert adding one row of sums to `table`.
 fn upsert_sql(table: &RollupTable) -> String {
     let keys = table.key_columns();
-    let updates: Vec<String> = VALUE_COLUMNS
+    let mut values = VALUE_COLUMNS.to_vec();
+    let mut updates: Vec<String> = VALUE_COLUMNS
         .iter()
         .map(|c| format!("{c} = {c} + excluded.{c}"))
         .collect();
-    let placeholders = vec!["?"; keys.len() + VALUE_COLUMNS.len()].join(", ");
+    if table.id_range {
+        values.extend(["min_id", "max_id"]);
+        // NULL (a row from before migration 005 whose history is pruned) is no bound.
+        updates.push("min_id = COALESCE(MIN(min_id, excluded.min_id), excluded.min_id)".into());
+        updates.push("max_id = COALESCE(MAX(max_id, excluded.max_id), excluded.max_id)".into());
+    }
+    let placeholders = vec!["?"; keys.len() + values.len()].join(", ");
     format!(
         "INSERT INTO {} ({}, {}) VALUES ({placeholders}) ON CONFLICT ({}) DO UPDATE SET {}",
         table.name,
         keys.join(", "),
-        VALUE_COLUMNS.join(", "),
+        values.join(", "),
         keys.join(", "),
         updates.join(", ")
     )
@@ -111,22 +125,30 @@ fn upsert_sql(table: &RollupTable) -> String {
 
 static UPSERTS: LazyLock<Vec<String>> = LazyLock::new(|| TABLES.iter().map(upsert_sql).collect());
 
-/// Adds `records` to every rollup table, inside the writer's transaction.
+/// Adds `records`, inserted as history rows `ids`, to every rollup table, inside the
+/// writer's transaction.
 pub(super) fn add_to_rollups(
     tx: &rusqlite::Transaction<'_>,
     records: &[RequestResponseRecord],
+    ids: &[i64],
 ) -> rusqlite::Result<()> {
     for (table, sql) in TABLES.iter().zip(UPSERTS.iter()) {
-        let mut sums: HashMap<(i64, i64, &str), RollupTotals> = HashMap::new();
-        for r in records {
+        // Sums and the range of ids of each row.
+        let mut sums: HashMap<(i64, i64, &str), (RollupTotals, i64, i64)> = HashMap::new();
+        for (r, &id) in records.iter().zip(ids) {
             let Some(node_id) = r.node_id else { continue };
             let hour = if table.by_hour { hour_start(r.timestamp) } else { 0 };
             let node = if table.by_node { node_id } else { 0 };
             let model = if table.by_model { r.model.as_str() } else { "" };
-            sums.entry((hour, node, model)).or_default().add(&RollupTotals::of(r));
+            let (totals, min_id, max_id) = sums
+                .entry((hour, node, model))
+                .or_insert((RollupTotals::default(), id, id));
+            totals.add(&RollupTotals::of(r));
+            *min_id = (*min_id).min(id);
+            *max_id = (*max_id).max(id);
         }
         let mut upsert = tx.prepare_cached(sql)?;
-        for ((hour, node, model), totals) in sums {
+        for ((hour, node, model), (totals, min_id, max_id)) in sums {
             let mut index = 0;
             let mut next = || {
                 index += 1;
@@ -143,6 +165,10 @@ pub(super) fn add_to_rollups(
             }
             for v in totals.values() {
                 upsert.raw_bind_parameter(next(), to_i64(v))?;
+            }
+            if table.id_range {
+                upsert.raw_bind_parameter(next(), min_id)?;
+                upsert.raw_bind_parameter(next(), max_id)?;
             }
             upsert.raw_execute()?;
         }

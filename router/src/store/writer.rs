@@ -92,10 +92,11 @@ impl HistoryWriter {
         }
         // Dropped without commit on any error: rolled back.
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut ids = Vec::with_capacity(records.len());
         {
             let mut insert = tx.prepare_cached(INSERT_HISTORY)?;
             for r in records {
-                insert.execute(params![
+                ids.push(insert.insert(params![
                     to_millis(r.timestamp),
                     to_millis(r.completed_at),
                     r.request_type.as_str(),
@@ -112,10 +113,10 @@ impl HistoryWriter {
                     to_i64(r.output_tokens),
                     to_i64(r.total_tokens),
                     r.token_source.as_str(),
-                ])?;
+                ])?);
             }
         }
-        rollup::add_to_rollups(&tx, records)?;
+        rollup::add_to_rollups(&tx, records, &ids)?;
         tx.commit()?;
         Ok(())
     }

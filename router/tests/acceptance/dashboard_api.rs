@@ -332,6 +332,34 @@ async fn request_history_filters_and_pages_with_a_cursor() {
     assert!(errors["next_cursor"].is_null());
     let m1 = h.get("/api/dashboard/request-history?model=m1&node_id=1").await;
     assert_eq!(m1["records"].as_array().unwrap().len(), 5);
+    // A node filter alone (read through the rollups' id ranges), paged.
+    let ids_of = |page: &Value| -> Vec<i64> {
+        page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect()
+    };
+    let beta = h.get("/api/dashboard/request-history?node_id=2").await;
+    assert_eq!(ids_of(&beta), [7, 6]);
+    let mut alpha = Vec::new();
+    let mut query = "node_id=1&limit=2".to_string();
+    loop {
+        let p = h.get(&format!("/api/dashboard/request-history?{query}")).await;
+        alpha.push(ids_of(&p));
+        match p["next_cursor"].as_str() {
+            Some(c) => query = format!("node_id=1&limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(alpha, [vec![5, 4], vec![3, 2], vec![1]]);
+    let ok_alpha = h.get("/api/dashboard/request-history?node_id=1&status=success").await;
+    assert_eq!(ids_of(&ok_alpha), [5, 4, 3, 2, 1]);
+    let ok_beta = h.get("/api/dashboard/request-history?node_id=2&status=success").await;
+    assert_eq!(ids_of(&ok_beta), Vec::<i64>::new());
+    let failed_beta = h.get("/api/dashboard/request-history?node_id=2&status=error").await;
+    assert_eq!(ids_of(&failed_beta), [7, 6]);
     let one = h.get("/api/dashboard/request-history/3").await;
     assert_eq!((one["id"].clone(), one["model"].clone()), (json!(3), json!("m1")));
     assert_eq!(one["token_source"], "reported");
