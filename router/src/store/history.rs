@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{from_millis, to_millis, to_u64, Store, StoreResult};
+use super::{from_millis, to_millis, to_u64, Store, StoreError, StoreResult};
 
 /// Filters of the history page; every field is optional.
 #[derive(Debug, Clone, Default)]
@@ -62,19 +62,25 @@ impl Store {
     /// disjoint, highest first.
     async fn node_id_ranges(&self, node_id: i64, before_id: Option<i64>) -> StoreResult<Vec<(i64, i64)>> {
         let below = before_id.unwrap_or(i64::MAX);
-        // Rows whose history is pruned are skipped.
-        let mut ranges: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT min_id, MIN(max_id, ? - 1) FROM token_stats_hourly_node
-             WHERE node_id = ? AND min_id < ?
+        // One JSON array rather than a row per hour: a year of hours is 8,760 rows,
+        // and the pool hands rows over one at a time (~1 µs each). Hours older than
+        // the oldest history row kept are skipped.
+        let json: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(min_id, MIN(max_id, ?1 - 1)))
+             FROM token_stats_hourly_node
+             WHERE node_id = ?2 AND min_id < ?1
+               AND hour_start >= (SELECT COALESCE(MIN(timestamp), 0) / 3600000 * 3600 FROM request_history)
                AND max_id >= (SELECT COALESCE(MIN(id), 0) FROM request_history)",
         )
         .bind(below)
         .bind(node_id)
-        .bind(below)
-        .fetch_all(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
+        let mut ranges: Vec<(i64, i64)> =
+            serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("node id ranges: {e}")))?;
         Ok(merge_ranges(&mut ranges))
     }
+
     pub async fn history_record(&self, id: i64) -> StoreResult<Option<RequestResponseRecord>> {
         let row = sqlx::query("SELECT * FROM request_history WHERE id = ?")
             .bind(id)
@@ -133,6 +139,7 @@ fn filtered_query(filter: &HistoryFilter) -> QueryBuilder<'static, Sqlite> {
 }
 
 /// Sorts `ranges` and merges those that overlap or touch: disjoint, highest first.
+/// (An hour's range overlaps the next one's when its requests outlast the hour.)
 fn merge_ranges(ranges: &mut [(i64, i64)]) -> Vec<(i64, i64)> {
     ranges.sort_unstable_by_key(|r| std::cmp::Reverse(r.1));
     let mut merged: Vec<(i64, i64)> = Vec::with_capacity(ranges.len());

@@ -44,6 +44,8 @@ pub enum StoreError {
     Thread(String),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("unexpected data in the store: {0}")]
+    Corrupt(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
