@@ -170,6 +170,7 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
             first_byte_timeout: Duration::from_secs(args.first_byte_timeout_secs),
             idle_timeout: Duration::from_secs(args.idle_timeout_secs),
             commit_wait: Duration::from_millis(args.commit_wait_ms),
+            max_backlog: args.max_backlog,
         }),
         admin_key,
         metrics_access: args.metrics,

@@ -91,6 +91,11 @@ pub struct ServeArgs {
     /// Longest wait for a commit before a response is released anyway, in milliseconds.
     #[arg(long, env = "LLM_ROUTER_COMMIT_WAIT_MS", default_value_t = 5000)]
     pub commit_wait_ms: u64,
+    /// Most records kept in memory while the store is unavailable; beyond it, inference
+    /// requests are refused (503) rather than served unaccounted.
+    #[arg(long, env = "LLM_ROUTER_MAX_BACKLOG", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_backlog: u64,
     /// Days of request history kept (token statistics are kept forever).
     #[arg(long, env = "LLM_ROUTER_HISTORY_RETENTION_DAYS", default_value_t = 30)]
     pub history_retention_days: u32,

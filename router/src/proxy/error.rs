@@ -25,6 +25,8 @@ pub enum ProxyError {
     Upstream(String),
     #[error("node timed out: {0}")]
     UpstreamTimeout(String),
+    #[error("the router cannot record more requests: {0} records wait for the store; retry later")]
+    BacklogFull(u64),
 }
 
 impl ProxyError {
@@ -33,7 +35,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyRead(_) | ProxyError::InvalidJson(_) | ProxyError::MissingModel => StatusCode::BAD_REQUEST,
             ProxyError::UnknownModel(_) => StatusCode::NOT_FOUND,
-            ProxyError::NoNodeAvailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoNodeAvailable(_) | ProxyError::BacklogFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::AllNodesFailed { .. } | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -48,6 +50,7 @@ impl ProxyError {
             ProxyError::NoNodeAvailable(_) => "no_node_available",
             ProxyError::AllNodesFailed { .. } | ProxyError::Upstream(_) => "upstream_error",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
+            ProxyError::BacklogFull(_) => "store_unavailable",
         }
     }
 }

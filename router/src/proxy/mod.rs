@@ -47,6 +47,8 @@ pub struct ProxySettings {
     pub idle_timeout: Duration,
     /// Longest wait for a record's commit before a response is released anyway.
     pub commit_wait: Duration,
+    /// Records waiting for the store beyond which requests are refused.
+    pub max_backlog: u64,
 }
 
 pub fn routes() -> Router<AppState> {
@@ -178,6 +180,12 @@ async fn proxy(st: AppState, kind: RequestType, peer: SocketAddr, headers: Heade
         stream: false,
         prompt: Prompt::default(),
     };
+    // Its record could not be kept either: refused, and not recorded.
+    let backlog = st.balancer.recorder().backlog();
+    if backlog >= st.proxy.max_backlog {
+        tracing::debug!(backlog, "store unavailable and backlog full; request refused");
+        return ProxyError::BacklogFull(backlog).into_response();
+    }
     let req = match read_request(&st.proxy, body).await {
         Ok(r) => r,
         Err(e) => return reject(&st, draft, e).await,

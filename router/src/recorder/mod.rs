@@ -223,6 +223,11 @@ impl Recorder {
         &self.shared.status
     }
 
+    /// Records accepted but not committed yet.
+    pub fn backlog(&self) -> u64 {
+        self.shared.status.backlog.load(Ordering::Relaxed)
+    }
+
     /// Stops accepting and waits until every queued record is committed (or the
     /// store keeps failing for `max`).
     pub async fn shutdown(&self, max: Duration) {

@@ -142,23 +142,52 @@ async fn pruning_history_changes_no_token_figure() {
     assert_eq!(u(&before["total_tokens"]), 21);
 }
 
+/// Another process (the sqlite3 CLI) holding the store's write lock.
+struct StoreLock(tokio::process::Child);
+
+impl StoreLock {
+    async fn take(h: &Harness) -> StoreLock {
+        use tokio::io::AsyncWriteExt;
+        let mut locker = tokio::process::Command::new("sqlite3")
+            .arg(h.dir.path().join("router.db"))
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("sqlite3 CLI is installed");
+        let stdin = locker.stdin.as_mut().unwrap();
+        stdin.write_all(b"BEGIN EXCLUSIVE;\nSELECT 1;\n").await.unwrap();
+        stdin.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        StoreLock(locker)
+    }
+
+    async fn release(mut self) {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = self.0.stdin.take().unwrap();
+        stdin.write_all(b"COMMIT;\n.quit\n").await.unwrap();
+        drop(stdin);
+        self.0.wait().await.unwrap();
+    }
+}
+
+/// Waits until every queued record is committed and the store reports no error.
+async fn wait_for_empty_backlog(h: &Harness) {
+    for _ in 0..200 {
+        let health: Value = h.http.get(h.url("/health")).send().await.unwrap().json().await.unwrap();
+        if health["recorder"]["backlog"] == 0 && health["status"] == "ok" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the backlog did not drain");
+}
+
 #[tokio::test]
 async fn records_wait_in_memory_while_the_store_is_locked() {
     let a = mock("alpha", &["m"]).await;
     let h = Harness::start_with(&[&a], |args| args.commit_wait_ms = 300).await;
     h.chat("m", "warm up").await;
     // Another process takes the write lock for longer than the busy timeout.
-    let db = h.dir.path().join("router.db");
-    let mut locker = tokio::process::Command::new("sqlite3")
-        .arg(&db)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("sqlite3 CLI is installed");
-    use tokio::io::AsyncWriteExt;
-    let stdin = locker.stdin.as_mut().unwrap();
-    stdin.write_all(b"BEGIN EXCLUSIVE;\nSELECT 1;\n").await.unwrap();
-    stdin.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lock = StoreLock::take(&h).await;
 
     for _ in 0..3 {
         let (s, _) = h.chat("m", "one two").await;
@@ -188,18 +217,45 @@ async fn records_wait_in_memory_while_the_store_is_locked() {
     // In memory the figures already count them.
     assert_eq!(u(&h.node(&a.base_url()).await["total_requests"]), 5);
 
-    stdin.write_all(b"COMMIT;\n.quit\n").await.unwrap();
-    drop(locker.stdin.take());
-    locker.wait().await.unwrap();
-    for _ in 0..200 {
-        let health: Value = h.http.get(h.url("/health")).send().await.unwrap().json().await.unwrap();
-        if health["recorder"]["backlog"] == 0 && health["status"] == "ok" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    lock.release().await;
+    wait_for_empty_backlog(&h).await;
     assert_eq!(h.history().await.len(), 5, "every record reached the store");
     assert_eq!(u(&h.get("/api/dashboard/stats/tokens").await["request_count"]), 5);
+}
+
+#[tokio::test]
+async fn a_full_backlog_refuses_requests_until_the_store_is_back() {
+    let a = mock("alpha", &["m"]).await;
+    let h = Harness::start_with(&[&a], |args| {
+        args.commit_wait_ms = 100;
+        args.max_backlog = 3;
+    })
+    .await;
+    let lock = StoreLock::take(&h).await;
+    for _ in 0..3 {
+        assert_eq!(h.chat("m", "one two").await.0, 200);
+    }
+    // A fourth record could not be kept: the request is refused before any node
+    // sees it, in OpenAI's error shape.
+    let (status, body) = h.chat("m", "one two").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "store_unavailable");
+    assert_eq!(body["error"]["type"], "server_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("3 records wait for the store"),
+        "{body}"
+    );
+    assert_eq!(a.received().len(), 3, "the node never saw the refused request");
+    assert_eq!(u(&h.node(&a.base_url()).await["total_requests"]), 3);
+
+    lock.release().await;
+    wait_for_empty_backlog(&h).await;
+    assert_eq!(h.chat("m", "one two").await.0, 200);
+    assert_eq!(h.history().await.len(), 4, "the refused request has no record");
+    assert_eq!(u(&h.get("/api/dashboard/stats/tokens").await["request_count"]), 4);
 }
 
 #[tokio::test]
