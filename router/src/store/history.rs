@@ -33,10 +33,11 @@ impl Store {
     /// success or no filter scans back by id.
     pub async fn history_page(&self, filter: &HistoryFilter) -> StoreResult<HistoryPage> {
         let want = filter.limit as usize + 1;
-        let by_ranges = filter.node_id.is_some()
-            && filter.model.is_none()
-            && matches!(filter.status, None | Some(RequestStatus::Success));
-        let rows = if let (true, Some(node_id)) = (by_ranges, filter.node_id) {
+        // The node filter is the only one that needs the ranges.
+        let node_only = filter
+            .node_id
+            .filter(|_| filter.model.is_none() && matches!(filter.status, None | Some(RequestStatus::Success)));
+        let rows = if let Some(node_id) = node_only {
             let mut rows = Vec::new();
             for (low, high) in self.node_id_ranges(node_id, filter.before_id).await? {
                 let mut q = filtered_query(filter);
