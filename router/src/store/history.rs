@@ -62,18 +62,19 @@ impl Store {
     /// The ranges of history ids that may hold records of `node_id` below `before_id`:
     /// disjoint, highest first.
     async fn node_id_ranges(&self, node_id: i64, before_id: Option<i64>) -> StoreResult<Vec<(i64, i64)>> {
-        let below = before_id.unwrap_or(i64::MAX);
+        // The highest id wanted (any cursor, however hostile, stays an integer).
+        let last = before_id.map_or(i64::MAX, |id| id.saturating_sub(1));
         // One JSON array rather than a row per hour: a year of hours is 8,760 rows,
         // and the pool hands rows over one at a time (~1 µs each). Hours older than
         // the oldest history row kept are skipped.
         let json: String = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(min_id, MIN(max_id, ?1 - 1)))
+            "SELECT json_group_array(json_array(min_id, MIN(max_id, ?1)))
              FROM token_stats_hourly_node
-             WHERE node_id = ?2 AND min_id < ?1
+             WHERE node_id = ?2 AND min_id <= ?1
                AND hour_start >= (SELECT COALESCE(MIN(timestamp), 0) / 3600000 * 3600 FROM request_history)
                AND max_id >= (SELECT COALESCE(MIN(id), 0) FROM request_history)",
         )
-        .bind(below)
+        .bind(last)
         .bind(node_id)
         .fetch_one(&self.pool)
         .await?;

@@ -360,6 +360,13 @@ async fn request_history_filters_and_pages_with_a_cursor() {
     assert_eq!(ids_of(&ok_beta), Vec::<i64>::new());
     let failed_beta = h.get("/api/dashboard/request-history?node_id=2&status=error").await;
     assert_eq!(ids_of(&failed_beta), [7, 6]);
+    for cursor in [i64::MIN, -1, 0, 1, i64::MAX] {
+        let page = h
+            .get(&format!("/api/dashboard/request-history?node_id=1&cursor={cursor}"))
+            .await;
+        let expected: Vec<i64> = (1..=5).rev().filter(|id| *id < cursor).collect();
+        assert_eq!(ids_of(&page), expected, "cursor {cursor}");
+    }
     let one = h.get("/api/dashboard/request-history/3").await;
     assert_eq!((one["id"].clone(), one["model"].clone()), (json!(3), json!("m1")));
     assert_eq!(one["token_source"], "reported");
