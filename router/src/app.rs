@@ -283,17 +283,19 @@ fn routes(state: AppState) -> Router {
 pub async fn health(State(st): State<AppState>) -> impl IntoResponse {
     let rec = st.balancer.recorder().status();
     let last_error = rec.last_error.lock().unwrap().clone();
+    let backlog = st.balancer.recorder().backlog();
     let nodes = st.balancer.registry().live();
     let online = nodes
         .iter()
         .filter(|n| n.with_info(|i| i.status == crate::nodes::NodeStatus::Online))
         .count();
     Json(json!({
-        "status": if last_error.is_none() { "ok" } else { "degraded" },
+        "status": if last_error.is_none() && backlog < st.proxy.max_backlog { "ok" } else { "degraded" },
         "nodes": nodes.len(),
         "online_nodes": online,
         "recorder": {
-            "backlog": rec.backlog.load(std::sync::atomic::Ordering::Relaxed),
+            "backlog": backlog,
+            "max_backlog": st.proxy.max_backlog,
             "committed": rec.committed.load(std::sync::atomic::Ordering::Relaxed),
             "last_error": last_error,
         }

@@ -249,6 +249,12 @@ async fn a_full_backlog_refuses_requests_until_the_store_is_back() {
         "{body}"
     );
     assert_eq!(a.received().len(), 3, "the node never saw the refused request");
+    let health: Value = h.http.get(h.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (u(&health["recorder"]["backlog"]), u(&health["recorder"]["max_backlog"])),
+        (3, 3)
+    );
+    assert_eq!(health["status"], "degraded");
     assert_eq!(u(&h.node(&a.base_url()).await["total_requests"]), 3);
 
     lock.release().await;
