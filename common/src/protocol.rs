@@ -142,6 +142,10 @@ pub struct RequestResponseRecord {
     pub node_id: Option<i64>,
     pub node_name: Option<String>,
     pub client_ip: Option<String>,
+    /// The client key the request was made with; `None`: anonymous.
+    pub api_key_id: Option<i64>,
+    /// The key's name when the request was made.
+    pub api_key_name: Option<String>,
     pub stream: bool,
     pub status: RequestStatus,
     /// The HTTP status the client received (0 when it went away before headers).
@@ -207,6 +211,18 @@ pub struct NodeTokenStats {
     pub request_count: u64,
 }
 
+/// Token figures of one client key; `key_id: null` is every anonymous request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KeyTokenStats {
+    pub key_id: Option<i64>,
+    /// `anonymous` for requests without a key.
+    pub key_name: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub request_count: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ModelTokenStats {
     pub model: String,
@@ -226,6 +242,32 @@ pub struct TokenStats {
     pub estimated_request_count: u64,
     pub by_node: Vec<NodeTokenStats>,
     pub by_model: Vec<ModelTokenStats>,
+    pub by_key: Vec<KeyTokenStats>,
+}
+
+/// A client key with its usage, as `GET /api/dashboard/keys` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DashboardKey {
+    pub id: i64,
+    pub name: String,
+    pub prefix: String,
+    pub enabled: bool,
+    pub revoked: bool,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub total_requests: u64,
+    pub total_input_tokens: u64,
+    pub total_output_tokens: u64,
+    pub total_tokens: u64,
+    /// Tokens of the current day and month in the key's `budget_tz`.
+    pub today_tokens: u64,
+    pub month_tokens: u64,
+    pub daily_token_budget: Option<u64>,
+    pub monthly_token_budget: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DashboardKeys {
+    pub keys: Vec<DashboardKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -286,6 +328,8 @@ mod tests {
             node_id: Some(1),
             node_name: Some("n".into()),
             client_ip: None,
+            api_key_id: Some(3),
+            api_key_name: Some("alice".into()),
             stream: true,
             status: RequestStatus::Success,
             http_status: 200,

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{Duration as Span, Utc};
 use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource};
+use llm_router::clock::Clock;
+use llm_router::keys::KeyRing;
+use llm_router::metrics::Metrics;
 use llm_router::nodes::NodeRegistry;
 use llm_router::recorder::{Durability, Recorder};
 use llm_router::stats::{self, DailyQuery, MonthlyQuery};
@@ -30,6 +33,8 @@ fn record(i: u64) -> RequestResponseRecord {
         node_id: Some((i % 8) as i64 + 1),
         node_name: Some("bench".into()),
         client_ip: Some("127.0.0.1".into()),
+        api_key_id: None,
+        api_key_name: None,
         stream: i.is_multiple_of(2),
         status: RequestStatus::Success,
         http_status: 200,
@@ -164,6 +169,9 @@ where
 
 async fn query_latencies(store: &Store) -> Vec<(&'static str, f64)> {
     let registry = Arc::new(NodeRegistry::new(store.clone(), Vec::new()));
+    let keys = KeyRing::load(store.clone(), Arc::new(Metrics::new()), Clock::default())
+        .await
+        .unwrap();
     let mut out = Vec::new();
     out.push((
         "node totals at start-up",
@@ -176,9 +184,9 @@ async fn query_latencies(store: &Store) -> Vec<(&'static str, f64)> {
         .await,
     ));
     out.push((
-        "/stats/tokens (by node + by model)",
+        "/stats/tokens (by node, model and key)",
         median_ms(|| async {
-            stats::token_stats(store, &registry, &RollupFilter::default())
+            stats::token_stats(store, &registry, &keys, &RollupFilter::default())
                 .await
                 .unwrap();
         })

@@ -19,7 +19,9 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, AdminKey};
 use crate::balancer::{publish_node_up, Balancer, NodeLoadState};
+use crate::clock::Clock;
 use crate::config::{MetricsAccess, ServeArgs};
+use crate::keys::{ClientAuth, KeyRing};
 use crate::metrics::{Metrics, NodeModelLabels};
 use crate::nodes::health::HealthChecker;
 use crate::nodes::{Node, NodeRegistry};
@@ -35,6 +37,8 @@ pub enum StartError {
     DataDir(String, std::io::Error),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot load the client keys: {0}")]
+    Keys(#[from] crate::keys::KeyError),
     #[error("invalid static node: {0}")]
     Node(#[from] crate::nodes::NodeError),
     #[error("cannot listen: {0}")]
@@ -63,6 +67,9 @@ pub struct Services {
     pub health: HealthChecker,
     pub proxy: Arc<ProxySettings>,
     pub admin_key: AdminKey,
+    pub keys: Arc<KeyRing>,
+    pub client_auth: ClientAuth,
+    pub clock: Clock,
     pub metrics_access: MetricsAccess,
     pub sessions: Arc<crate::dashboard::Sessions>,
 }
@@ -103,6 +110,9 @@ impl RunningRouter {
             t.abort();
         }
         self.state.balancer.recorder().shutdown(Duration::from_secs(30)).await;
+        if let Err(e) = self.state.keys.store_last_used().await {
+            tracing::warn!(error = %e, "cannot store the keys' last use");
+        }
         self.state.store.close().await;
     }
 
@@ -142,6 +152,9 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
     let store = Store::open(&args.database_url()).await?;
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(restore_nodes(&store, &metrics).await?);
+    let clock = Clock::shifted(args.clock_offset_secs);
+    let keys = Arc::new(KeyRing::load(store.clone(), metrics.clone(), clock).await?);
+    seed_key_metrics(&store, &keys, &metrics).await?;
     let recorder = Recorder::start(store.clone(), args.durability)?;
     let balancer = Balancer::new(registry.clone(), recorder, metrics.clone());
     for url in &args.nodes {
@@ -173,6 +186,9 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
             max_backlog: args.max_backlog,
         }),
         admin_key,
+        keys: keys.clone(),
+        client_auth: args.client_auth,
+        clock,
         metrics_access: args.metrics,
         sessions: Arc::default(),
     }));
@@ -204,6 +220,7 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
     let background = vec![
         tokio::spawn(health.run()),
         tokio::spawn(prune_history(store, args.history_retention_days)),
+        tokio::spawn(store_last_used(keys)),
     ];
     tracing::info!(%addr, nodes = registry.live().len(), "llm-router listening");
     Ok(RunningRouter {
@@ -252,6 +269,35 @@ async fn restore_nodes(store: &Store, metrics: &Metrics) -> Result<NodeRegistry,
         })
         .collect();
     Ok(NodeRegistry::new(store.clone(), nodes))
+}
+
+/// The per-key Prometheus counters start at the key rollups' totals.
+async fn seed_key_metrics(store: &Store, keys: &KeyRing, metrics: &Metrics) -> Result<(), StoreError> {
+    for (k, t) in store.rollup_totals(GroupBy::Key, &RollupFilter::default()).await? {
+        match k.key_id {
+            Some(crate::store::ANONYMOUS) | None => metrics.seed_key(&metrics.anonymous, &t),
+            Some(id) => {
+                let name = keys
+                    .get(id)
+                    .map(|k| k.settings().name.clone())
+                    .unwrap_or_else(|_| format!("key {id}"));
+                metrics.seed_key(&metrics.for_key(id, &name), &t);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the keys' `last_used_at` every few seconds (the request path only
+/// touches memory).
+async fn store_last_used(keys: Arc<KeyRing>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        if let Err(e) = keys.store_last_used().await {
+            tracing::warn!(error = %e, "cannot store the keys' last use");
+        }
+    }
 }
 
 /// Deletes history older than the retention once an hour; rollups are kept.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::keys::ClientAuth;
 use crate::recorder::Durability;
 
 #[derive(Parser, Debug)]
@@ -107,6 +108,19 @@ pub struct ServeArgs {
     pub shutdown_timeout_secs: u64,
     #[arg(long, env = "LLM_ROUTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// `required`: every inference request needs a client key; `open`: requests without
+    /// one (or with an unknown one) are served as anonymous.
+    #[arg(long, env = "LLM_ROUTER_CLIENT_AUTH", value_enum, default_value_t = ClientAuth::Open)]
+    pub client_auth: ClientAuth,
+    /// Shifts the router's clock (tests of day boundaries; not for production).
+    #[arg(
+        long,
+        env = "LLM_ROUTER_CLOCK_OFFSET_SECS",
+        default_value_t = 0,
+        hide = true,
+        allow_negative_numbers = true
+    )]
+    pub clock_offset_secs: i64,
     /// Threads that run the proxy (one serves ~15,000 requests/s; see the README).
     #[arg(long, env = "LLM_ROUTER_WORKER_THREADS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=1024))]

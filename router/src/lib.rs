@@ -10,10 +10,12 @@
 pub mod api;
 pub mod app;
 pub mod balancer;
+pub mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod demo;
 pub mod error;
+pub mod keys;
 pub mod metrics;
 pub mod nodes;
 pub mod proxy;

@@ -33,6 +33,20 @@ pub struct NodeModelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    /// The key's id, or `anonymous`.
+    pub key_id: String,
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyRequestLabels {
+    pub key_id: String,
+    pub key: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeLabels {
     pub node_id: String,
     pub node: String,
@@ -60,13 +74,41 @@ pub struct RequestMetrics {
 
 impl RequestMetrics {
     pub fn requests(&self, status: RequestStatus) -> &Counter {
-        &self.requests[match status {
-            RequestStatus::Success => 0,
-            RequestStatus::Error => 1,
-            RequestStatus::Cancelled => 2,
-        }]
+        &self.requests[status_index(status)]
     }
 }
+
+/// The counters of one client key (or of anonymous requests), resolved once per name.
+pub struct KeyMetrics {
+    /// By [`RequestStatus`]: success, error, cancelled.
+    requests: [Counter; 3],
+    pub input_tokens: Counter,
+    pub output_tokens: Counter,
+    pub total_tokens: Counter,
+}
+
+impl KeyMetrics {
+    /// Counts one finished request and its tokens.
+    pub fn count(&self, status: RequestStatus, usage: &common::protocol::TokenUsage) {
+        self.requests[status_index(status)].inc();
+        self.input_tokens.inc_by(usage.input_tokens);
+        self.output_tokens.inc_by(usage.output_tokens);
+        self.total_tokens.inc_by(usage.total_tokens);
+    }
+}
+
+fn status_index(status: RequestStatus) -> usize {
+    match status {
+        RequestStatus::Success => 0,
+        RequestStatus::Error => 1,
+        RequestStatus::Cancelled => 2,
+    }
+}
+
+const STATUSES: [RequestStatus; 3] = [RequestStatus::Success, RequestStatus::Error, RequestStatus::Cancelled];
+
+/// The `key_id` label of requests without a key.
+pub const ANONYMOUS_LABEL: &str = "anonymous";
 
 /// Resolved [`RequestMetrics`] by node id, then model, with the node name they carry.
 type RequestMetricsCache = HashMap<i64, HashMap<String, (String, Arc<RequestMetrics>)>>;
@@ -83,6 +125,12 @@ pub struct Metrics {
     pub active_requests: Family<NodeLabels, Gauge>,
     pub node_up: Family<NodeLabels, Gauge>,
     pub upstream_failures: Family<NodeLabels, Counter>,
+    pub key_requests: Family<KeyRequestLabels, Counter>,
+    pub key_input_tokens: Family<KeyLabels, Counter>,
+    pub key_output_tokens: Family<KeyLabels, Counter>,
+    pub key_tokens: Family<KeyLabels, Counter>,
+    /// The counters of requests made without a key.
+    pub anonymous: Arc<KeyMetrics>,
 }
 
 impl Default for Metrics {
@@ -106,6 +154,23 @@ impl Metrics {
             active_requests: Family::default(),
             node_up: Family::default(),
             upstream_failures: Family::default(),
+            key_requests: Family::default(),
+            key_input_tokens: Family::default(),
+            key_output_tokens: Family::default(),
+            key_tokens: Family::default(),
+            anonymous: Arc::new(KeyMetrics {
+                requests: STATUSES.map(|_| Counter::default()),
+                input_tokens: Counter::default(),
+                output_tokens: Counter::default(),
+                total_tokens: Counter::default(),
+            }),
+        };
+        let m = Metrics {
+            anonymous: m.for_key_labels(KeyLabels {
+                key_id: ANONYMOUS_LABEL.into(),
+                key: ANONYMOUS_LABEL.into(),
+            }),
+            ..m
         };
         registry.register(
             "requests",
@@ -144,7 +209,49 @@ impl Metrics {
             "Attempts that failed before any byte reached the client (then failed over)",
             m.upstream_failures.clone(),
         );
+        registry.register(
+            "key_requests",
+            "Requests finished, by client key (key_id=\"anonymous\": without a key) and status",
+            m.key_requests.clone(),
+        );
+        registry.register(
+            "key_input_tokens",
+            "Input (prompt) tokens, by client key",
+            m.key_input_tokens.clone(),
+        );
+        registry.register(
+            "key_output_tokens",
+            "Output (completion) tokens, by client key",
+            m.key_output_tokens.clone(),
+        );
+        registry.register("key_tokens", "Total tokens, by client key", m.key_tokens.clone());
         Metrics { registry, ..m }
+    }
+
+    /// The counters of key `key_id` named `name` (a renamed key gets new ones: its
+    /// label changed).
+    pub fn for_key(&self, key_id: i64, name: &str) -> Arc<KeyMetrics> {
+        self.for_key_labels(KeyLabels {
+            key_id: key_id.to_string(),
+            key: name.to_string(),
+        })
+    }
+
+    fn for_key_labels(&self, labels: KeyLabels) -> Arc<KeyMetrics> {
+        Arc::new(KeyMetrics {
+            requests: STATUSES.map(|s| {
+                self.key_requests
+                    .get_or_create(&KeyRequestLabels {
+                        key_id: labels.key_id.clone(),
+                        key: labels.key.clone(),
+                        status: s.as_str().to_string(),
+                    })
+                    .clone()
+            }),
+            input_tokens: self.key_input_tokens.get_or_create(&labels).clone(),
+            output_tokens: self.key_output_tokens.get_or_create(&labels).clone(),
+            total_tokens: self.key_tokens.get_or_create(&labels).clone(),
+        })
     }
 
     /// The metrics of requests on node `node_id` (named `node`) for `model`. A renamed
@@ -167,7 +274,7 @@ impl Metrics {
             node: labels.node.clone(),
         };
         let m = Arc::new(RequestMetrics {
-            requests: [RequestStatus::Success, RequestStatus::Error, RequestStatus::Cancelled].map(|s| {
+            requests: STATUSES.map(|s| {
                 self.requests
                     .get_or_create(&request_labels(&labels, s.as_str()))
                     .clone()
@@ -196,6 +303,19 @@ impl Metrics {
             if n > 0 {
                 self.requests.get_or_create(&request_labels(labels, status)).inc_by(n);
             }
+        }
+    }
+
+    /// Starts the counters of a key (or anonymous) at its stored totals.
+    pub fn seed_key(&self, key: &KeyMetrics, t: &RollupTotals) {
+        key.input_tokens.inc_by(t.input_tokens);
+        key.output_tokens.inc_by(t.output_tokens);
+        key.total_tokens.inc_by(t.total_tokens);
+        for (status, n) in STATUSES
+            .into_iter()
+            .zip([t.success_count, t.error_count, t.cancelled_count])
+        {
+            key.requests[status_index(status)].inc_by(n);
         }
     }
 

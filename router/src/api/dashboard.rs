@@ -10,14 +10,14 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::NaiveDate;
 use common::protocol::{
-    DailyTokenSeries, DashboardNodes, DashboardStats, MonthlyTokenSeries, RequestHistoryPage, RequestResponseRecord,
-    RequestStatus, TokenStats,
+    DailyTokenSeries, DashboardKeys, DashboardNodes, DashboardStats, MonthlyTokenSeries, RequestHistoryPage,
+    RequestResponseRecord, RequestStatus, TokenStats,
 };
 
 use super::ApiError;
 use crate::app::AppState;
 use crate::stats::{self, DailyQuery, MonthlyQuery};
-use crate::store::{HistoryFilter, RollupFilter};
+use crate::store::{HistoryFilter, RollupFilter, ANONYMOUS};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -28,6 +28,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/dashboard/stats/tokens/monthly", get(monthly))
         .route("/api/dashboard/request-history", get(history))
         .route("/api/dashboard/request-history/{id}", get(history_record))
+        .route("/api/dashboard/keys", get(keys))
 }
 
 type Params = Query<HashMap<String, String>>;
@@ -71,6 +72,20 @@ fn month(p: &HashMap<String, String>, name: &'static str) -> Result<Option<Naive
         .transpose()
 }
 
+/// `key_id`: a key id, or `anonymous` for requests made without a key.
+fn key_id(p: &HashMap<String, String>) -> Result<Option<i64>, ApiError> {
+    match param(p, "key_id") {
+        None => Ok(None),
+        Some("anonymous") => Ok(Some(ANONYMOUS)),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .map(Some)
+            .ok_or_else(|| bad("key_id", format!("'{v}' is neither a key id nor 'anonymous'"))),
+    }
+}
+
 /// Every node with its load and token totals, offline and deleted ones included.
 #[utoipa::path(get, path = "/api/dashboard/nodes", tag = "dashboard", security(("admin_key" = [])),
     responses((status = 200, body = DashboardNodes)))]
@@ -87,16 +102,18 @@ pub async fn stats_overview(State(st): State<AppState>) -> Json<DashboardStats> 
 
 /// Token totals, by node and by model, optionally filtered.
 #[utoipa::path(get, path = "/api/dashboard/stats/tokens", tag = "dashboard", security(("admin_key" = [])),
-    params(("node_id" = Option<i64>, Query, description = "Only this node"), ("model" = Option<String>, Query, description = "Only this model")),
+    params(("node_id" = Option<i64>, Query, description = "Only this node"), ("model" = Option<String>, Query, description = "Only this model"),
+        ("key_id" = Option<String>, Query, description = "Only this client key (an id, or anonymous)")),
     responses((status = 200, body = TokenStats), (status = 400, description = "Bad parameter")))]
 pub async fn tokens(State(st): State<AppState>, Query(p): Params) -> Result<Json<TokenStats>, ApiError> {
     let filter = RollupFilter {
+        key_id: key_id(&p)?,
         node_id: int(&p, "node_id")?,
         model: param(&p, "model").map(str::to_string),
         ..Default::default()
     };
     Ok(Json(
-        stats::token_stats(&st.store, st.balancer.registry(), &filter).await?,
+        stats::token_stats(&st.store, st.balancer.registry(), &st.keys, &filter).await?,
     ))
 }
 
@@ -104,13 +121,15 @@ pub async fn tokens(State(st): State<AppState>, Query(p): Params) -> Result<Json
 #[utoipa::path(get, path = "/api/dashboard/stats/tokens/daily", tag = "dashboard", security(("admin_key" = [])),
     params(("from" = Option<String>, Query, description = "First day, YYYY-MM-DD"), ("to" = Option<String>, Query, description = "Last day, YYYY-MM-DD"),
         ("days" = Option<u32>, Query, description = "Days ending today (default 30)"), ("node_id" = Option<i64>, Query, description = "Only this node"),
-        ("model" = Option<String>, Query, description = "Only this model"), ("tz" = Option<String>, Query, description = "IANA time zone (default UTC)")),
+        ("model" = Option<String>, Query, description = "Only this model"), ("tz" = Option<String>, Query, description = "IANA time zone (default UTC)"),
+        ("key_id" = Option<String>, Query, description = "Only this client key (an id, or anonymous)")),
     responses((status = 200, body = DailyTokenSeries), (status = 400, description = "Bad parameter")))]
 pub async fn daily(State(st): State<AppState>, Query(p): Params) -> Result<Json<DailyTokenSeries>, ApiError> {
     let q = DailyQuery {
         from: date(&p, "from")?,
         to: date(&p, "to")?,
         days: int(&p, "days")?,
+        key_id: key_id(&p)?,
         node_id: int(&p, "node_id")?,
         model: param(&p, "model").map(str::to_string),
         tz: param(&p, "tz").map(str::to_string),
@@ -122,13 +141,15 @@ pub async fn daily(State(st): State<AppState>, Query(p): Params) -> Result<Json<
 #[utoipa::path(get, path = "/api/dashboard/stats/tokens/monthly", tag = "dashboard", security(("admin_key" = [])),
     params(("from" = Option<String>, Query, description = "First month, YYYY-MM"), ("to" = Option<String>, Query, description = "Last month, YYYY-MM"),
         ("months" = Option<u32>, Query, description = "Months ending this month (default 12)"), ("node_id" = Option<i64>, Query, description = "Only this node"),
-        ("model" = Option<String>, Query, description = "Only this model"), ("tz" = Option<String>, Query, description = "IANA time zone (default UTC)")),
+        ("model" = Option<String>, Query, description = "Only this model"), ("tz" = Option<String>, Query, description = "IANA time zone (default UTC)"),
+        ("key_id" = Option<String>, Query, description = "Only this client key (an id, or anonymous)")),
     responses((status = 200, body = MonthlyTokenSeries), (status = 400, description = "Bad parameter")))]
 pub async fn monthly(State(st): State<AppState>, Query(p): Params) -> Result<Json<MonthlyTokenSeries>, ApiError> {
     let q = MonthlyQuery {
         from: month(&p, "from")?,
         to: month(&p, "to")?,
         months: int(&p, "months")?,
+        key_id: key_id(&p)?,
         node_id: int(&p, "node_id")?,
         model: param(&p, "model").map(str::to_string),
         tz: param(&p, "tz").map(str::to_string),
@@ -139,7 +160,8 @@ pub async fn monthly(State(st): State<AppState>, Query(p): Params) -> Result<Jso
 /// Recent request records, newest first, with cursor pagination.
 #[utoipa::path(get, path = "/api/dashboard/request-history", tag = "dashboard", security(("admin_key" = [])),
     params(("node_id" = Option<i64>, Query, description = "Only this node"), ("model" = Option<String>, Query, description = "Only this model"),
-        ("status" = Option<String>, Query, description = "success, error or cancelled"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("status" = Option<String>, Query, description = "success, error or cancelled"),
+        ("key_id" = Option<String>, Query, description = "Only this client key (an id, or anonymous)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
         ("limit" = Option<u32>, Query, description = "1 to 500, default 50")),
     responses((status = 200, body = RequestHistoryPage), (status = 400, description = "Bad parameter")))]
 pub async fn history(State(st): State<AppState>, Query(p): Params) -> Result<Json<RequestHistoryPage>, ApiError> {
@@ -154,6 +176,7 @@ pub async fn history(State(st): State<AppState>, Query(p): Params) -> Result<Jso
         })
         .transpose()?;
     let filter = HistoryFilter {
+        key_id: key_id(&p)?,
         node_id: int(&p, "node_id")?,
         model: param(&p, "model").map(str::to_string),
         status,
@@ -189,4 +212,12 @@ pub async fn history_record(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("record {id}")))?;
     Ok(Json(rec))
+}
+
+/// Every client key with its usage: all time, today and this month (in the key's
+/// `budget_tz`), against its budgets.
+#[utoipa::path(get, path = "/api/dashboard/keys", tag = "dashboard", security(("admin_key" = [])),
+    responses((status = 200, body = DashboardKeys)))]
+pub async fn keys(State(st): State<AppState>) -> Result<Json<DashboardKeys>, ApiError> {
+    Ok(Json(stats::dashboard_keys(&st.store, &st.keys, st.clock.now()).await?))
 }

@@ -1,11 +1,12 @@
-//! The operator's API: `/api/nodes`, `/api/dashboard/*`, `/api/openapi.json` and
+//! The operator's API: `/api/nodes`, `/api/keys`, `/api/dashboard/*`, `/api/openapi.json` and
 //! `/metrics`. Everything under `/api` needs the admin key (`auth` is a layer, not a
-//! check repeated in handlers). Handlers translate HTTP to calls of `nodes` and
-//! `stats` and back; they hold no logic of their own.
+//! check repeated in handlers). Handlers translate HTTP to calls of `nodes`, `keys`
+//! and `stats` and back; they hold no logic of their own.
 
 mod auth;
 mod dashboard;
 mod error;
+mod keys;
 mod nodes;
 pub mod openapi;
 
@@ -25,6 +26,7 @@ use crate::config::MetricsAccess;
 pub fn routes(state: AppState) -> Router<AppState> {
     let admin = Router::new()
         .merge(nodes::routes())
+        .merge(keys::routes())
         .merge(dashboard::routes())
         .route("/api/openapi.json", get(openapi::serve))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));

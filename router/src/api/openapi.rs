@@ -22,7 +22,9 @@ impl Modify for AdminKeyScheme {
     info(title = "llm-router", description = "One OpenAI-compatible endpoint over many inference nodes, with exact token accounting"),
     paths(
         crate::proxy::chat_completions, crate::proxy::completions, crate::proxy::embeddings,
-        crate::proxy::responses, crate::proxy::list_models,
+        crate::proxy::responses, crate::proxy::list_models, crate::proxy::client_key::key_info,
+        crate::api::keys::list_keys, crate::api::keys::create_key, crate::api::keys::get_key,
+        crate::api::keys::update_key, crate::api::keys::revoke_key, crate::api::dashboard::keys,
         crate::api::nodes::list_nodes, crate::api::nodes::create_node, crate::api::nodes::get_node,
         crate::api::nodes::update_node, crate::api::nodes::delete_node,
         crate::api::dashboard::nodes, crate::api::dashboard::stats_overview, crate::api::dashboard::tokens,
@@ -34,6 +36,7 @@ impl Modify for AdminKeyScheme {
     modifiers(&AdminKeyScheme),
     tags((name = "inference", description = "OpenAI-compatible API for clients"),
         (name = "nodes", description = "Node registry (admin key)"),
+        (name = "keys", description = "Client keys (admin key)"),
         (name = "dashboard", description = "Statistics (admin key)"),
         (name = "operations", description = "Health and metrics"))
 )]

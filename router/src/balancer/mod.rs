@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource, TokenUsage};
 
+use crate::keys::KeyPermit;
 use crate::metrics::{Metrics, NodeLabels, RequestMetrics};
 use crate::nodes::{Node, NodeId, NodeRegistry, NodeStatus};
 use crate::recorder::{CommitTicket, Recorder};
@@ -115,7 +116,7 @@ impl NodeLoadState {
 }
 
 /// What is known of a request before it ends.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RecordDraft {
     pub timestamp: DateTime<Utc>,
     pub started: Instant,
@@ -125,6 +126,10 @@ pub struct RecordDraft {
     pub stream: bool,
     /// Kept to estimate input tokens if the node reports none.
     pub prompt: Prompt,
+    /// The client key presented, `(id, name)` (`None`: anonymous), for the record.
+    pub client_key: Option<(i64, String)>,
+    /// Its admission, charged when the request ends (`None`: anonymous or refused).
+    pub key: Option<KeyPermit>,
 }
 
 /// How a request ended, with its token figures.
@@ -257,6 +262,14 @@ impl Balancer {
         node.load.add_finished(outcome.status, duration_ms, &outcome.usage);
 
         metrics.active_requests.dec();
+        let key_metrics = draft
+            .key
+            .as_ref()
+            .map_or(&*self.inner.metrics.anonymous, KeyPermit::metrics);
+        key_metrics.count(outcome.status, &outcome.usage);
+        if let Some(key) = &draft.key {
+            key.charge(&outcome.usage, draft.timestamp);
+        }
         metrics.requests(outcome.status).inc();
         metrics.input_tokens.inc_by(outcome.usage.input_tokens);
         metrics.output_tokens.inc_by(outcome.usage.output_tokens);
@@ -305,15 +318,19 @@ fn build_record(
     o: RequestOutcome,
 ) -> RequestResponseRecord {
     let (node_id, node_name) = node.unzip();
+    let (api_key_id, api_key_name) = draft.client_key.unzip();
     RequestResponseRecord {
         id: 0,
         timestamp: draft.timestamp,
-        completed_at: Utc::now(),
+        // On the router's clock, like the timestamp.
+        completed_at: draft.timestamp + chrono::Duration::milliseconds(duration_ms as i64),
         request_type: draft.request_type,
         model: draft.model,
         node_id,
         node_name,
         client_ip: draft.client_ip,
+        api_key_id,
+        api_key_name,
         stream: draft.stream,
         status: o.status,
         http_status: o.http_status,

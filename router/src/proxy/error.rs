@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ErrorBody;
+use crate::keys::KeyRefusal;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {
@@ -27,6 +28,49 @@ pub enum ProxyError {
     UpstreamTimeout(String),
     #[error("the router cannot record more requests: {0} records wait for the store; retry later")]
     BacklogFull(u64),
+    #[error("{0}")]
+    InvalidApiKey(&'static str),
+    #[error("this API key may not use the model '{0}'")]
+    ModelNotAllowed(String),
+    #[error("rate limit reached for {what}: limit {limit}; retry in {retry_after} s")]
+    RateLimited {
+        what: &'static str,
+        limit: u64,
+        retry_after: u64,
+    },
+    #[error("the {what} token budget of this API key ({budget} tokens) is used up; it renews in {retry_after} s")]
+    QuotaExceeded {
+        what: &'static str,
+        budget: u64,
+        retry_after: u64,
+    },
+}
+
+impl From<KeyRefusal> for ProxyError {
+    fn from(r: KeyRefusal) -> Self {
+        match r {
+            KeyRefusal::InvalidKey(why) => ProxyError::InvalidApiKey(why),
+            KeyRefusal::ModelNotAllowed(m) => ProxyError::ModelNotAllowed(m),
+            KeyRefusal::RateLimited {
+                what,
+                limit,
+                retry_after,
+            } => ProxyError::RateLimited {
+                what,
+                limit,
+                retry_after,
+            },
+            KeyRefusal::QuotaExceeded {
+                what,
+                budget,
+                retry_after,
+            } => ProxyError::QuotaExceeded {
+                what,
+                budget,
+                retry_after,
+            },
+        }
+    }
 }
 
 impl ProxyError {
@@ -38,6 +82,30 @@ impl ProxyError {
             ProxyError::NoNodeAvailable(_) | ProxyError::BacklogFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::AllNodesFailed { .. } | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited { .. } | ProxyError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// Seconds a client should wait before retrying, when the router knows.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ProxyError::RateLimited { retry_after, .. } | ProxyError::QuotaExceeded { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            _ => None,
+        }
+    }
+
+    /// OpenAI's `type` of the error.
+    fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::RateLimited { what, .. } if what.starts_with("tokens") => "tokens",
+            ProxyError::RateLimited { .. } => "requests",
+            ProxyError::QuotaExceeded { .. } => "insufficient_quota",
+            _ if self.status().is_server_error() => "server_error",
+            _ => "invalid_request_error",
         }
     }
 
@@ -51,24 +119,26 @@ impl ProxyError {
             ProxyError::AllNodesFailed { .. } | ProxyError::Upstream(_) => "upstream_error",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::BacklogFull(_) => "store_unavailable",
+            ProxyError::InvalidApiKey(_) => "invalid_api_key",
+            ProxyError::ModelNotAllowed(_) => "model_not_allowed",
+            ProxyError::RateLimited { .. } => "rate_limit_exceeded",
+            ProxyError::QuotaExceeded { .. } => "insufficient_quota",
         }
     }
 }
 
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let kind = if status.is_server_error() {
-            "server_error"
-        } else {
-            "invalid_request_error"
-        };
-        ErrorBody {
-            status,
+        let mut response = ErrorBody {
+            status: self.status(),
             message: self.to_string(),
-            kind,
+            kind: self.kind(),
             code: self.code(),
         }
-        .into_response()
+        .into_response();
+        if let Some(secs) = self.retry_after() {
+            response.headers_mut().insert(http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

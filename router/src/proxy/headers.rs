@@ -2,8 +2,9 @@
 //!
 //! Client → node: everything but hop-by-hop headers, `host`, `content-length`
 //! (recomputed), `accept-encoding` (the router must read the answer to count its
-//! tokens, so it asks for identity) and the client's `authorization`, which is meant
-//! for the router; the node's own `api_key` is sent instead, to that node only.
+//! tokens, so it asks for identity) and the client's `authorization` and `x-api-key`,
+//! which carry the router's client key; the node's own `api_key` is sent instead, to
+//! that node only.
 //! Node → client: everything but hop-by-hop headers and `content-length`.
 
 use bytes::Bytes;
@@ -42,6 +43,7 @@ pub fn upstream_request(
                 *name,
                 header::HOST | header::CONTENT_LENGTH | header::ACCEPT_ENCODING | header::AUTHORIZATION
             )
+            || name == "x-api-key"
         {
             continue;
         }

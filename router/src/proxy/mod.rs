@@ -9,6 +9,7 @@
 //! node took it. The proxy never writes SQL and never counts tokens itself: it hands
 //! texts and usage to the `token` module.
 
+pub mod client_key;
 mod error;
 mod headers;
 mod stream;
@@ -24,7 +25,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use chrono::Utc;
 use common::protocol::{RequestStatus, RequestType, TokenUsage};
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{json, Value};
@@ -58,6 +58,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/responses", post(responses))
         .route("/v1/models", get(list_models))
+        .route("/v1/key", get(client_key::key_info))
 }
 
 /// Forwards a chat completion (plain or streamed) to a node serving the model.
@@ -115,9 +116,15 @@ pub async fn responses(
     proxy(st, RequestType::Responses, peer, headers, body).await
 }
 
-/// The union of the models of online nodes, in OpenAI's list format.
-#[utoipa::path(get, path = "/v1/models", tag = "inference", responses((status = 200, description = "OpenAI model list")))]
-pub async fn list_models(State(st): State<AppState>) -> Json<Value> {
+/// The union of the models of online nodes, in OpenAI's list format; with a client
+/// key, only the models it may use.
+#[utoipa::path(get, path = "/v1/models", tag = "inference", responses((status = 200, description = "OpenAI model list"),
+    (status = 401, description = "Missing or invalid client key (with --client-auth required)")))]
+pub async fn list_models(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let key = match client_key::authenticate(&st, &headers) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
     let mut models: Vec<String> = Vec::new();
     st.balancer.registry().for_each(|n| {
         n.with_info(|i| {
@@ -126,13 +133,16 @@ pub async fn list_models(State(st): State<AppState>) -> Json<Value> {
             }
         })
     });
+    if let Some(key) = key {
+        models.retain(|m| key.allows(m));
+    }
     models.sort();
     models.dedup();
     let data: Vec<Value> = models
         .iter()
         .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "llm-router"}))
         .collect();
-    Json(json!({"object": "list", "data": data}))
+    Json(json!({"object": "list", "data": data})).into_response()
 }
 
 /// A parsed inference request.
@@ -172,13 +182,15 @@ async fn read_request(settings: &ProxySettings, body: Body) -> Result<Parsed, Pr
 
 async fn proxy(st: AppState, kind: RequestType, peer: SocketAddr, headers: HeaderMap, body: Body) -> Response {
     let mut draft = RecordDraft {
-        timestamp: Utc::now(),
+        timestamp: st.clock.now(),
         started: Instant::now(),
         request_type: kind,
         model: String::new(),
         client_ip: Some(peer.ip().to_string()),
         stream: false,
         prompt: Prompt::default(),
+        client_key: None,
+        key: None,
     };
     // Its record could not be kept either: refused, and not recorded.
     let backlog = st.balancer.recorder().backlog();
@@ -186,6 +198,12 @@ async fn proxy(st: AppState, kind: RequestType, peer: SocketAddr, headers: Heade
         tracing::debug!(backlog, "store unavailable and backlog full; request refused");
         return ProxyError::BacklogFull(backlog).into_response();
     }
+    // Before the body is read: a refused client costs no more than its head.
+    let key = match client_key::authenticate(&st, &headers) {
+        Ok(k) => k,
+        Err(e) => return reject(&st, draft, e).await,
+    };
+    draft.client_key = key.as_ref().map(|k| (k.id, k.settings().name.clone()));
     let req = match read_request(&st.proxy, body).await {
         Ok(r) => r,
         Err(e) => return reject(&st, draft, e).await,
@@ -193,7 +211,24 @@ async fn proxy(st: AppState, kind: RequestType, peer: SocketAddr, headers: Heade
     draft.model = req.model.clone();
     draft.stream = req.stream;
     draft.prompt = Prompt::of(req.json.clone());
+    // The key's limits, before any node is contacted.
+    if let Some(key) = &key {
+        match key.admit(&req.model) {
+            Ok(permit) => draft.key = Some(permit),
+            Err(refusal) => return reject(&st, draft, refusal.into()).await,
+        }
+    }
+    let rate = draft.key.as_ref().map(|p| p.rate);
+    let mut response = route(&st, draft, &req, &headers).await;
+    if let Some(rate) = rate {
+        client_key::add_rate_headers(response.headers_mut(), &rate);
+    }
+    response
+}
 
+/// Sends the request to the best node for its model, failing over to the next one
+/// while no byte has reached the client.
+async fn route(st: &AppState, mut draft: RecordDraft, req: &Parsed, headers: &HeaderMap) -> Response {
     let mut tried = Vec::new();
     let mut last_failure: Option<String> = None;
     loop {
@@ -208,12 +243,12 @@ async fn proxy(st: AppState, kind: RequestType, peer: SocketAddr, headers: Heade
                     (NoNode::UnknownModel, None) => ProxyError::UnknownModel(req.model.clone()),
                     (NoNode::Unavailable, None) => ProxyError::NoNodeAvailable(req.model.clone()),
                 };
-                return reject(&st, draft, err).await;
+                return reject(st, draft, err).await;
             }
         };
         tried.push(node.id);
         let lease = st.balancer.begin_request(node, draft);
-        match forward(&st, lease, &req, &headers).await {
+        match forward(st, lease, req, headers).await {
             Forwarded::Done(resp) => return resp,
             Forwarded::FailOver(lease, reason) => {
                 st.balancer.connection_failed(lease.node(), &reason);

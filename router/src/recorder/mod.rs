@@ -340,6 +340,8 @@ mod tests {
             node_id: Some(1),
             node_name: Some("n".into()),
             client_ip: None,
+            api_key_id: None,
+            api_key_name: None,
             stream: false,
             status: RequestStatus::Success,
             http_status: 200,

@@ -7,16 +7,21 @@
 //! whose offset is a whole number of hours (DST included); for zones with a :30 or :45
 //! offset, the hour that straddles local midnight counts in the day it starts in.
 
+mod keys;
 mod series;
 
 use std::collections::HashMap;
 
-use common::protocol::{DashboardNode, DashboardNodes, DashboardStats, ModelTokenStats, NodeTokenStats, TokenStats};
+use common::protocol::{
+    DashboardNode, DashboardNodes, DashboardStats, KeyTokenStats, ModelTokenStats, NodeTokenStats, TokenStats,
+};
 
+pub use keys::{dashboard_keys, key_usage, KeyUsage};
 pub use series::{daily, monthly, DailyQuery, MonthlyQuery};
 
+use crate::keys::KeyRing;
 use crate::nodes::{NodeRegistry, NodeStatus};
-use crate::store::{GroupBy, RollupFilter, Store, StoreError};
+use crate::store::{GroupBy, RollupFilter, Store, StoreError, ANONYMOUS};
 
 /// Errors of statistics queries.
 #[derive(Debug, thiserror::Error)]
@@ -117,18 +122,35 @@ pub fn dashboard_stats(registry: &NodeRegistry) -> DashboardStats {
 pub async fn token_stats(
     store: &Store,
     registry: &NodeRegistry,
+    keys: &KeyRing,
     filter: &RollupFilter,
 ) -> Result<TokenStats, StatsError> {
     let names: HashMap<i64, String> = registry.all().iter().map(|n| (n.id, n.name())).collect();
-    // One snapshot: Σ by_node = Σ by_model = the totals, even during a commit.
+    // One snapshot: Σ by_node = Σ by_model = Σ by_key = the totals, even during a commit.
     let mut groupings = store
-        .rollup_totals_together(&[GroupBy::Node, GroupBy::Model], filter)
+        .rollup_totals_together(&[GroupBy::Node, GroupBy::Model, GroupBy::Key], filter)
         .await?
         .into_iter();
-    let (node_rows, model_rows) = (
-        groupings.next().unwrap_or_default(),
-        groupings.next().unwrap_or_default(),
-    );
+    let mut next = || groupings.next().unwrap_or_default();
+    let (node_rows, model_rows, key_rows) = (next(), next(), next());
+    let key_names: HashMap<i64, String> = keys.all().iter().map(|k| (k.id, k.settings().name.clone())).collect();
+    let by_key = key_rows
+        .into_iter()
+        .map(|(k, t)| {
+            let key_id = k.key_id.filter(|id| *id != ANONYMOUS);
+            KeyTokenStats {
+                key_id,
+                key_name: match key_id {
+                    None => "anonymous".to_string(),
+                    Some(id) => key_names.get(&id).cloned().unwrap_or_else(|| format!("key {id}")),
+                },
+                input_tokens: t.input_tokens,
+                output_tokens: t.output_tokens,
+                total_tokens: t.total_tokens,
+                request_count: t.request_count,
+            }
+        })
+        .collect();
     let by_node: Vec<NodeTokenStats> = node_rows
         .into_iter()
         .map(|(k, t)| {
@@ -168,5 +190,6 @@ pub async fn token_stats(
         estimated_request_count: totals.estimated_count,
         by_node,
         by_model,
+        by_key,
     })
 }

@@ -2,11 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Datelike, Days, LocalResult, Months, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Days, Months, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use common::protocol::{DailyTokenSeries, DailyTokenStats, MonthlyTokenSeries, MonthlyTokenStats};
 
 use super::{bad, StatsError};
+use crate::clock::{first_of_month, local_midnight};
 use crate::store::{GroupBy, RollupFilter, RollupTotals, Store};
 
 /// Longest daily range (about ten years).
@@ -19,6 +20,8 @@ pub struct DailyQuery {
     pub from: Option<NaiveDate>,
     pub to: Option<NaiveDate>,
     pub days: Option<u32>,
+    /// Only this client key (`ANONYMOUS`: requests without one).
+    pub key_id: Option<i64>,
     pub node_id: Option<i64>,
     pub model: Option<String>,
     pub tz: Option<String>,
@@ -31,9 +34,32 @@ pub struct MonthlyQuery {
     /// First day of the last month.
     pub to: Option<NaiveDate>,
     pub months: Option<u32>,
+    /// Only this client key (`ANONYMOUS`: requests without one).
+    pub key_id: Option<i64>,
     pub node_id: Option<i64>,
     pub model: Option<String>,
     pub tz: Option<String>,
+}
+
+impl DailyQuery {
+    fn scope(&self) -> RollupFilter {
+        scope(self.key_id, self.node_id, &self.model)
+    }
+}
+
+impl MonthlyQuery {
+    fn scope(&self) -> RollupFilter {
+        scope(self.key_id, self.node_id, &self.model)
+    }
+}
+
+fn scope(key_id: Option<i64>, node_id: Option<i64>, model: &Option<String>) -> RollupFilter {
+    RollupFilter {
+        key_id,
+        node_id,
+        model: model.clone(),
+        ..Default::default()
+    }
 }
 
 pub fn parse_tz(tz: Option<&str>) -> Result<Tz, StatsError> {
@@ -45,22 +71,6 @@ pub fn parse_tz(tz: Option<&str>) -> Result<Tz, StatsError> {
                 format!("unknown time zone '{name}' (expected an IANA name such as Europe/Paris)"),
             )
         }),
-    }
-}
-
-/// The UTC instant of local midnight starting `date` (the first instant of the day
-/// when midnight falls in a DST gap).
-fn local_midnight(tz: Tz, date: NaiveDate) -> DateTime<Utc> {
-    let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
-    match tz.from_local_datetime(&midnight) {
-        LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.with_timezone(&Utc),
-        LocalResult::None => (1..=3)
-            .find_map(|h| {
-                tz.from_local_datetime(&(midnight + chrono::Duration::hours(h)))
-                    .earliest()
-            })
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or_else(|| midnight.and_utc()),
     }
 }
 
@@ -105,8 +115,7 @@ fn offset_runs(tz: Tz, start: i64, end: i64) -> Vec<(i64, i64, i32)> {
 async fn local_days(
     store: &Store,
     tz: Tz,
-    node_id: Option<i64>,
-    model: Option<String>,
+    scope: RollupFilter,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<(NaiveDate, RollupTotals)>, StatsError> {
@@ -116,10 +125,9 @@ async fn local_days(
     let mut out = Vec::new();
     for (run_start, run_end, utc_offset_secs) in offset_runs(tz, start, end) {
         let filter = RollupFilter {
-            node_id,
-            model: model.clone(),
             from_hour: Some(run_start),
             to_hour: Some(run_end),
+            ..scope.clone()
         };
         for (k, t) in store
             .rollup_totals(GroupBy::LocalDay { utc_offset_secs }, &filter)
@@ -165,7 +173,7 @@ pub async fn daily(store: &Store, q: DailyQuery) -> Result<DailyTokenSeries, Sta
     let start = local_midnight(tz, from);
     let end = local_midnight(tz, to + Days::new(1));
     let mut buckets: BTreeMap<NaiveDate, RollupTotals> = BTreeMap::new();
-    for (d, t) in local_days(store, tz, q.node_id, q.model, start, end).await? {
+    for (d, t) in local_days(store, tz, q.scope(), start, end).await? {
         if d >= from && d <= to {
             buckets.entry(d).or_default().add(&t);
         }
@@ -188,10 +196,6 @@ pub async fn daily(store: &Store, q: DailyQuery) -> Result<DailyTokenSeries, Sta
         tz: tz.name().to_string(),
         days,
     })
-}
-
-fn first_of_month(d: NaiveDate) -> NaiveDate {
-    d.with_day(1).expect("day 1 exists")
 }
 
 pub async fn monthly(store: &Store, q: MonthlyQuery) -> Result<MonthlyTokenSeries, StatsError> {
@@ -220,7 +224,7 @@ pub async fn monthly(store: &Store, q: MonthlyQuery) -> Result<MonthlyTokenSerie
     let start = local_midnight(tz, from);
     let end = local_midnight(tz, to + Months::new(1));
     let mut buckets: BTreeMap<NaiveDate, RollupTotals> = BTreeMap::new();
-    for (d, t) in local_days(store, tz, q.node_id, q.model, start, end).await? {
+    for (d, t) in local_days(store, tz, q.scope(), start, end).await? {
         let m = first_of_month(d);
         if m >= from && m <= to {
             buckets.entry(m).or_default().add(&t);

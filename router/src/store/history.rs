@@ -5,11 +5,14 @@ use chrono::{DateTime, Utc};
 use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
+use super::rollup::ANONYMOUS;
 use super::{from_millis, to_millis, to_u64, Store, StoreError, StoreResult};
 
 /// Filters of the history page; every field is optional.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryFilter {
+    /// A client key id, or `ANONYMOUS` for records without a key.
+    pub key_id: Option<i64>,
     pub node_id: Option<i64>,
     pub model: Option<String>,
     pub status: Option<RequestStatus>,
@@ -34,9 +37,11 @@ impl Store {
     pub async fn history_page(&self, filter: &HistoryFilter) -> StoreResult<HistoryPage> {
         let want = filter.limit as usize + 1;
         // The node filter is the only one that needs the ranges.
-        let node_only = filter
-            .node_id
-            .filter(|_| filter.model.is_none() && matches!(filter.status, None | Some(RequestStatus::Success)));
+        let node_only = filter.node_id.filter(|_| {
+            filter.model.is_none()
+                && filter.key_id.is_none()
+                && matches!(filter.status, None | Some(RequestStatus::Success))
+        });
         let rows = if let Some(node_id) = node_only {
             let mut rows = Vec::new();
             for (low, high) in self.node_id_ranges(node_id, filter.before_id).await? {
@@ -121,6 +126,15 @@ impl Store {
 /// `SELECT * FROM request_history` with the filter's conditions.
 fn filtered_query(filter: &HistoryFilter) -> QueryBuilder<'static, Sqlite> {
     let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM request_history WHERE 1 = 1");
+    match filter.key_id {
+        Some(ANONYMOUS) => {
+            q.push(" AND api_key_id IS NULL");
+        }
+        Some(id) => {
+            q.push(" AND api_key_id = ").push_bind(id);
+        }
+        None => {}
+    }
     if let Some(id) = filter.node_id {
         q.push(" AND node_id = ").push_bind(id);
     }
@@ -164,6 +178,8 @@ fn row_to_record(r: &sqlx::sqlite::SqliteRow) -> RequestResponseRecord {
         node_id: r.get("node_id"),
         node_name: r.get("node_name"),
         client_ip: r.get("client_ip"),
+        api_key_id: r.get("api_key_id"),
+        api_key_name: r.get("api_key_name"),
         stream: r.get::<i64, _>("stream") != 0,
         status: RequestStatus::parse(r.get("status")).unwrap_or(RequestStatus::Error),
         http_status: r.get::<i64, _>("http_status").clamp(0, u16::MAX as i64) as u16,
@@ -194,6 +210,8 @@ mod tests {
             node_id: Some(node_id),
             node_name: Some(format!("n{node_id}")),
             client_ip: None,
+            api_key_id: None,
+            api_key_name: None,
             stream: false,
             status,
             http_status: 200,

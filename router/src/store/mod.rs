@@ -10,6 +10,7 @@
 
 pub mod checkpoint;
 mod history;
+mod keys;
 mod nodes;
 mod rollup;
 mod writer;
@@ -23,8 +24,9 @@ use sqlx::SqlitePool;
 
 pub use checkpoint::Checkpointer;
 pub use history::{HistoryFilter, HistoryPage};
+pub use keys::{KeyChanges, KeyLimits, NewKey, StoredKey};
 pub use nodes::{NewNode, NodeChanges, StoredNode};
-pub use rollup::{GroupBy, RollupFilter, RollupKey, RollupTotals};
+pub use rollup::{GroupBy, RollupFilter, RollupKey, RollupTotals, ANONYMOUS};
 pub use writer::{HistoryWriter, LockWait};
 
 /// Errors of the persistence layer.

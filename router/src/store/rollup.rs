@@ -1,10 +1,11 @@
 //! The rollups, kept forever: written with the history rows they sum, read by every
 //! statistic.
 //!
-//! Five tables hold the same sums at different grains: `token_stats_hourly` (UTC hour
+//! Seven tables hold the same sums at different grains: `token_stats_hourly` (UTC hour
 //! x node x model), `token_stats_hourly_node`, `token_stats_hourly_model`,
-//! `token_stats_hourly_all` (UTC hour) and `token_stats_total` (node x model, all
-//! time). [`add_to_rollups`] updates all of them in the writer's transaction;
+//! `token_stats_hourly_all` (UTC hour), `token_stats_total` (node x model, all time),
+//! and with the client key (0: anonymous) `token_stats_hourly_key` (UTC hour x key x
+//! node x model) and `token_stats_total_key` (key x node x model). [`add_to_rollups`] updates all of them in the writer's transaction;
 //! [`Store::rollup_totals`] reads the smallest table that can answer, so queries stay
 //! fast however long the history grows. Every statistic of the router
 //! (node totals at start-up, Prometheus counters at boot, the dashboard's totals,
@@ -19,6 +20,9 @@ use common::protocol::{RequestResponseRecord, RequestStatus, TokenSource};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::{to_i64, to_u64, Store, StoreResult};
+
+/// The `key_id` of requests made without a client key, in the key rollups.
+pub const ANONYMOUS: i64 = 0;
 
 /// The summed columns, in the order of [`RollupTotals::values`].
 const VALUE_COLUMNS: [&str; 9] = [
@@ -37,6 +41,8 @@ const VALUE_COLUMNS: [&str; 9] = [
 struct RollupTable {
     name: &'static str,
     by_hour: bool,
+    /// Grouped by client key as well (0: anonymous); node and model always come with it.
+    by_key: bool,
     by_node: bool,
     by_model: bool,
     /// Keeps `min_id` and `max_id`: the range of history ids summed in each row (the
@@ -48,6 +54,7 @@ const fn table(name: &'static str, by_hour: bool, by_node: bool, by_model: bool)
     RollupTable {
         name,
         by_hour,
+        by_key: false,
         by_node,
         by_model,
         id_range: false,
@@ -56,7 +63,7 @@ const fn table(name: &'static str, by_hour: bool, by_node: bool, by_model: bool)
 
 /// Every grain, finest first. A query reads the one whose keys are exactly what it
 /// filters or groups by, so it never sums rows of dimensions it does not need.
-const TABLES: [RollupTable; 5] = [
+const TABLES: [RollupTable; 7] = [
     table("token_stats_hourly", true, true, true),
     RollupTable {
         id_range: true,
@@ -65,6 +72,14 @@ const TABLES: [RollupTable; 5] = [
     table("token_stats_hourly_model", true, false, true),
     table("token_stats_hourly_all", true, false, false),
     table("token_stats_total", false, true, true),
+    RollupTable {
+        by_key: true,
+        ..table("token_stats_hourly_key", true, true, true)
+    },
+    RollupTable {
+        by_key: true,
+        ..table("token_stats_total_key", false, true, true)
+    },
 ];
 
 impl RollupTable {
@@ -72,6 +87,9 @@ impl RollupTable {
         let mut cols = Vec::new();
         if self.by_hour {
             cols.push("hour_start");
+        }
+        if self.by_key {
+            cols.push("key_id");
         }
         if self.by_node {
             cols.push("node_id");
@@ -83,14 +101,16 @@ impl RollupTable {
     }
 
     /// The table for a query that needs these dimensions.
-    fn for_query(hourly: bool, node: bool, model: bool) -> &'static RollupTable {
-        if !hourly {
-            return &TABLES[4];
+    fn for_query(hourly: bool, key: bool, node: bool, model: bool) -> &'static RollupTable {
+        match (key, hourly) {
+            (true, true) => &TABLES[5],
+            (true, false) => &TABLES[6],
+            (false, false) => &TABLES[4],
+            (false, true) => TABLES[..4]
+                .iter()
+                .find(|t| t.by_node == node && t.by_model == model)
+                .expect("every combination has a table"),
         }
-        TABLES[..4]
-            .iter()
-            .find(|t| t.by_node == node && t.by_model == model)
-            .expect("every combination has a table")
     }
 }
 
@@ -123,6 +143,9 @@ fn upsert_sql(table: &RollupTable) -> String {
     )
 }
 
+/// The sums of one rollup row and the range of history ids they come from.
+type RowSums = (RollupTotals, i64, i64);
+
 static UPSERTS: LazyLock<Vec<String>> = LazyLock::new(|| TABLES.iter().map(upsert_sql).collect());
 
 /// Adds `records`, inserted as history rows `ids`, to every rollup table, inside the
@@ -134,21 +157,27 @@ pub(super) fn add_to_rollups(
 ) -> rusqlite::Result<()> {
     for (table, sql) in TABLES.iter().zip(UPSERTS.iter()) {
         // Sums and the range of ids of each row.
-        let mut sums: HashMap<(i64, i64, &str), (RollupTotals, i64, i64)> = HashMap::new();
+        // (hour, key, node, model) -> sums and the range of history ids.
+        let mut sums: HashMap<(i64, i64, i64, &str), RowSums> = HashMap::new();
         for (r, &id) in records.iter().zip(ids) {
             let Some(node_id) = r.node_id else { continue };
             let hour = if table.by_hour { hour_start(r.timestamp) } else { 0 };
+            let key = if table.by_key {
+                r.api_key_id.unwrap_or(ANONYMOUS)
+            } else {
+                0
+            };
             let node = if table.by_node { node_id } else { 0 };
             let model = if table.by_model { r.model.as_str() } else { "" };
-            let (totals, min_id, max_id) = sums
-                .entry((hour, node, model))
-                .or_insert((RollupTotals::default(), id, id));
+            let (totals, min_id, max_id) =
+                sums.entry((hour, key, node, model))
+                    .or_insert((RollupTotals::default(), id, id));
             totals.add(&RollupTotals::of(r));
             *min_id = (*min_id).min(id);
             *max_id = (*max_id).max(id);
         }
         let mut upsert = tx.prepare_cached(sql)?;
-        for ((hour, node, model), (totals, min_id, max_id)) in sums {
+        for ((hour, key, node, model), (totals, min_id, max_id)) in sums {
             let mut index = 0;
             let mut next = || {
                 index += 1;
@@ -156,6 +185,9 @@ pub(super) fn add_to_rollups(
             };
             if table.by_hour {
                 upsert.raw_bind_parameter(next(), hour)?;
+            }
+            if table.by_key {
+                upsert.raw_bind_parameter(next(), key)?;
             }
             if table.by_node {
                 upsert.raw_bind_parameter(next(), node)?;
@@ -183,6 +215,8 @@ pub enum GroupBy {
     Node,
     Model,
     NodeAndModel,
+    /// Client key (`ANONYMOUS` for requests without one).
+    Key,
     Hour,
     /// Local days of a zone whose UTC offset is `utc_offset_secs` over the filtered
     /// hours: the key is the day number since 1970-01-01 of each hour's local start.
@@ -194,6 +228,8 @@ pub enum GroupBy {
 /// Restricts the rows summed; `None` fields do not restrict.
 #[derive(Debug, Clone, Default)]
 pub struct RollupFilter {
+    /// A client key id, or `ANONYMOUS`.
+    pub key_id: Option<i64>,
     pub node_id: Option<i64>,
     pub model: Option<String>,
     /// Unix seconds, inclusive.
@@ -205,6 +241,7 @@ pub struct RollupFilter {
 /// The group of a row, per [`GroupBy`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct RollupKey {
+    pub key_id: Option<i64>,
     pub node_id: Option<i64>,
     pub model: Option<String>,
     pub hour_start: Option<i64>,
@@ -303,6 +340,7 @@ async fn query_totals(conn: &mut SqliteConnection, group: GroupBy, filter: &Roll
         GroupBy::Node => ("node_id", "node_id"),
         GroupBy::Model => ("model", "model"),
         GroupBy::NodeAndModel => ("node_id, model", "node_id, model"),
+        GroupBy::Key => ("key_id", "key_id"),
         GroupBy::Hour => ("hour_start", "hour_start"),
         GroupBy::LocalDay { utc_offset_secs } => {
             // An integer from chrono-tz, not user text: safe to format into SQL.
@@ -315,7 +353,8 @@ async fn query_totals(conn: &mut SqliteConnection, group: GroupBy, filter: &Roll
         || filter.to_hour.is_some();
     let needs_node = filter.node_id.is_some() || matches!(group, GroupBy::Node | GroupBy::NodeAndModel);
     let needs_model = filter.model.is_some() || matches!(group, GroupBy::Model | GroupBy::NodeAndModel);
-    let table = RollupTable::for_query(hourly, needs_node, needs_model);
+    let needs_key = filter.key_id.is_some() || group == GroupBy::Key;
+    let table = RollupTable::for_query(hourly, needs_key, needs_node, needs_model);
     let sums: Vec<String> = VALUE_COLUMNS
         .iter()
         .map(|c| format!("COALESCE(SUM({c}), 0) AS {c}"))
@@ -326,6 +365,9 @@ async fn query_totals(conn: &mut SqliteConnection, group: GroupBy, filter: &Roll
     }
     q.push(sums.join(", "))
         .push(format!(" FROM {} WHERE 1 = 1", table.name));
+    if let Some(id) = filter.key_id {
+        q.push(" AND key_id = ").push_bind(id);
+    }
     if let Some(id) = filter.node_id {
         q.push(" AND node_id = ").push_bind(id);
     }
@@ -346,6 +388,7 @@ async fn query_totals(conn: &mut SqliteConnection, group: GroupBy, filter: &Roll
         .iter()
         .map(|r| {
             let key = RollupKey {
+                key_id: (group == GroupBy::Key).then(|| r.get("key_id")),
                 node_id: matches!(group, GroupBy::Node | GroupBy::NodeAndModel).then(|| r.get("node_id")),
                 model: matches!(group, GroupBy::Model | GroupBy::NodeAndModel).then(|| r.get("model")),
                 hour_start: matches!(group, GroupBy::Hour).then(|| r.get("hour_start")),

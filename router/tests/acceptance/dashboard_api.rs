@@ -149,6 +149,8 @@ fn record(at: &str, node_id: i64, model: &str, input: u64, output: u64) -> Reque
         node_id: Some(node_id),
         node_name: Some("n".into()),
         client_ip: None,
+        api_key_id: None,
+        api_key_name: None,
         stream: false,
         status: RequestStatus::Success,
         http_status: 200,
