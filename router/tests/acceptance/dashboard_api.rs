@@ -32,7 +32,7 @@ async fn assert_all_figures_agree(h: &Harness) -> (u64, u64, u64, u64) {
         u(&tokens["total_tokens"]),
         u(&tokens["request_count"]),
     );
-    for list in ["by_node", "by_model"] {
+    for list in ["by_node", "by_model", "by_key"] {
         assert_eq!(sum(&tokens[list], "input_tokens"), input, "{list}");
         assert_eq!(sum(&tokens[list], "output_tokens"), output, "{list}");
         assert_eq!(sum(&tokens[list], "total_tokens"), total, "{list}");
@@ -72,6 +72,9 @@ async fn assert_all_figures_agree(h: &Harness) -> (u64, u64, u64, u64) {
     assert_eq!(prom_sum(&metrics, "llm_router_output_tokens_total"), output);
     assert_eq!(prom_sum(&metrics, "llm_router_tokens_total"), total);
     assert_eq!(prom_sum(&metrics, "llm_router_requests_total"), requests);
+    assert_eq!(prom_sum(&metrics, "llm_router_key_tokens_total"), total);
+    assert_eq!(prom_sum(&metrics, "llm_router_key_input_tokens_total"), input);
+    assert_eq!(prom_sum(&metrics, "llm_router_key_requests_total"), requests);
     // The history holds every request the nodes took (none is pruned here).
     let history = h.history().await;
     let routed: Vec<&Value> = history.iter().filter(|r| !r["node_id"].is_null()).collect();

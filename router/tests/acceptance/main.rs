@@ -5,6 +5,7 @@
 mod accounting;
 mod dashboard_api;
 mod dashboard_e2e;
+mod keys;
 mod persistence;
 mod proxy;
 mod support;
