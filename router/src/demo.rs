@@ -1,5 +1,6 @@
-//! `llm-router demo`: the router with two mock nodes and light synthetic traffic, so a
-//! newcomer sees requests, streams and token figures move on the dashboard.
+//! `llm-router demo`: the router with two mock nodes, three client keys and light
+//! synthetic traffic, so a newcomer sees requests, streams and token figures move on
+//! the dashboard, usage per key, and a key's daily budget being hit.
 
 use std::time::Duration;
 
@@ -8,6 +9,8 @@ use serde_json::json;
 
 use crate::app;
 use crate::config::ServeArgs;
+use crate::keys::KeyRing;
+use crate::store::KeyLimits;
 
 pub async fn run(mut args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let alpha = MockNode::start(MockConfig {
@@ -45,6 +48,7 @@ pub async fn run(mut args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> 
             .await?;
         router.state.health.probe(&added).await;
     }
+    let keys = demo_keys(&router.state.keys).await?;
     let base = router.base_url();
     println!("llm-router demo on {base}");
     println!(
@@ -53,15 +57,44 @@ pub async fn run(mut args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> 
     );
     println!("  try: curl {base}/v1/chat/completions -H 'content-type: application/json' \\");
     println!("         -d '{{\"model\":\"llama-3-8b\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'");
-    let traffic = tokio::spawn(synthetic_traffic(router.state.client.clone(), base));
+    for (name, secret) in &keys {
+        println!("  client key {name}: {secret}");
+    }
+    println!("  (add -H 'Authorization: Bearer <key>' to the curl above; GET {base}/v1/key shows a key's usage)");
+    let secrets = keys.into_iter().map(|(_, s)| s).collect();
+    let traffic = tokio::spawn(synthetic_traffic(router.state.client.clone(), base, secrets));
     router.run_until_signal().await;
     traffic.abort();
     drop((alpha, beta));
     Ok(())
 }
 
-/// A request every second or so, alternating models, streams and plain answers.
-async fn synthetic_traffic(client: crate::upstream::UpstreamClient, base: String) {
+/// Keys for the demo: `alice` without limits and `ci-bot` with a small daily budget,
+/// which its share of the traffic uses up in a few minutes. The keys of an earlier run
+/// are revoked (their secrets were shown then only; their statistics stay).
+async fn demo_keys(keys: &KeyRing) -> Result<Vec<(&'static str, String)>, Box<dyn std::error::Error>> {
+    for old in keys.all() {
+        if !old.settings().revoked {
+            keys.revoke(old.id).await?;
+        }
+    }
+    let mut out = Vec::new();
+    for (name, daily_token_budget, rpm_limit) in [("alice", None, None), ("ci-bot", Some(3000), Some(30))] {
+        let limits = KeyLimits {
+            daily_token_budget,
+            rpm_limit,
+            budget_tz: "UTC".into(),
+            ..KeyLimits::default()
+        };
+        let (_, secret) = keys.create(name.into(), limits).await?;
+        out.push((name, secret));
+    }
+    Ok(out)
+}
+
+/// A request every second or so, alternating models, streams and plain answers, and
+/// the clients: each key in turn, then an anonymous one.
+async fn synthetic_traffic(client: crate::upstream::UpstreamClient, base: String, keys: Vec<String>) {
     let mut i = 0u64;
     loop {
         tokio::time::sleep(Duration::from_millis(700 + (i % 5) * 150)).await;
@@ -75,7 +108,11 @@ async fn synthetic_traffic(client: crate::upstream::UpstreamClient, base: String
             "stream": i.is_multiple_of(2),
             "messages": [{"role": "user", "content": format!("Demo question number {i}: tell me about load balancing.")}]
         });
-        let req = http::Request::post(format!("{base}/v1/chat/completions"))
+        let mut req = http::Request::post(format!("{base}/v1/chat/completions"));
+        if let Some(key) = keys.get(i as usize % (keys.len() + 1)) {
+            req = req.header("authorization", format!("Bearer {key}"));
+        }
+        let req = req
             .header("content-type", "application/json")
             .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
             .expect("static request");
