@@ -1,0 +1,103 @@
+//! The mock node's TLS mode: a certificate and key (PEM) served with `tokio-rustls`,
+//! as a listener axum serves like a plain one.
+//!
+//! Handshakes run on tasks of their own, so a client that stalls or rejects the
+//! certificate (the router's untrusted-node tests do) holds up no other connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::rustls::crypto::ring;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// The certificate (chain) and key a TLS mock node presents.
+#[derive(Debug, Clone)]
+pub struct TlsIdentity {
+    config: Arc<ServerConfig>,
+}
+
+impl TlsIdentity {
+    /// From a PEM certificate chain (leaf first) and a PEM private key.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> io::Result<TlsIdentity> {
+        let invalid = |what: &str, e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {e}"));
+        let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("certificate PEM", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| invalid("key PEM", &e))?;
+        let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+            .map_err(|e| invalid("TLS identity", &e))?;
+        Ok(TlsIdentity {
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// Accepts TCP connections and yields those whose TLS handshake succeeded.
+pub(crate) struct TlsListener {
+    addr: SocketAddr,
+    handshaken: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    /// Stops accepting when the listener is dropped (the node shuts down).
+    _acceptor: AbortOnDrop,
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl TlsListener {
+    pub(crate) fn new(listener: TcpListener, identity: &TlsIdentity) -> TlsListener {
+        let addr = listener.local_addr().expect("bound listener has an address");
+        let tls = TlsAcceptor::from(identity.config.clone());
+        let (tx, handshaken) = mpsc::channel(64);
+        let acceptor = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, peer)) = listener.accept().await else {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                };
+                let (tls, tx) = (tls.clone(), tx.clone());
+                tokio::spawn(async move {
+                    if let Ok(stream) = tls.accept(tcp).await {
+                        let _ = tx.send((stream, peer)).await;
+                    }
+                });
+            }
+        });
+        TlsListener {
+            addr,
+            handshaken,
+            _acceptor: AbortOnDrop(acceptor),
+        }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.handshaken.recv().await {
+            Some(accepted) => accepted,
+            // The acceptor task is gone: nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
