@@ -157,7 +157,11 @@ impl MockNode {
 
     /// `http://127.0.0.1:port`, or `https://…` in TLS mode.
     pub fn base_url(&self) -> String {
-        let scheme = if self.shared.config.tls.is_some() { "https" } else { "http" };
+        let scheme = if self.shared.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         format!("{scheme}://{}", self.addr)
     }
 

@@ -27,7 +27,8 @@ pub struct TlsIdentity {
 impl TlsIdentity {
     /// From a PEM certificate chain (leaf first) and a PEM private key.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> io::Result<TlsIdentity> {
-        let invalid = |what: &str, e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {e}"));
+        let invalid =
+            |what: &str, e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {e}"));
         let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid("certificate PEM", &e))?;

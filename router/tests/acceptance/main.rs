@@ -8,3 +8,4 @@ mod dashboard_e2e;
 mod persistence;
 mod proxy;
 mod support;
+mod tls;
