@@ -173,14 +173,15 @@ mod tests {
 
     #[test]
     fn a_ca_file_without_certificates_is_refused() {
-        let dir = std::env::temp_dir().join(format!("llm-router-ca-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let empty = dir.join("empty.pem");
+        let dir = tempfile::TempDir::new().unwrap();
+        let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
-        let err = client_configs(&[empty.clone()]).err().expect("refused");
-        assert!(err.to_string().contains("no PEM CERTIFICATE block"), "{err}");
-        let missing = dir.join("missing.pem");
+        let err = client_configs(std::slice::from_ref(&empty)).err().expect("refused");
+        assert_eq!(
+            err.to_string(),
+            format!("cannot use CA file {}: no PEM CERTIFICATE block", empty.display())
+        );
+        let missing = dir.path().join("missing.pem");
         assert!(client_configs(&[missing]).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
