@@ -17,6 +17,7 @@ pub use tls::TlsIdentity;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -94,6 +95,7 @@ struct Shared {
     config: MockConfig,
     received: Mutex<VecDeque<ReceivedRequest>>,
     probes: Mutex<VecDeque<String>>,
+    tls_handshakes: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -130,6 +132,7 @@ impl MockNode {
             config,
             received: Mutex::new(VecDeque::new()),
             probes: Mutex::new(VecDeque::new()),
+            tls_handshakes: Arc::default(),
         });
         let app = router(shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -141,7 +144,7 @@ impl MockNode {
                 let _ = axum::serve(listener, app).with_graceful_shutdown(stopped).await;
             }),
             Some(identity) => {
-                let listener = tls::TlsListener::new(listener, &identity);
+                let listener = tls::TlsListener::new(listener, &identity, shared.tls_handshakes.clone());
                 tokio::spawn(async move {
                     let _ = axum::serve(listener, app).with_graceful_shutdown(stopped).await;
                 })
@@ -163,6 +166,11 @@ impl MockNode {
             "http"
         };
         format!("{scheme}://{}", self.addr)
+    }
+
+    /// TLS connections accepted so far (each one a full handshake; 0 in plain mode).
+    pub fn tls_handshakes(&self) -> u64 {
+        self.shared.tls_handshakes.load(Ordering::Relaxed)
     }
 
     /// The paths of the probes received (model lists and telltale routes), oldest first.

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -60,7 +61,8 @@ impl Drop for AbortOnDrop {
 }
 
 impl TlsListener {
-    pub(crate) fn new(listener: TcpListener, identity: &TlsIdentity) -> TlsListener {
+    /// `handshakes` counts the connections whose handshake succeeded.
+    pub(crate) fn new(listener: TcpListener, identity: &TlsIdentity, handshakes: Arc<AtomicU64>) -> TlsListener {
         let addr = listener.local_addr().expect("bound listener has an address");
         let tls = TlsAcceptor::from(identity.config.clone());
         let (tx, handshaken) = mpsc::channel(64);
@@ -70,9 +72,10 @@ impl TlsListener {
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 };
-                let (tls, tx) = (tls.clone(), tx.clone());
+                let (tls, tx, handshakes) = (tls.clone(), tx.clone(), handshakes.clone());
                 tokio::spawn(async move {
                     if let Ok(stream) = tls.accept(tcp).await {
+                        handshakes.fetch_add(1, Ordering::Relaxed);
                         let _ = tx.send((stream, peer)).await;
                     }
                 });

@@ -169,6 +169,14 @@ async fn https_node_signed_by_a_ca_file_is_served_plain_and_streamed_with_exact_
     );
     let history = h.wait_history(2).await;
     assert!(history.iter().all(|r| r["status"] == "success"), "{history:?}");
+
+    // Connections are pooled over TLS as over plain HTTP: no handshake per request.
+    let handshakes = node.tls_handshakes();
+    for _ in 0..10 {
+        assert_eq!(h.chat("m", "once more").await.0, 200);
+        assert_eq!(h.chat_stream(&chat_body("m", "and streamed", true)).await.0, 200);
+    }
+    assert_eq!(node.tls_handshakes(), handshakes);
 }
 
 #[tokio::test]
