@@ -8,10 +8,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -44,48 +44,37 @@ impl TlsIdentity {
     }
 }
 
-/// Accepts TCP connections and yields those whose TLS handshake succeeded.
+/// Accepts TCP connections and yields those whose TLS handshake succeeded. It owns the
+/// TCP listener, so the address is free again as soon as the node stops.
 pub(crate) struct TlsListener {
-    addr: SocketAddr,
-    handshaken: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    /// Stops accepting when the listener is dropped (the node shuts down).
-    _acceptor: AbortOnDrop,
-}
-
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    handshakes: Arc<AtomicU64>,
+    done_tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    done: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
 }
 
 impl TlsListener {
     /// `handshakes` counts the connections whose handshake succeeded.
-    pub(crate) fn new(listener: TcpListener, identity: &TlsIdentity, handshakes: Arc<AtomicU64>) -> TlsListener {
-        let addr = listener.local_addr().expect("bound listener has an address");
-        let tls = TlsAcceptor::from(identity.config.clone());
-        let (tx, handshaken) = mpsc::channel(64);
-        let acceptor = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, peer)) = listener.accept().await else {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
-                };
-                let (tls, tx, handshakes) = (tls.clone(), tx.clone(), handshakes.clone());
-                tokio::spawn(async move {
-                    if let Ok(stream) = tls.accept(tcp).await {
-                        handshakes.fetch_add(1, Ordering::Relaxed);
-                        let _ = tx.send((stream, peer)).await;
-                    }
-                });
+    pub(crate) fn new(tcp: TcpListener, identity: &TlsIdentity, handshakes: Arc<AtomicU64>) -> TlsListener {
+        let (done_tx, done) = mpsc::channel(64);
+        TlsListener {
+            tcp,
+            acceptor: TlsAcceptor::from(identity.config.clone()),
+            handshakes,
+            done_tx,
+            done,
+        }
+    }
+
+    fn start_handshake(&self, tcp: TcpStream, peer: SocketAddr) {
+        let (acceptor, done, handshakes) = (self.acceptor.clone(), self.done_tx.clone(), self.handshakes.clone());
+        tokio::spawn(async move {
+            if let Ok(stream) = acceptor.accept(tcp).await {
+                handshakes.fetch_add(1, Ordering::Relaxed);
+                let _ = done.send((stream, peer)).await;
             }
         });
-        TlsListener {
-            addr,
-            handshaken,
-            _acceptor: AbortOnDrop(acceptor),
-        }
     }
 }
 
@@ -94,14 +83,19 @@ impl axum::serve::Listener for TlsListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.handshaken.recv().await {
-            Some(accepted) => accepted,
-            // The acceptor task is gone: nothing more will come.
-            None => std::future::pending().await,
+        loop {
+            tokio::select! {
+                Some(handshaken) = self.done.recv() => return handshaken,
+                accepted = self.tcp.accept() => match accepted {
+                    Ok((tcp, peer)) => self.start_handshake(tcp, peer),
+                    // Out of file descriptors and the like: wait, as axum does.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                },
+            }
         }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.addr)
+        self.tcp.local_addr()
     }
 }

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mock_node::{Imitation, MockNode, TlsIdentity};
+use mock_node::{Imitation, MockConfig, MockNode, TlsIdentity};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use reqwest::Method;
 use rustls::pki_types::pem::PemObject;
@@ -29,10 +29,11 @@ struct TestCa {
 }
 
 impl TestCa {
-    fn new() -> TestCa {
+    /// A CA named `name` (two CAs of one name would be told apart by signature only).
+    fn new(name: &str) -> TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "llm-router test CA");
+        params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
         let dir = TempDir::new().unwrap();
@@ -134,7 +135,7 @@ async fn assert_served_plain_and_streamed(h: &Harness, node: &MockNode, name: &s
 
 #[tokio::test]
 async fn https_node_signed_by_a_ca_file_is_served_plain_and_streamed_with_exact_tokens() {
-    let ca = TestCa::new();
+    let ca = TestCa::new("trusted CA");
     let node = tls_mock("secure", ca.node_identity()).await;
     let base_url = node.base_url();
     assert!(base_url.starts_with("https://127.0.0.1:"), "{base_url}");
@@ -182,7 +183,7 @@ async fn https_node_signed_by_a_ca_file_is_served_plain_and_streamed_with_exact_
 #[tokio::test]
 async fn untrusted_certificate_takes_the_node_offline_with_the_reason_and_its_model_gets_503() {
     // Signed by a CA the router was not told about.
-    let other_ca = TestCa::new();
+    let other_ca = TestCa::new("unknown CA");
     let node = tls_mock("untrusted", other_ca.node_identity()).await;
     let base_url = node.base_url();
     let h = Harness::start(&[&node]).await;
@@ -225,7 +226,7 @@ async fn untrusted_certificate_takes_the_node_offline_with_the_reason_and_its_mo
 
 #[tokio::test]
 async fn tls_insecure_node_is_served_and_the_choice_survives_a_restart() {
-    let unknown_ca = TestCa::new();
+    let unknown_ca = TestCa::new("unknown CA");
     let node = tls_mock("insecure", unknown_ca.node_identity()).await;
     let base_url = node.base_url();
     let h = Harness::start(&[]).await;
@@ -264,6 +265,44 @@ async fn a_ca_file_that_holds_no_certificate_stops_the_start() {
             bad.display()
         )
     );
+}
+
+#[tokio::test]
+async fn a_certificate_error_on_a_request_takes_the_node_offline_with_the_reason() {
+    let ca = TestCa::new("trusted CA");
+    let node = tls_mock("rotated", ca.node_identity()).await;
+    let (addr, base_url) = (node.addr, node.base_url());
+    let h = Harness::start_with(&[&node], |a| a.ca_files = vec![ca.pem_file()]).await;
+    assert_eq!(h.chat("m", "hi").await.0, 200);
+
+    // The node comes back on its address with a certificate of a CA the router does not know.
+    node.shutdown().await;
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let other_ca = TestCa::new("unknown CA");
+    let _replaced = MockNode::serve(
+        listener,
+        MockConfig {
+            name: "rotated".into(),
+            models: vec!["m".into()],
+            tls: Some(other_ca.node_identity()),
+            ..MockConfig::default()
+        },
+    );
+    // The request finds no connection to reuse (the old node closed them) and fails the
+    // handshake: a connection failure, so the node goes offline at once.
+    let (status, body) = h.chat("m", "hi").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (502, &json!("upstream_error")),
+        "{body}"
+    );
+    let view = api_node(&h, &base_url).await;
+    assert_eq!(
+        (&view["status"], &view["last_error"]),
+        (&json!("offline"), &json!(UNKNOWN_ISSUER))
+    );
+    let (status, body) = h.chat("m", "hi").await;
+    assert_eq!((status, &body["error"]["code"]), (503, &json!("no_node_available")));
 }
 
 /// Mock nodes imitating each server, in `NodeKind` order.
