@@ -5,6 +5,7 @@
 pub mod tls;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -43,10 +44,13 @@ impl UpstreamError {
     }
 }
 
+/// The client, cloned for every request: one reference count.
+#[derive(Clone)]
+pub struct UpstreamClient(Arc<Pools>);
+
 /// One pool per way of connecting: `http://` nodes keep a plain connector (no TLS
 /// wrapper on their path), `https://` nodes use the pool of their [`CertificateCheck`].
-#[derive(Clone)]
-pub struct UpstreamClient {
+struct Pools {
     plain: Client<HttpConnector, Full<Bytes>>,
     verified: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     unverified: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -69,11 +73,11 @@ impl UpstreamClient {
                 .wrap_connector(tcp);
             pooled(connector)
         };
-        Ok(UpstreamClient {
+        Ok(UpstreamClient(Arc::new(Pools {
             verified: https(configs.verify),
             unverified: https(configs.skip),
             plain: pooled(tcp),
-        })
+        })))
     }
 
     /// Sends `req` and waits for the response head at most `timeout`; `check` says how
@@ -85,9 +89,9 @@ impl UpstreamClient {
         timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let response = match (req.uri().scheme_str() == Some("https"), check) {
-            (false, _) => self.plain.request(req),
-            (true, CertificateCheck::Verify) => self.verified.request(req),
-            (true, CertificateCheck::Skip) => self.unverified.request(req),
+            (false, _) => self.0.plain.request(req),
+            (true, CertificateCheck::Verify) => self.0.verified.request(req),
+            (true, CertificateCheck::Skip) => self.0.unverified.request(req),
         };
         match tokio::time::timeout(timeout, response).await {
             Err(_) => Err(UpstreamError::Timeout(timeout)),
