@@ -178,6 +178,12 @@ pub struct DashboardNode {
     pub average_tokens_per_request: f64,
     pub last_seen: Option<DateTime<Utc>>,
     pub deleted: bool,
+    /// `openai`, `ollama`, `vllm`, `llamacpp` or `lmstudio` (told from the node's routes
+    /// or set by the operator).
+    pub kind: String,
+    /// Why the node is offline (connection refused, certificate error, HTTP status);
+    /// null when online.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -5,11 +5,19 @@
 //! `/v1/embeddings` and `/v1/responses`, plain or streamed, with deterministic text
 //! and usage so tests can assert exact token figures. Knobs in [`MockConfig`] make it
 //! behave like the various servers in the field (no usage, `"usage": null` in every
-//! chunk, rejecting `stream_options`, breaking mid-stream, failing at random).
-//! It must stay dumb: no routing or accounting logic lives here.
+//! chunk, rejecting `stream_options`, breaking mid-stream, failing at random), answer
+//! the probe routes of the server it imitates ([`Imitation`]) and serve over TLS
+//! ([`TlsIdentity`]). It must stay dumb: no routing or accounting logic lives here.
+
+mod imitation;
+mod tls;
+
+pub use imitation::Imitation;
+pub use tls::TlsIdentity;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,6 +54,10 @@ pub struct MockConfig {
     pub break_after_chunks: Option<usize>,
     /// Probability in [0, 1] of answering 500 (with usage of the prompt when `usage`).
     pub failure_rate: f64,
+    /// The server whose probe routes it answers.
+    pub imitate: Imitation,
+    /// Serve HTTPS with this certificate and key instead of plain HTTP.
+    pub tls: Option<TlsIdentity>,
 }
 
 impl Default for MockConfig {
@@ -61,6 +73,8 @@ impl Default for MockConfig {
             reject_stream_options: false,
             break_after_chunks: None,
             failure_rate: 0.0,
+            imitate: Imitation::OpenAi,
+            tls: None,
         }
     }
 }
@@ -80,6 +94,19 @@ pub const KEPT_REQUESTS: usize = 10_000;
 struct Shared {
     config: MockConfig,
     received: Mutex<VecDeque<ReceivedRequest>>,
+    probes: Mutex<VecDeque<String>>,
+    tls_handshakes: Arc<AtomicU64>,
+}
+
+impl Shared {
+    /// Keeps the path of a probe (a `GET` of a model list or a telltale route).
+    fn note_probe(&self, path: &str) {
+        let mut probes = self.probes.lock().unwrap();
+        if probes.len() == KEPT_REQUESTS {
+            probes.pop_front();
+        }
+        probes.push_back(path.to_string());
+    }
 }
 
 /// A running mock node. Dropping it (or calling [`MockNode::shutdown`]) stops it.
@@ -97,22 +124,32 @@ impl MockNode {
         Ok(Self::serve(listener, config))
     }
 
-    /// Serves on an already bound listener.
+    /// Serves on an already bound listener (over TLS when the config has an identity).
     pub fn serve(listener: TcpListener, config: MockConfig) -> MockNode {
         let addr = listener.local_addr().expect("bound listener has an address");
+        let tls = config.tls.clone();
         let shared = Arc::new(Shared {
             config,
             received: Mutex::new(VecDeque::new()),
+            probes: Mutex::new(VecDeque::new()),
+            tls_handshakes: Arc::default(),
         });
         let app = router(shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
+        let stopped = async move {
+            let _ = stopped.await;
+        };
+        let task = match tls {
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app).with_graceful_shutdown(stopped).await;
+            }),
+            Some(identity) => {
+                let listener = tls::TlsListener::new(listener, &identity, shared.tls_handshakes.clone());
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).with_graceful_shutdown(stopped).await;
                 })
-                .await;
-        });
+            }
+        };
         MockNode {
             addr,
             shared,
@@ -121,8 +158,24 @@ impl MockNode {
         }
     }
 
+    /// `http://127.0.0.1:port`, or `https://…` in TLS mode.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.shared.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// TLS connections accepted so far (each one a full handshake; 0 in plain mode).
+    pub fn tls_handshakes(&self) -> u64 {
+        self.shared.tls_handshakes.load(Ordering::Relaxed)
+    }
+
+    /// The paths of the probes received (model lists and telltale routes), oldest first.
+    pub fn probes(&self) -> Vec<String> {
+        self.shared.probes.lock().unwrap().iter().cloned().collect()
     }
 
     /// The requests received, oldest first (the last [`KEPT_REQUESTS`]).
@@ -155,7 +208,7 @@ impl Drop for MockNode {
 }
 
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    imitation::routes(shared.config.imitate)
         .route("/v1/models", get(models))
         .route("/health", get(|| async { "ok" }))
         .route("/v1/chat/completions", post(chat))
@@ -166,11 +219,13 @@ fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn models(State(s): State<Arc<Shared>>) -> Json<Value> {
+    s.note_probe("/v1/models");
+    let owned_by = s.config.imitate.owned_by().unwrap_or(&s.config.name);
     let data: Vec<Value> = s
         .config
         .models
         .iter()
-        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": s.config.name}))
+        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": owned_by}))
         .collect();
     Json(json!({"object": "list", "data": data}))
 }

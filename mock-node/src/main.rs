@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use mock_node::{MockConfig, MockNode};
+use mock_node::{Imitation, MockConfig, MockNode, TlsIdentity};
 
 #[derive(Parser, Debug)]
 #[command(about = "A mock OpenAI-compatible inference node for tests, benchmarks and demos")]
@@ -31,6 +31,15 @@ struct Args {
     /// behind the router: 24 µs of CPU per request instead of 19 behind nginx.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: u16,
+    /// The server whose probe routes it answers.
+    #[arg(long, value_enum, default_value = "openai")]
+    imitate: Imitation,
+    /// Serve HTTPS with this PEM certificate (chain) and `--tls-key`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 fn main() -> std::io::Result<()> {
@@ -43,6 +52,13 @@ fn main() -> std::io::Result<()> {
 }
 
 async fn serve(args: Args) -> std::io::Result<()> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsIdentity::from_pem(
+            &std::fs::read_to_string(cert)?,
+            &std::fs::read_to_string(key)?,
+        )?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let config = MockConfig {
         name: args.name,
@@ -52,6 +68,8 @@ async fn serve(args: Args) -> std::io::Result<()> {
         latency: Duration::from_millis(args.latency_ms),
         usage: !args.no_usage,
         failure_rate: args.failure_rate,
+        imitate: args.imitate,
+        tls,
         ..MockConfig::default()
     };
     let node = MockNode::serve(listener, config);

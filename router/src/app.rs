@@ -41,6 +41,8 @@ pub enum StartError {
     Keys(#[from] crate::keys::KeyError),
     #[error("invalid static node: {0}")]
     Node(#[from] crate::nodes::NodeError),
+    #[error("cannot prepare TLS to nodes: {0}")]
+    Tls(#[from] crate::upstream::UpstreamError),
     #[error("cannot listen: {0}")]
     Listen(std::io::Error),
 }
@@ -161,7 +163,7 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
         registry.ensure_static(url).await?;
     }
 
-    let client = UpstreamClient::new(Duration::from_millis(args.connect_timeout_ms));
+    let client = UpstreamClient::new(Duration::from_millis(args.connect_timeout_ms), &args.ca_files)?;
     let health = HealthChecker {
         registry: registry.clone(),
         client: client.clone(),

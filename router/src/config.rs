@@ -59,7 +59,8 @@ pub struct ServeArgs {
     /// Database URL [default: sqlite://<data-dir>/router.db].
     #[arg(long, env = "LLM_ROUTER_DATABASE_URL")]
     pub database_url: Option<String>,
-    /// A static node base URL (repeatable; the env var takes a comma-separated list).
+    /// A static node: `URL` or `KIND=URL` to set its kind, e.g. `ollama=http://gpu-1:11434`
+    /// (repeatable; the env var takes a comma-separated list).
     #[arg(long = "node", env = "LLM_ROUTER_NODES", value_delimiter = ',')]
     pub nodes: Vec<String>,
     /// The key of the admin API and dashboard [default: generated once, stored in the data dir].
@@ -125,6 +126,10 @@ pub struct ServeArgs {
     #[arg(long, env = "LLM_ROUTER_WORKER_THREADS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: u16,
+    /// A PEM file of CA certificates trusted for `https://` nodes besides the system's
+    /// roots (repeatable; the env var takes a comma-separated list).
+    #[arg(long = "ca-file", env = "LLM_ROUTER_CA_FILES", value_delimiter = ',')]
+    pub ca_files: Vec<PathBuf>,
 }
 
 impl ServeArgs {

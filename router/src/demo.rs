@@ -11,6 +11,8 @@ use crate::app;
 use crate::config::ServeArgs;
 use crate::keys::KeyRing;
 use crate::store::KeyLimits;
+use crate::nodes::NodeRegistration;
+use crate::upstream::CertificateCheck;
 
 pub async fn run(mut args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let alpha = MockNode::start(MockConfig {
@@ -43,9 +45,12 @@ pub async fn run(mut args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> 
         registry.delete(old.id).await?;
     }
     for (node, name) in [(&alpha, "alpha"), (&beta, "beta (no usage)")] {
-        let added = registry
-            .add(&node.base_url(), Some(name.into()), None, "static")
-            .await?;
+        let registration = NodeRegistration {
+            base_url: node.base_url(),
+            name: Some(name.into()),
+            ..NodeRegistration::default()
+        };
+        let added = registry.add(registration, "static").await?;
         router.state.health.probe(&added).await;
     }
     let keys = demo_keys(&router.state.keys).await?;
@@ -116,7 +121,10 @@ async fn synthetic_traffic(client: crate::upstream::UpstreamClient, base: String
             .header("content-type", "application/json")
             .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
             .expect("static request");
-        if let Ok(resp) = client.send(req, Duration::from_secs(30)).await {
+        if let Ok(resp) = client
+            .send(req, CertificateCheck::Verify, Duration::from_secs(30))
+            .await
+        {
             let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
         }
         i += 1;

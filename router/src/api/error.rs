@@ -31,6 +31,10 @@ impl From<NodeError> for ApiError {
                 param: "base_url",
                 message: m,
             },
+            NodeError::InvalidKind(m) => ApiError::BadParam {
+                param: "kind",
+                message: m,
+            },
             NodeError::Duplicate(_) => ApiError::Conflict(e.to_string()),
             NodeError::NotFound(id) => ApiError::NotFound(format!("node {id}")),
             NodeError::Store(s) => ApiError::Internal(s.to_string()),

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::ApiError;
 use crate::app::AppState;
-use crate::nodes::Node;
+use crate::nodes::{Node, NodeKind, NodeRegistration};
 use crate::store::NodeChanges;
 
 pub fn routes() -> Router<AppState> {
@@ -41,6 +41,14 @@ pub struct NodeView {
     /// `api` or `static`.
     pub source: String,
     pub active_requests: u64,
+    /// `openai`, `ollama`, `vllm`, `llamacpp` or `lmstudio`.
+    pub kind: String,
+    /// True when the operator set `kind`; false when told from the node's routes.
+    pub kind_explicit: bool,
+    /// The node's TLS certificate is not verified (the operator's choice).
+    pub tls_insecure: bool,
+    /// Why the node is offline (connection refused, certificate error, HTTP status); null when online.
+    pub last_error: Option<String>,
 }
 
 fn view(n: &Node) -> NodeView {
@@ -58,24 +66,36 @@ fn view(n: &Node) -> NodeView {
         last_seen: i.last_seen,
         source: i.source,
         active_requests: n.load.active(),
+        kind: i.kind.as_str().to_string(),
+        kind_explicit: i.kind_explicit,
+        tls_insecure: i.tls_insecure,
+        last_error: i.last_error,
     }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateNode {
-    /// `http://host:port` (a trailing `/v1` is accepted and removed).
+    /// `http://host:port` or `https://host:port` (a trailing `/v1` is accepted and removed).
     pub base_url: String,
     pub name: Option<String>,
     pub api_key: Option<String>,
+    /// `openai`, `ollama`, `vllm`, `llamacpp` or `lmstudio`; absent: told from the node's routes.
+    pub kind: Option<String>,
+    /// Do not verify the node's TLS certificate (logged as a warning).
+    #[serde(default)]
+    pub tls_insecure: bool,
 }
 
-/// Fields to change; `api_key: null` removes the key.
+/// Fields to change; `api_key: null` removes the key, `kind: null` has the kind told
+/// from the node's routes again.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateNode {
     pub name: Option<String>,
     pub api_key: Option<String>,
     pub enabled: Option<bool>,
     pub include_usage: Option<bool>,
+    pub kind: Option<String>,
+    pub tls_insecure: Option<bool>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -88,6 +108,10 @@ fn parse_id(raw: &str) -> Result<i64, ApiError> {
         param: "id",
         message: format!("'{raw}' is not a node id"),
     })
+}
+
+fn parse_kind(raw: &str) -> Result<NodeKind, ApiError> {
+    Ok(raw.parse()?)
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -105,15 +129,18 @@ pub async fn list_nodes(State(st): State<AppState>) -> Json<NodeList> {
 
 /// Registers a node and probes it at once.
 #[utoipa::path(post, path = "/api/nodes", tag = "nodes", security(("admin_key" = [])), request_body = CreateNode,
-    responses((status = 201, body = NodeView), (status = 400, description = "Bad URL or body"),
+    responses((status = 201, body = NodeView), (status = 400, description = "Bad URL, kind or body"),
         (status = 409, description = "A live node has this base_url")))]
 pub async fn create_node(State(st): State<AppState>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
     let req: CreateNode = parse_body(&body)?;
-    let node = st
-        .balancer
-        .registry()
-        .add(&req.base_url, req.name, req.api_key, "api")
-        .await?;
+    let registration = NodeRegistration {
+        base_url: req.base_url,
+        name: req.name,
+        api_key: req.api_key,
+        kind: req.kind.as_deref().map(parse_kind).transpose()?,
+        tls_insecure: req.tls_insecure,
+    };
+    let node = st.balancer.registry().add(registration, "api").await?;
     st.health.probe(&node).await;
     Ok((StatusCode::CREATED, Json(view(&node))))
 }
@@ -126,9 +153,11 @@ pub async fn get_node(State(st): State<AppState>, Path(id): Path<String>) -> Res
     Ok(Json(view(&node)))
 }
 
+/// Changes a node; a new `kind` or `tls_insecure` is probed at once.
 #[utoipa::path(patch, path = "/api/nodes/{id}", tag = "nodes", security(("admin_key" = [])),
     params(("id" = i64, Path, description = "Node id")), request_body = UpdateNode,
-    responses((status = 200, body = NodeView), (status = 404, description = "No such live node")))]
+    responses((status = 200, body = NodeView), (status = 400, description = "Bad kind or body"),
+        (status = 404, description = "No such live node")))]
 pub async fn update_node(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -143,8 +172,18 @@ pub async fn update_node(
         api_key: raw.get("api_key").map(|_| req.api_key.filter(|k| !k.is_empty())),
         enabled: req.enabled,
         include_usage: req.include_usage,
+        // Present and null: told from the node's routes again.
+        kind: match raw.get("kind") {
+            None => None,
+            Some(_) => Some(req.kind.as_deref().map(parse_kind).transpose()?.map(NodeKind::as_str)),
+        },
+        tls_insecure: req.tls_insecure,
     };
+    let reprobe = changes.kind.is_some() || changes.tls_insecure.is_some();
     let node = st.balancer.registry().update(id, changes).await?;
+    if reprobe {
+        st.health.probe(&node).await;
+    }
     Ok(Json(view(&node)))
 }
 

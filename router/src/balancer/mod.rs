@@ -291,6 +291,7 @@ impl Balancer {
                 tracing::warn!(node = %i.name, %reason, "node refused a connection; marked offline");
             }
             i.status = NodeStatus::Offline;
+            i.last_error = Some(reason.to_string());
         });
         publish_node_up(&self.inner.metrics, node);
     }

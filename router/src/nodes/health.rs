@@ -1,9 +1,13 @@
-//! The health checker: polls every live node's `GET {base_url}/v1/models`.
+//! The health checker: polls every live node's model list (`GET /v1/models`, or
+//! `/api/tags` for an Ollama node).
 //!
 //! Each round probes all nodes concurrently with a short timeout, refreshes their model
-//! lists, marks a node `offline` after `failures_before_offline` failed probes in a row
-//! and `online` as soon as it answers. It runs on its own task and takes no lock that
-//! the routing path waits on for longer than a field update.
+//! lists, marks a node `offline` (with the reason in `last_error`) after
+//! `failures_before_offline` failed probes in a row and `online` as soon as it answers.
+//! A node whose kind the operator did not set has it told from its telltale routes
+//! ([`super::kind`]) whenever it comes (back) online: a server replaced behind the same
+//! URL goes down first. It runs on its own task and takes no lock that the routing
+//! path waits on for longer than a field update.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +16,9 @@ use chrono::Utc;
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use super::{Node, NodeRegistry, NodeStatus};
+use super::{kind, Node, NodeKind, NodeRegistry, NodeStatus};
 use crate::metrics::Metrics;
-use crate::upstream::UpstreamClient;
+use crate::upstream::{CertificateCheck, UpstreamClient};
 
 #[derive(Clone)]
 pub struct HealthChecker {
@@ -45,23 +49,39 @@ impl HealthChecker {
 
     /// Probes one node and applies the result.
     pub async fn probe(&self, node: &Arc<Node>) {
-        let (url, key) = node.with_info(|i| (format!("{}/v1/models", i.base_url), i.api_key.clone()));
-        let result = self.client.get(&url, key.as_deref(), self.timeout).await;
-        let models = match result {
-            Ok((200, body)) => parse_models(&body),
-            Ok((status, _)) => Err(format!("HTTP {status}")),
-            Err(e) => Err(e.to_string()),
-        };
-        match models {
-            Ok(models) => node.update_info(|i| {
-                if i.status != NodeStatus::Online {
-                    tracing::info!(node = %i.name, models = ?models, "node online");
+        let target = node.with_info(|i| ProbeTarget {
+            base_url: i.base_url.clone(),
+            api_key: i.api_key.clone(),
+            check: i.certificate_check(),
+            kind: i.kind,
+            detect_kind: !i.kind_explicit && (i.redetect_kind || i.status != NodeStatus::Online),
+        });
+        match self.models(&target).await {
+            Ok((kind, models)) => {
+                let mut detected = None;
+                node.update_info(|i| {
+                    if target.detect_kind && !i.kind_explicit {
+                        if i.kind != kind {
+                            detected = Some(kind);
+                        }
+                        i.kind = kind;
+                        i.redetect_kind = false;
+                    }
+                    if i.status != NodeStatus::Online {
+                        tracing::info!(node = %i.name, kind = %i.kind, models = ?models, "node online");
+                    }
+                    i.status = NodeStatus::Online;
+                    i.models = models;
+                    i.last_seen = Some(Utc::now());
+                    i.consecutive_failures = 0;
+                    i.last_error = None;
+                });
+                if let Some(kind) = detected {
+                    if let Err(e) = self.registry.save_detected_kind(node, kind).await {
+                        tracing::warn!(node = %node.name(), error = %e, "cannot store the node's kind");
+                    }
                 }
-                i.status = NodeStatus::Online;
-                i.models = models;
-                i.last_seen = Some(Utc::now());
-                i.consecutive_failures = 0;
-            }),
+            }
             Err(reason) => node.update_info(|i| {
                 i.consecutive_failures += 1;
                 if i.consecutive_failures >= self.failures_before_offline || i.status == NodeStatus::Unknown {
@@ -69,20 +89,50 @@ impl HealthChecker {
                         tracing::warn!(node = %i.name, %reason, "node offline");
                     }
                     i.status = NodeStatus::Offline;
+                    i.last_error = Some(reason);
                 }
             }),
         }
         crate::balancer::publish_node_up(&self.metrics, node);
     }
+
+    /// The node's kind (told again when `detect_kind`) and the models it lists.
+    async fn models(&self, target: &ProbeTarget) -> Result<(NodeKind, Vec<String>), String> {
+        let key = target.api_key.as_deref();
+        let kind = if target.detect_kind {
+            kind::detect(&self.client, &target.base_url, key, target.check, self.timeout)
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            target.kind
+        };
+        let path = kind.models_path();
+        let url = format!("{}{path}", target.base_url);
+        match self.client.get(&url, key, target.check, self.timeout).await {
+            Ok((200, body)) => parse_models(&body, path).map(|models| (kind, models)),
+            Ok((status, _)) => Err(format!("HTTP {status} from {path}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
-fn parse_models(body: &[u8]) -> Result<Vec<String>, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("invalid /v1/models body: {e}"))?;
+/// What a probe needs of a node, read under its lock once.
+struct ProbeTarget {
+    base_url: String,
+    api_key: Option<String>,
+    check: CertificateCheck,
+    kind: NodeKind,
+    detect_kind: bool,
+}
+
+/// Model ids of OpenAI's list (`{"data": [{"id"}]}`) or Ollama's (`{"models": [{"name"}]}`).
+fn parse_models(body: &[u8], path: &str) -> Result<Vec<String>, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("invalid {path} body: {e}"))?;
     let data = v
         .get("data")
         .or_else(|| v.get("models"))
         .and_then(Value::as_array)
-        .ok_or("no data array in /v1/models")?;
+        .ok_or_else(|| format!("no model list in {path}"))?;
     Ok(data
         .iter()
         .filter_map(|m| m.get("id").or_else(|| m.get("name")).and_then(Value::as_str))
@@ -97,10 +147,15 @@ mod tests {
     #[test]
     fn models_of_openai_and_ollama_shapes() {
         assert_eq!(
-            parse_models(br#"{"data":[{"id":"a"},{"id":"b"}]}"#).unwrap(),
+            parse_models(br#"{"data":[{"id":"a"},{"id":"b"}]}"#, "/v1/models").unwrap(),
             vec!["a", "b"]
         );
-        assert_eq!(parse_models(br#"{"models":[{"name":"c"}]}"#).unwrap(), vec!["c"]);
-        assert!(parse_models(b"garbage").is_err());
+        let tags = br#"{"models":[{"name":"c:latest","model":"c:latest","size":1}]}"#;
+        assert_eq!(parse_models(tags, "/api/tags").unwrap(), vec!["c:latest"]);
+        assert_eq!(
+            parse_models(b"{}", "/api/tags").unwrap_err(),
+            "no model list in /api/tags"
+        );
+        assert!(parse_models(b"garbage", "/v1/models").is_err());
     }
 }

@@ -4,16 +4,21 @@
 //! ([`NodeInfo`], behind a lock) with its [`NodeLoadState`] (atomics, updated by the
 //! balancer). Deleted nodes stay in the registry, out of routing and health checks,
 //! so their statistics remain listed. Changes are written to the store first, then
-//! applied in memory.
+//! applied in memory. A node's [`NodeKind`] is set by the operator or told by the
+//! health checker ([`kind`]).
 
 pub mod health;
+pub mod kind;
 
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 
+pub use kind::NodeKind;
+
 use crate::balancer::NodeLoadState;
 use crate::store::{NewNode, NodeChanges, Store, StoreError, StoredNode};
+use crate::upstream::CertificateCheck;
 
 pub type NodeId = i64;
 
@@ -22,6 +27,8 @@ pub type NodeId = i64;
 pub enum NodeError {
     #[error("invalid base_url: {0}")]
     InvalidUrl(String),
+    #[error("invalid kind: {0}")]
+    InvalidKind(String),
     #[error("a node with base_url {0} already exists")]
     Duplicate(String),
     #[error("node {0} not found")]
@@ -69,10 +76,19 @@ pub struct NodeInfo {
     /// Learned: the node rejected `stream_options` once; do not ask again.
     pub include_usage_rejected: bool,
     pub source: String,
+    pub kind: NodeKind,
+    /// The operator set the kind; otherwise the health checker tells it.
+    pub kind_explicit: bool,
+    /// The next probe tells the kind again (the operator asked for detection).
+    pub redetect_kind: bool,
+    /// Operator's choice: do not verify the certificate of this `https://` node.
+    pub tls_insecure: bool,
     pub status: NodeStatus,
     pub models: Vec<String>,
     pub last_seen: Option<DateTime<Utc>>,
     pub consecutive_failures: u32,
+    /// Why the node is offline (refused connection, certificate error, HTTP status).
+    pub last_error: Option<String>,
     pub deleted: bool,
 }
 
@@ -89,6 +105,10 @@ impl NodeInfo {
     pub fn wants_include_usage(&self) -> bool {
         self.include_usage && !self.include_usage_rejected
     }
+
+    pub fn certificate_check(&self) -> CertificateCheck {
+        CertificateCheck::for_node(self.tls_insecure)
+    }
 }
 
 #[derive(Debug)]
@@ -100,6 +120,14 @@ pub struct Node {
 
 impl Node {
     pub fn new(stored: StoredNode, load: NodeLoadState) -> Node {
+        let kind = stored.kind.parse().unwrap_or_else(|e| {
+            tracing::warn!(node = %stored.name, error = %e, "stored node kind not known; taking openai");
+            NodeKind::OpenAi
+        });
+        let deleted = stored.deleted_at.is_some();
+        if stored.tls_insecure && !deleted {
+            warn_unverified(&stored.name, &stored.base_url);
+        }
         Node {
             id: stored.id,
             info: RwLock::new(NodeInfo {
@@ -110,11 +138,16 @@ impl Node {
                 include_usage: stored.include_usage,
                 include_usage_rejected: false,
                 source: stored.source,
+                kind,
+                kind_explicit: stored.kind_explicit,
+                redetect_kind: false,
+                tls_insecure: stored.tls_insecure,
                 status: NodeStatus::Unknown,
                 models: Vec::new(),
                 last_seen: None,
                 consecutive_failures: 0,
-                deleted: stored.deleted_at.is_some(),
+                last_error: None,
+                deleted,
             }),
             load,
         }
@@ -139,17 +172,25 @@ impl Node {
     }
 }
 
-/// Normalizes a node URL: `http://host:port[/prefix]`, without a trailing `/` or `/v1`.
+/// Logged whenever a node is (or starts as) `tls_insecure`: the operator's choice,
+/// never silent.
+fn warn_unverified(name: &str, base_url: &str) {
+    if base_url.starts_with("https://") {
+        tracing::warn!(node = %name, %base_url, "tls_insecure: this node's certificate is not verified");
+    }
+}
+
+/// Normalizes a node URL: `http(s)://host:port[/prefix]`, without a trailing `/` or `/v1`.
 pub fn normalize_base_url(raw: &str) -> Result<String, NodeError> {
     let url = url::Url::parse(raw.trim()).map_err(|e| NodeError::InvalidUrl(format!("{raw}: {e}")))?;
-    if url.scheme() != "http" {
+    if !matches!(url.scheme(), "http" | "https") {
         return Err(NodeError::InvalidUrl(format!(
-            "{raw}: only http:// nodes are supported (TLS to nodes is not implemented)"
+            "{raw}: only http:// and https:// nodes are supported"
         )));
     }
     if url.host_str().is_none_or(str::is_empty) || url.query().is_some() || url.fragment().is_some() {
         return Err(NodeError::InvalidUrl(format!(
-            "{raw}: expected http://host[:port][/path]"
+            "{raw}: expected http(s)://host[:port][/path]"
         )));
     }
     let mut s = url.as_str().trim_end_matches('/').to_string();
@@ -201,15 +242,10 @@ impl NodeRegistry {
             .ok_or(NodeError::NotFound(id))
     }
 
-    pub async fn add(
-        &self,
-        base_url: &str,
-        name: Option<String>,
-        api_key: Option<String>,
-        source: &'static str,
-    ) -> Result<Arc<Node>, NodeError> {
-        let base_url = normalize_base_url(base_url)?;
-        let name = name
+    pub async fn add(&self, node: NodeRegistration, source: &'static str) -> Result<Arc<Node>, NodeError> {
+        let base_url = normalize_base_url(&node.base_url)?;
+        let name = node
+            .name
             .filter(|n| !n.trim().is_empty())
             .unwrap_or_else(|| default_name(&base_url));
         let stored = self
@@ -217,9 +253,12 @@ impl NodeRegistry {
             .insert_node(&NewNode {
                 name,
                 base_url,
-                api_key: api_key.filter(|k| !k.is_empty()),
+                api_key: node.api_key.filter(|k| !k.is_empty()),
                 include_usage: true,
                 source,
+                kind: node.kind.unwrap_or_default().as_str(),
+                kind_explicit: node.kind.is_some(),
+                tls_insecure: node.tls_insecure,
             })
             .await?;
         let node = Arc::new(Node::new(stored, NodeLoadState::default()));
@@ -227,17 +266,28 @@ impl NodeRegistry {
         Ok(node)
     }
 
-    /// Adds a node from configuration unless a live node already has its URL.
-    pub async fn ensure_static(&self, base_url: &str) -> Result<Arc<Node>, NodeError> {
-        let normalized = normalize_base_url(base_url)?;
-        if let Some(n) = self
+    /// Adds a node from configuration (`URL` or `KIND=URL`) unless a live node already
+    /// has its URL; a kind the configuration names is set on that node.
+    pub async fn ensure_static(&self, spec: &str) -> Result<Arc<Node>, NodeError> {
+        let node = NodeRegistration::from_static(spec)?;
+        let normalized = normalize_base_url(&node.base_url)?;
+        let Some(existing) = self
             .live()
             .into_iter()
             .find(|n| n.with_info(|i| i.base_url == normalized))
-        {
-            return Ok(n);
+        else {
+            return self.add(node, "static").await;
+        };
+        match node.kind {
+            Some(kind) if existing.with_info(|i| !i.kind_explicit || i.kind != kind) => {
+                let changes = NodeChanges {
+                    kind: Some(Some(kind.as_str())),
+                    ..NodeChanges::default()
+                };
+                self.update(existing.id, changes).await
+            }
+            _ => Ok(existing),
         }
-        self.add(&normalized, None, None, "static").await
     }
 
     pub async fn update(&self, id: NodeId, changes: NodeChanges) -> Result<Arc<Node>, NodeError> {
@@ -247,6 +297,9 @@ impl NodeRegistry {
             other => other.into(),
         })?;
         node.update_info(|i| {
+            if stored.tls_insecure && !i.tls_insecure {
+                warn_unverified(&stored.name, &i.base_url);
+            }
             i.name = stored.name;
             i.api_key = stored.api_key;
             i.enabled = stored.enabled;
@@ -255,8 +308,18 @@ impl NodeRegistry {
                 i.include_usage_rejected = false;
             }
             i.include_usage = stored.include_usage;
+            i.kind = stored.kind.parse().unwrap_or(i.kind);
+            i.kind_explicit = stored.kind_explicit;
+            i.redetect_kind |= changes.kind == Some(None);
+            i.tls_insecure = stored.tls_insecure;
         });
         Ok(node)
+    }
+
+    /// Keeps the kind the health checker told, unless the operator has set one since.
+    pub async fn save_detected_kind(&self, node: &Node, kind: NodeKind) -> Result<(), NodeError> {
+        self.store.set_detected_node_kind(node.id, kind.as_str()).await?;
+        Ok(())
     }
 
     /// Removes the node from routing at once; its statistics stay.
@@ -271,8 +334,39 @@ impl NodeRegistry {
     }
 }
 
+/// What the operator gives to register a node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeRegistration {
+    pub base_url: String,
+    pub name: Option<String>,
+    pub api_key: Option<String>,
+    /// `None`: the health checker tells it from the node's routes.
+    pub kind: Option<NodeKind>,
+    pub tls_insecure: bool,
+}
+
+impl NodeRegistration {
+    /// A `--node` value: `URL`, or `KIND=URL` to set the kind (`ollama=http://gpu-1:11434`).
+    pub fn from_static(spec: &str) -> Result<NodeRegistration, NodeError> {
+        let spec = spec.trim();
+        let (kind, base_url) = match spec.split_once('=') {
+            // A URL's scheme comes before any `=` it may hold: a prefix without `:` or `/` is a kind.
+            Some((kind, url)) if !kind.contains([':', '/']) => (Some(kind.trim().parse()?), url),
+            _ => (None, spec),
+        };
+        Ok(NodeRegistration {
+            base_url: base_url.to_string(),
+            kind,
+            ..NodeRegistration::default()
+        })
+    }
+}
+
 fn default_name(base_url: &str) -> String {
-    base_url.trim_start_matches("http://").to_string()
+    let host = base_url
+        .strip_prefix("http://")
+        .or_else(|| base_url.strip_prefix("https://"));
+    host.unwrap_or(base_url).to_string()
 }
 
 #[cfg(test)]
@@ -284,8 +378,25 @@ mod tests {
         assert_eq!(normalize_base_url("http://h:1/").unwrap(), "http://h:1");
         assert_eq!(normalize_base_url("http://h:1/v1/").unwrap(), "http://h:1");
         assert_eq!(normalize_base_url("http://h/x").unwrap(), "http://h/x");
+        assert_eq!(normalize_base_url("https://h:8443/v1").unwrap(), "https://h:8443");
         assert!(normalize_base_url("ftp://h").is_err());
         assert!(normalize_base_url("not a url").is_err());
         assert!(normalize_base_url("http://h?q=1").is_err());
+    }
+
+    #[test]
+    fn static_nodes_may_name_their_kind() {
+        let plain = NodeRegistration::from_static("http://h:1").unwrap();
+        assert_eq!((plain.kind, plain.base_url.as_str()), (None, "http://h:1"));
+        let ollama = NodeRegistration::from_static(" ollama=https://gpu-1:11434 ").unwrap();
+        assert_eq!(
+            (ollama.kind, ollama.base_url.as_str()),
+            (Some(NodeKind::Ollama), "https://gpu-1:11434")
+        );
+        let err = NodeRegistration::from_static("tgi=http://h:1").unwrap_err();
+        assert!(matches!(err, NodeError::InvalidKind(_)), "{err}");
+        // An `=` inside the URL is not a kind.
+        assert_eq!(NodeRegistration::from_static("http://h/a=b").unwrap().kind, None);
+        assert_eq!(default_name("https://h:8443"), "h:8443");
     }
 }

@@ -277,8 +277,14 @@ enum Forwarded {
 
 async fn forward(st: &AppState, lease: RequestLease, req: &Parsed, client_headers: &HeaderMap) -> Forwarded {
     let node = lease.node().clone();
-    let (base_url, api_key, wants_usage) =
-        node.with_info(|i| (i.base_url.clone(), i.api_key.clone(), i.wants_include_usage()));
+    let (base_url, api_key, wants_usage, check) = node.with_info(|i| {
+        (
+            i.base_url.clone(),
+            i.api_key.clone(),
+            i.wants_include_usage(),
+            i.certificate_check(),
+        )
+    });
     let kind = lease.draft().request_type;
     let injected = match kind {
         RequestType::ChatCompletions | RequestType::Completions if wants_usage => {
@@ -291,7 +297,7 @@ async fn forward(st: &AppState, lease: RequestLease, req: &Parsed, client_header
         let request = headers::upstream_request(&url, client_headers, api_key.as_deref(), body);
         let client = st.client.clone();
         let timeout = st.proxy.first_byte_timeout;
-        async move { client.send(request?, timeout).await }
+        async move { client.send(request?, check, timeout).await }
     };
     let sent_at = Instant::now();
     let mut result = send(injected.clone().unwrap_or_else(|| req.body.clone())).await;

@@ -73,6 +73,8 @@ pub fn dashboard_nodes(registry: &NodeRegistry) -> DashboardNodes {
                 average_tokens_per_request: ratio(load.total_tokens, load.total_requests),
                 last_seen: info.last_seen,
                 deleted: info.deleted,
+                kind: info.kind.as_str().to_string(),
+                last_error: info.last_error,
             }
         })
         .collect();

@@ -17,6 +17,12 @@ pub struct StoredNode {
     pub include_usage: bool,
     /// `api` or `static` (from `--node`).
     pub source: String,
+    /// `openai`, `ollama`, `vllm`, `llamacpp` or `lmstudio`.
+    pub kind: String,
+    /// The operator set `kind`; otherwise the health checker told it.
+    pub kind_explicit: bool,
+    /// Do not verify the node's TLS certificate (the operator's choice).
+    pub tls_insecure: bool,
     pub created_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
 }
@@ -28,6 +34,9 @@ pub struct NewNode {
     pub api_key: Option<String>,
     pub include_usage: bool,
     pub source: &'static str,
+    pub kind: &'static str,
+    pub kind_explicit: bool,
+    pub tls_insecure: bool,
 }
 
 /// A partial update; `None` leaves the field as it is.
@@ -37,6 +46,9 @@ pub struct NodeChanges {
     pub api_key: Option<Option<String>>,
     pub enabled: Option<bool>,
     pub include_usage: Option<bool>,
+    /// `Some(Some(kind))`: set by the operator; `Some(None)`: told by the health checker again.
+    pub kind: Option<Option<&'static str>>,
+    pub tls_insecure: Option<bool>,
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -52,6 +64,9 @@ fn row_to_node(r: &sqlx::sqlite::SqliteRow) -> StoredNode {
         enabled: r.get::<i64, _>("enabled") != 0,
         include_usage: r.get::<i64, _>("include_usage") != 0,
         source: r.get("source"),
+        kind: r.get("kind"),
+        kind_explicit: r.get::<i64, _>("kind_explicit") != 0,
+        tls_insecure: r.get::<i64, _>("tls_insecure") != 0,
         created_at: from_millis(r.get("created_at")),
         deleted_at: r.get::<Option<i64>, _>("deleted_at").map(from_millis),
     }
@@ -60,14 +75,18 @@ fn row_to_node(r: &sqlx::sqlite::SqliteRow) -> StoredNode {
 impl Store {
     pub async fn insert_node(&self, new: &NewNode) -> StoreResult<StoredNode> {
         let row = sqlx::query(
-            "INSERT INTO nodes (name, base_url, api_key, include_usage, source, created_at)
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+            "INSERT INTO nodes (name, base_url, api_key, include_usage, source, kind, kind_explicit, tls_insecure,
+                                created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
         )
         .bind(&new.name)
         .bind(&new.base_url)
         .bind(&new.api_key)
         .bind(new.include_usage as i64)
         .bind(new.source)
+        .bind(new.kind)
+        .bind(new.kind_explicit as i64)
+        .bind(new.tls_insecure as i64)
         .bind(to_millis(Utc::now()))
         .fetch_one(&self.pool)
         .await
@@ -84,18 +103,32 @@ impl Store {
     pub async fn update_node(&self, id: i64, changes: &NodeChanges) -> StoreResult<StoredNode> {
         let current = self.node(id).await?;
         let row = sqlx::query(
-            "UPDATE nodes SET name = ?, api_key = ?, enabled = ?, include_usage = ?
+            "UPDATE nodes SET name = ?, api_key = ?, enabled = ?, include_usage = ?, kind = ?, kind_explicit = ?,
+                              tls_insecure = ?
              WHERE id = ? AND deleted_at IS NULL RETURNING *",
         )
         .bind(changes.name.as_ref().unwrap_or(&current.name))
         .bind(changes.api_key.clone().unwrap_or(current.api_key))
         .bind(changes.enabled.unwrap_or(current.enabled) as i64)
         .bind(changes.include_usage.unwrap_or(current.include_usage) as i64)
+        .bind(changes.kind.flatten().unwrap_or(&current.kind))
+        .bind(changes.kind.map_or(current.kind_explicit, |k| k.is_some()) as i64)
+        .bind(changes.tls_insecure.unwrap_or(current.tls_insecure) as i64)
         .bind(id)
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::NotFound)?;
         Ok(row_to_node(&row))
+    }
+
+    /// The kind the health checker told; a kind the operator set is left alone.
+    pub async fn set_detected_node_kind(&self, id: i64, kind: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE nodes SET kind = ? WHERE id = ? AND kind_explicit = 0")
+            .bind(kind)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn node(&self, id: i64) -> StoreResult<StoredNode> {

@@ -9,3 +9,4 @@ mod keys;
 mod persistence;
 mod proxy;
 mod support;
+mod tls;
