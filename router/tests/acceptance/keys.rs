@@ -598,7 +598,7 @@ c = openai.OpenAI(base_url="{base}/v1", api_key="{key}", max_retries=0)
 r = c.chat.completions.create(model="m", messages=[{{"role": "user", "content": "one two"}}])
 print(r.usage.total_tokens)
 parts = [ch.choices[0].delta.content or "" for ch in c.chat.completions.create(model="m", messages=[{{"role": "user", "content": "x"}}], stream=True) if ch.choices]
-print(len(parts))
+print(len(parts))  # the role chunk and five content chunks
 try:
     c.chat.completions.create(model="m", messages=[{{"role": "user", "content": "x"}}])
 except openai.RateLimitError as e:
@@ -622,7 +622,7 @@ except openai.AuthenticationError as e:
     );
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
-        "7\n5\n429 rate_limit_exceeded\n401 invalid_api_key\n"
+        "7\n6\n429 rate_limit_exceeded\n401 invalid_api_key\n"
     );
     let tokens = h.get(&format!("/api/dashboard/stats/tokens?key_id={id}")).await;
     assert_eq!(u(&tokens["request_count"]), 2);
