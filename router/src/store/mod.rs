@@ -181,6 +181,47 @@ mod tests {
         );
     }
 
+    #[test]
+    fn migration_006_counts_what_came_before_keys_as_anonymous() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        for sql in [
+            include_str!("../../migrations/001_create_nodes.sql"),
+            include_str!("../../migrations/002_create_request_history.sql"),
+            include_str!("../../migrations/003_request_history_indexes.sql"),
+            include_str!("../../migrations/004_add_token_statistics.sql"),
+            include_str!("../../migrations/005_lighter_history_indexes.sql"),
+        ] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO token_stats_hourly (hour_start, node_id, model, request_count, success_count,
+                 input_tokens, output_tokens, total_tokens)
+             VALUES (0, 1, 'a', 2, 2, 10, 20, 30), (3600, 2, 'b', 1, 0, 1, 2, 3);
+             INSERT INTO token_stats_total (node_id, model, request_count, success_count, input_tokens,
+                 output_tokens, total_tokens)
+             VALUES (1, 'a', 2, 2, 10, 20, 30), (2, 'b', 1, 0, 1, 2, 3);",
+        )
+        .unwrap();
+        conn.execute_batch(include_str!("../../migrations/006_client_keys.sql"))
+            .unwrap();
+        let rows = |sql: &str| -> Vec<(i64, i64, i64, i64)> {
+            conn.prepare(sql)
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(
+            rows("SELECT hour_start, key_id, request_count, total_tokens FROM token_stats_hourly_key ORDER BY hour_start"),
+            [(0, 0, 2, 30), (3600, 0, 1, 3)]
+        );
+        assert_eq!(
+            rows("SELECT node_id, key_id, request_count, total_tokens FROM token_stats_total_key ORDER BY node_id"),
+            [(1, 0, 2, 30), (2, 0, 1, 3)]
+        );
+    }
+
     #[tokio::test]
     async fn an_in_memory_database_is_refused_with_a_clear_error() {
         for url in ["sqlite::memory:", "sqlite://:memory:"] {

@@ -283,6 +283,14 @@ async fn token_and_concurrency_limits_and_allowed_models() {
     assert_eq!(v["error"]["type"], "tokens");
     assert!(header(&headers, "retry-after").is_some());
 
+    // A monthly budget of 12 tokens: the request that reaches it is served, the next is not.
+    let (_, key) = create_key(&h, json!({"name": "mb", "monthly_token_budget": 12})).await;
+    assert_eq!(keyed_chat(&h, Some(&key), "m").await.0, 200);
+    let (s, headers, v) = keyed_chat(&h, Some(&key), "m").await;
+    assert_eq!((s, code(&v)), (429, "insufficient_quota"), "{v}");
+    let retry: u64 = header(&headers, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=31 * 86_400).contains(&retry), "{retry}");
+
     // max_concurrent 1: a second request while a stream is open is refused.
     let (_, key) = create_key(&h, json!({"name": "c", "max_concurrent": 1})).await;
     let resp = h
@@ -303,7 +311,7 @@ async fn token_and_concurrency_limits_and_allowed_models() {
     let (_, key) = create_key(&h, json!({"name": "m-only", "allowed_models": ["m"]})).await;
     let (s, _, v) = keyed_chat(&h, Some(&key), "other").await;
     assert_eq!((s, code(&v)), (403, "model_not_allowed"), "{v}");
-    let history = h.wait_history(6).await;
+    let history = h.wait_history(8).await;
     assert_eq!(
         (history[0]["http_status"].clone(), history[0]["api_key_name"].clone()),
         (json!(403), json!("m-only"))
@@ -328,7 +336,7 @@ async fn token_and_concurrency_limits_and_allowed_models() {
     // Refused requests reached no node and count in no token figure.
     assert_eq!(b.received().len(), 0);
     let tokens = h.get("/api/dashboard/stats/tokens").await;
-    assert_eq!(u(&tokens["request_count"]), 3);
+    assert_eq!(u(&tokens["request_count"]), 4);
 }
 
 /// Seconds from now to the next midnight in `tz`, minus `before`.
