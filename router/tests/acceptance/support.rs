@@ -214,3 +214,20 @@ pub async fn direct_stream(node: &MockNode, body: &Value) -> Vec<u8> {
 pub fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
 }
+
+/// Runs a Python script (the SDK tests); returns what it printed, or fails the test
+/// with what it wrote to stderr.
+pub async fn python(script: &str) -> String {
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "the script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
