@@ -159,6 +159,7 @@ fn record(at: &str, node_id: i64, model: &str, input: u64, output: u64) -> Reque
         http_status: 200,
         error_message: None,
         duration_ms: 10,
+        time_to_first_token_ms: None,
         input_tokens: input,
         output_tokens: output,
         total_tokens: input + output,
