@@ -56,7 +56,16 @@ async fn assert_no_overflow(b: &Browser, page: &str) {
     let overflow = b
         .js("return document.documentElement.scrollWidth - window.innerWidth")
         .await;
-    assert!(overflow.as_i64().unwrap() <= 0, "{page} overflows by {overflow}px");
+    if overflow.as_i64().unwrap() > 0 {
+        // Name the outermost elements that stick out.
+        let wide = b
+            .js("const out = (e) => e.getBoundingClientRect().right > window.innerWidth + 1; \
+                 return Array.from(document.querySelectorAll('body *')).filter(e => out(e) && !out(e.parentElement)) \
+                 .map(e => e.tagName + '#' + e.id + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))")
+            .await;
+        b.screenshot(&format!("overflow-{page}")).await;
+        panic!("{page} overflows by {overflow}px: {wide}");
+    }
 }
 
 #[tokio::test]
@@ -116,7 +125,7 @@ async fn nodes_are_added_edited_disabled_and_deleted_through_the_page() {
     let msg = b
         .wait("conflict", "return document.getElementById('node-add-base_url-error').textContent")
         .await;
-    assert!(msg.as_str().unwrap().contains("already has base_url"), "{msg}");
+    assert!(msg.as_str().unwrap().contains("already exists"), "{msg}");
     type_in(&b, "node-add-base_url", "").await;
 
     // Edit: a new name, the kind set, usage on streams off.
