@@ -46,7 +46,10 @@ pub(super) fn param<'a>(p: &'a HashMap<String, String>, name: &str) -> Option<&'
     p.get(name).map(String::as_str).filter(|v| !v.is_empty())
 }
 
-pub(super) fn int<T: std::str::FromStr>(p: &HashMap<String, String>, name: &'static str) -> Result<Option<T>, ApiError> {
+pub(super) fn int<T: std::str::FromStr>(
+    p: &HashMap<String, String>,
+    name: &'static str,
+) -> Result<Option<T>, ApiError> {
     param(p, name)
         .map(|v| {
             v.parse::<T>()

@@ -12,7 +12,9 @@ use crate::store::StoreError;
 pub enum ApiError {
     #[error("missing or invalid admin key (send Authorization: Bearer <key>)")]
     Unauthorized,
-    #[error("cross-site request refused: a write made with the dashboard session must come from the dashboard's own origin")]
+    #[error(
+        "cross-site request refused: a write made with the dashboard session must come from the dashboard's own origin"
+    )]
     CrossSite,
     #[error("too many wrong admin keys from this address; try again in {0} s")]
     TooManyAttempts(u64),

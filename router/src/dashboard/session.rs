@@ -79,7 +79,10 @@ pub fn session_is_valid(st: &AppState, headers: &HeaderMap) -> bool {
 /// `Sec-Fetch-Site: cross-site`/`same-site`, is not.
 pub fn same_origin(headers: &HeaderMap) -> bool {
     let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    if matches!(text(header::HeaderName::from_static("sec-fetch-site")), Some("cross-site" | "same-site")) {
+    if matches!(
+        text(header::HeaderName::from_static("sec-fetch-site")),
+        Some("cross-site" | "same-site")
+    ) {
         return false;
     }
     let Some(host) = text(header::HOST) else {
@@ -129,11 +132,12 @@ pub async fn login(
     if let Err(wait) = st.login_throttle.check(peer.ip(), now) {
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
         let mut resp = ApiError::TooManyAttempts(secs).into_response();
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return resp;
     }
-    let key = serde_json::from_slice::<Login>(&body).map(|l| l.key).unwrap_or_default();
+    let key = serde_json::from_slice::<Login>(&body)
+        .map(|l| l.key)
+        .unwrap_or_default();
     if !st.admin_key.matches(key.trim()) {
         st.login_throttle.failed(peer.ip(), now);
         return refused();
@@ -173,7 +177,10 @@ mod tests {
     fn origin_or_referer_must_name_the_host() {
         let host = ("host", "127.0.0.1:32768");
         assert!(same_origin(&headers(&[host, ("origin", "http://127.0.0.1:32768")])));
-        assert!(same_origin(&headers(&[host, ("referer", "http://127.0.0.1:32768/dashboard#/keys")])));
+        assert!(same_origin(&headers(&[
+            host,
+            ("referer", "http://127.0.0.1:32768/dashboard#/keys")
+        ])));
         assert!(!same_origin(&headers(&[host, ("origin", "http://evil.example")])));
         assert!(!same_origin(&headers(&[host, ("origin", "http://127.0.0.1:9999")])));
         assert!(!same_origin(&headers(&[host, ("origin", "null")])));

@@ -72,12 +72,22 @@ pub async fn usage_export(
     let (from, to, start, end) = match q.period {
         Period::Day => {
             let (from, to) = day_range(tz, q.from, q.to, None)?;
-            (from, to, local_midnight(tz, from), local_midnight(tz, to + Days::new(1)))
+            (
+                from,
+                to,
+                local_midnight(tz, from),
+                local_midnight(tz, to + Days::new(1)),
+            )
         }
         Period::Month => {
             let (from, to) = month_range(tz, q.from, q.to, None)?;
             let last_day = to + Months::new(1) - Days::new(1);
-            (from, last_day, local_midnight(tz, from), local_midnight(tz, to + Months::new(1)))
+            (
+                from,
+                last_day,
+                local_midnight(tz, from),
+                local_midnight(tz, to + Months::new(1)),
+            )
         }
     };
     let start = start.timestamp().div_euclid(3600) * 3600;

@@ -20,8 +20,8 @@ use common::protocol::{
     DashboardNode, DashboardNodes, DashboardStats, KeyTokenStats, ModelTokenStats, NodeTokenStats, TokenStats,
 };
 
-pub use keys::{dashboard_keys, key_usage, KeyUsage};
 pub use export::{usage_export, ExportQuery, Period, UsageExport, UsageRow};
+pub use keys::{dashboard_keys, key_usage, KeyUsage};
 pub use series::{daily, monthly, DailyQuery, MonthlyQuery};
 pub use speed::{speed, DEFAULT_WINDOW_MINUTES, MAX_WINDOW_MINUTES};
 

@@ -24,10 +24,7 @@ pub async fn speed(
 ) -> Result<SpeedStats, StatsError> {
     let minutes = window_minutes.unwrap_or(DEFAULT_WINDOW_MINUTES);
     if minutes == 0 || minutes > MAX_WINDOW_MINUTES {
-        return Err(bad(
-            "minutes",
-            format!("must be between 1 and {MAX_WINDOW_MINUTES}"),
-        ));
+        return Err(bad("minutes", format!("must be between 1 and {MAX_WINDOW_MINUTES}")));
     }
     let from = now - chrono::Duration::minutes(minutes as i64);
     let names: HashMap<i64, String> = registry.all().iter().map(|n| (n.id, n.name())).collect();

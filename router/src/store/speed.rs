@@ -108,7 +108,14 @@ mod tests {
     use super::*;
     use crate::store::LockWait;
 
-    fn record(at: i64, stream: bool, status: RequestStatus, ttft: Option<u64>, duration: u64, out: u64) -> RequestResponseRecord {
+    fn record(
+        at: i64,
+        stream: bool,
+        status: RequestStatus,
+        ttft: Option<u64>,
+        duration: u64,
+        out: u64,
+    ) -> RequestResponseRecord {
         let t = Utc.timestamp_opt(at, 0).unwrap();
         RequestResponseRecord {
             id: 0,

@@ -13,7 +13,14 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-fn record(at: &str, key: Option<(i64, &str)>, node_id: i64, model: &str, input: u64, output: u64) -> RequestResponseRecord {
+fn record(
+    at: &str,
+    key: Option<(i64, &str)>,
+    node_id: i64,
+    model: &str,
+    input: u64,
+    output: u64,
+) -> RequestResponseRecord {
     let t: DateTime<Utc> = DateTime::parse_from_rfc3339(at).unwrap().with_timezone(&Utc);
     RequestResponseRecord {
         id: 0,
@@ -146,14 +153,20 @@ async fn the_usage_export_splits_each_day_and_month_by_key_node_and_model_with_t
             for day in daily["days"].as_array().unwrap() {
                 let of_day: Vec<_> = exported.iter().filter(|r| r["date"] == day["date"]).collect();
                 for col in ["request_count", "input_tokens", "output_tokens", "total_tokens"] {
-                    assert_eq!(of_day.iter().map(|r| n(r, col)).sum::<u64>(), u(&day[col]), "{tz} {q} {day}");
+                    assert_eq!(
+                        of_day.iter().map(|r| n(r, col)).sum::<u64>(),
+                        u(&day[col]),
+                        "{tz} {q} {day}"
+                    );
                 }
             }
         }
         let (_, text, _) = csv(&h, &format!("group=month&from=2026-02&to=2026-04&tz={tz}")).await;
         let exported = rows(&text);
         let monthly = h
-            .get(&format!("/api/dashboard/stats/tokens/monthly?from=2026-02&to=2026-04&tz={tz}"))
+            .get(&format!(
+                "/api/dashboard/stats/tokens/monthly?from=2026-02&to=2026-04&tz={tz}"
+            ))
             .await;
         for month in monthly["months"].as_array().unwrap() {
             let total: u64 = exported
@@ -188,7 +201,10 @@ async fn the_usage_export_splits_each_day_and_month_by_key_node_and_model_with_t
     ] {
         let (status, text, _) = csv(&h, query).await;
         assert_eq!(status, 400, "{query}");
-        assert!(text.contains(&format!("invalid parameter '{param}'")), "{query}: {text}");
+        assert!(
+            text.contains(&format!("invalid parameter '{param}'")),
+            "{query}: {text}"
+        );
     }
 }
 
@@ -264,14 +280,20 @@ async fn speed_per_node_and_model_comes_from_the_history_agrees_with_metrics_and
 
     let h = h.restart().await;
     let after = h.get("/api/dashboard/stats/speed?minutes=15").await;
-    assert_eq!(after["by_node_model"], speed["by_node_model"], "same figures after a restart");
+    assert_eq!(
+        after["by_node_model"], speed["by_node_model"],
+        "same figures after a restart"
+    );
 
     for bad in ["minutes=0", "minutes=10081", "minutes=soon"] {
         let (status, body) = h
             .admin(Method::GET, &format!("/api/dashboard/stats/speed?{bad}"), None)
             .await;
         assert_eq!(status, 400, "{bad}");
-        assert!(body["error"]["message"].as_str().unwrap().contains("'minutes'"), "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("'minutes'"),
+            "{body}"
+        );
     }
 }
 
@@ -307,9 +329,15 @@ async fn a_write_with_the_session_cookie_from_another_site_is_refused() {
         }
     };
     for (origin, why) in [
-        (Some((ORIGIN.as_str(), "http://evil.example".to_string())), "another origin"),
+        (
+            Some((ORIGIN.as_str(), "http://evil.example".to_string())),
+            "another origin",
+        ),
         (Some((ORIGIN.as_str(), "null".to_string())), "an opaque origin"),
-        (Some((REFERER.as_str(), "http://evil.example/page".to_string())), "another site's page"),
+        (
+            Some((REFERER.as_str(), "http://evil.example/page".to_string())),
+            "another site's page",
+        ),
         (None, "neither Origin nor Referer"),
     ] {
         let (status, body) = write(origin, false, "forged").await;
@@ -332,7 +360,10 @@ async fn a_write_with_the_session_cookie_from_another_site_is_refused() {
         assert_eq!(resp.status(), 403, "{method}");
     }
     let k = h.get(&path).await;
-    assert_eq!((k["enabled"].as_bool(), k["revoked"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(
+        (k["enabled"].as_bool(), k["revoked"].as_bool()),
+        (Some(true), Some(false))
+    );
     let names: Vec<Value> = h.get("/api/keys").await["keys"]
         .as_array()
         .unwrap()
@@ -342,13 +373,26 @@ async fn a_write_with_the_session_cookie_from_another_site_is_refused() {
     assert_eq!(names, [json!("k")], "no forged key was created");
 
     // From the dashboard's own origin (Origin, or Referer alone), and with the bearer key.
-    assert_eq!(write(Some((ORIGIN.as_str(), own.clone())), false, "same origin").await.0, 201);
     assert_eq!(
-        write(Some((REFERER.as_str(), format!("{own}/dashboard#/keys"))), false, "same page").await.0,
+        write(Some((ORIGIN.as_str(), own.clone())), false, "same origin")
+            .await
+            .0,
         201
     );
     assert_eq!(
-        write(Some((ORIGIN.as_str(), "http://evil.example".into())), true, "bearer").await.0,
+        write(
+            Some((REFERER.as_str(), format!("{own}/dashboard#/keys"))),
+            false,
+            "same page"
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        write(Some((ORIGIN.as_str(), "http://evil.example".into())), true, "bearer")
+            .await
+            .0,
         201
     );
     // Reads with the cookie are not writes.
@@ -379,18 +423,33 @@ async fn the_dashboard_sends_a_content_security_policy_without_inline_script_or_
     let page = h.http.get(h.url("/dashboard")).send().await.unwrap();
     let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
     assert_eq!(csp, llm_router::dashboard::CONTENT_SECURITY_POLICY);
-    for directive in ["default-src 'none'", "script-src 'self'", "style-src 'self'", "frame-ancestors 'none'"] {
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
         assert!(csp.contains(directive), "{csp}");
     }
     assert!(!csp.contains("unsafe"), "{csp}");
     assert_eq!(page.headers()["x-content-type-options"], "nosniff");
     let html = page.text().await.unwrap();
     // Every script has a src (nothing inline); no style attribute or element, no on* handler.
-    assert_eq!(html.matches("<script").count(), html.matches("<script src=\"/dashboard/js/").count());
+    assert_eq!(
+        html.matches("<script").count(),
+        html.matches("<script src=\"/dashboard/js/").count()
+    );
     assert!(!html.contains("style="), "inline style");
     assert!(!html.contains("<style"), "style element");
-    assert!(!html.contains(" onclick=") && !html.contains(" onload="), "inline handler");
-    for src in html.split("<script src=\"").skip(1).map(|s| s.split('"').next().unwrap()) {
+    assert!(
+        !html.contains(" onclick=") && !html.contains(" onload="),
+        "inline handler"
+    );
+    for src in html
+        .split("<script src=\"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap())
+    {
         let resp = h.http.get(h.url(src)).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{src}");
         assert_eq!(resp.headers()["content-type"], "text/javascript");
@@ -399,7 +458,15 @@ async fn the_dashboard_sends_a_content_security_policy_without_inline_script_or_
     }
     let css = h.http.get(h.url("/dashboard/app.css")).send().await.unwrap();
     assert_eq!(css.status(), 200);
-    assert_eq!(h.http.get(h.url("/dashboard/js/nope.js")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        h.http
+            .get(h.url("/dashboard/js/nope.js"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 }
 
 async fn login_answer(client: &reqwest::Client, url: &str, body: reqwest::Body) -> (u16, Option<String>, String) {

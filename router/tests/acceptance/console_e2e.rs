@@ -75,16 +75,25 @@ async fn nodes_are_added_edited_disabled_and_deleted_through_the_page() {
     let b = Browser::start().await;
     sign_in(&b, &h).await;
     open_page(&b, "nodes").await;
-    b.wait("empty list", "return !document.getElementById('node-list-empty').hidden")
-        .await;
+    b.wait(
+        "empty list",
+        "return !document.getElementById('node-list-empty').hidden",
+    )
+    .await;
 
     // A bad URL: the API's message next to the URL field, nothing added.
     type_in(&b, "node-add-base_url", "ftp://gpu-1").await;
     click_css(&b, "#node-add-submit").await;
     let msg = b
-        .wait("URL error", "return document.getElementById('node-add-base_url-error').textContent")
+        .wait(
+            "URL error",
+            "return document.getElementById('node-add-base_url-error').textContent",
+        )
         .await;
-    assert!(msg.as_str().unwrap().starts_with("invalid parameter 'base_url'"), "{msg}");
+    assert!(
+        msg.as_str().unwrap().starts_with("invalid parameter 'base_url'"),
+        "{msg}"
+    );
     assert_eq!(
         b.js("return document.getElementById('node-add-base_url').getAttribute('aria-invalid')")
             .await,
@@ -104,8 +113,11 @@ async fn nodes_are_added_edited_disabled_and_deleted_through_the_page() {
         .send_keys(&Key::Enter.to_string())
         .await
         .unwrap();
-    b.wait("node row", "return document.querySelectorAll('#node-list tbody tr').length === 1")
-        .await;
+    b.wait(
+        "node row",
+        "return document.querySelectorAll('#node-list tbody tr').length === 1",
+    )
+    .await;
     let node = api_node(&h, "gpu-a").await.expect("the node was added");
     assert_eq!(node["base_url"], a.base_url());
     assert_eq!(node["has_api_key"], true);
@@ -115,7 +127,10 @@ async fn nodes_are_added_edited_disabled_and_deleted_through_the_page() {
     let row = format!("#node-list tr[data-key=\"{id}\"]");
     assert_eq!(text_of(&b, &format!("{row} td:nth-child(1)")).await, "gpu-a");
     assert_eq!(text_of(&b, &format!("{row} td:nth-child(4)")).await, "online");
-    assert_eq!(text_of(&b, &format!("{row} td:nth-child(3)")).await, "openai (detected)");
+    assert_eq!(
+        text_of(&b, &format!("{row} td:nth-child(3)")).await,
+        "openai (detected)"
+    );
     assert_eq!(text_of(&b, &format!("{row} td:nth-child(7)")).await, "m1, m2");
     assert_eq!(text_of(&b, &format!("{row} td:nth-child(8)")).await, "–");
 
@@ -123,14 +138,18 @@ async fn nodes_are_added_edited_disabled_and_deleted_through_the_page() {
     type_in(&b, "node-add-base_url", &a.base_url()).await;
     click_css(&b, "#node-add-submit").await;
     let msg = b
-        .wait("conflict", "return document.getElementById('node-add-base_url-error').textContent")
+        .wait(
+            "conflict",
+            "return document.getElementById('node-add-base_url-error').textContent",
+        )
         .await;
     assert!(msg.as_str().unwrap().contains("already exists"), "{msg}");
     type_in(&b, "node-add-base_url", "").await;
 
     // Edit: a new name, the kind set, usage on streams off.
     click_css(&b, &format!("{row} button[data-action='edit']")).await;
-    b.wait("edit dialog", "return document.getElementById('node-edit').open").await;
+    b.wait("edit dialog", "return document.getElementById('node-edit').open")
+        .await;
     assert_eq!(
         b.js("return document.activeElement.id").await,
         "node-edit-name",
@@ -141,9 +160,13 @@ async fn nodes_are_added_edited_disabled_and_deleted_through_the_page() {
     click_css(&b, "#node-edit-include_usage").await;
     b.screenshot("console-node-edit").await;
     click_css(&b, "#node-edit-save").await;
-    b.wait("dialog closed", "return !document.getElementById('node-edit').open").await;
+    b.wait("dialog closed", "return !document.getElementById('node-edit').open")
+        .await;
     let node = api_node(&h, "gpu-a2").await.expect("renamed");
-    assert_eq!((node["kind"].as_str(), node["kind_explicit"].as_bool()), (Some("vllm"), Some(true)));
+    assert_eq!(
+        (node["kind"].as_str(), node["kind_explicit"].as_bool()),
+        (Some("vllm"), Some(true))
+    );
     assert_eq!(node["include_usage"], false);
     assert_eq!(node["has_api_key"], true, "an empty key field leaves the key");
     b.wait(
@@ -156,13 +179,16 @@ async fn nodes_are_added_edited_disabled_and_deleted_through_the_page() {
 
     // Edit again: remove the key. Then Escape closes the dialog without saving.
     click_css(&b, &format!("{row} button[data-action='edit']")).await;
-    b.wait("edit dialog", "return document.getElementById('node-edit').open").await;
+    b.wait("edit dialog", "return document.getElementById('node-edit').open")
+        .await;
     click_css(&b, "#node-edit-clear_key").await;
     click_css(&b, "#node-edit-save").await;
-    b.wait("dialog closed", "return !document.getElementById('node-edit').open").await;
+    b.wait("dialog closed", "return !document.getElementById('node-edit').open")
+        .await;
     assert_eq!(api_node(&h, "gpu-a2").await.unwrap()["has_api_key"], false);
     click_css(&b, &format!("{row} button[data-action='edit']")).await;
-    b.wait("edit dialog", "return document.getElementById('node-edit').open").await;
+    b.wait("edit dialog", "return document.getElementById('node-edit').open")
+        .await;
     type_in(&b, "node-edit-name", "never-saved").await;
     b.client
         .find(Locator::Id("node-edit-name"))
@@ -171,7 +197,8 @@ async fn nodes_are_added_edited_disabled_and_deleted_through_the_page() {
         .send_keys(&Key::Escape.to_string())
         .await
         .unwrap();
-    b.wait("escape closes", "return !document.getElementById('node-edit').open").await;
+    b.wait("escape closes", "return !document.getElementById('node-edit').open")
+        .await;
     assert!(api_node(&h, "never-saved").await.is_none());
 
     // Disable from the row; the API and the row agree.
@@ -194,20 +221,30 @@ async fn nodes_are_added_edited_disabled_and_deleted_through_the_page() {
 
     // Delete, after a confirmation; cancelling first deletes nothing.
     click_css(&b, &format!("{row} button[data-action='delete']")).await;
-    b.wait("confirmation", "return document.getElementById('confirm').open").await;
+    b.wait("confirmation", "return document.getElementById('confirm').open")
+        .await;
     assert_eq!(text_of(&b, "#confirm-title").await, "Delete gpu-a2?");
     b.screenshot("console-node-delete").await;
     click_css(&b, "#confirm-cancel").await;
-    b.wait("cancelled", "return !document.getElementById('confirm').open").await;
+    b.wait("cancelled", "return !document.getElementById('confirm').open")
+        .await;
     assert!(api_node(&h, "gpu-a2").await.is_some());
     click_css(&b, &format!("{row} button[data-action='delete']")).await;
-    b.wait("confirmation", "return document.getElementById('confirm').open").await;
-    click_css(&b, "#confirm-ok").await;
-    b.wait("deleted", "return document.querySelectorAll('#node-list tbody tr').length === 0")
+    b.wait("confirmation", "return document.getElementById('confirm').open")
         .await;
+    click_css(&b, "#confirm-ok").await;
+    b.wait(
+        "deleted",
+        "return document.querySelectorAll('#node-list tbody tr').length === 0",
+    )
+    .await;
     assert_eq!(h.get("/api/nodes").await["nodes"], json!([]));
     let gone = h.node(&a.base_url()).await;
-    assert_eq!((gone["deleted"].as_bool(), u(&gone["total_requests"])), (Some(true), 1), "statistics stay");
+    assert_eq!(
+        (gone["deleted"].as_bool(), u(&gone["total_requests"])),
+        (Some(true), 1),
+        "statistics stay"
+    );
 
     b.client.set_window_size(390, 844).await.unwrap();
     assert_no_overflow(&b, "nodes").await;
@@ -228,25 +265,39 @@ async fn keys_are_created_limited_and_revoked_through_the_page_and_its_requests_
     type_in(&b, "key-add-daily_token_budget", "lots").await;
     click_css(&b, "#key-add-submit").await;
     let msg = b
-        .wait("budget error", "return document.getElementById('key-add-daily_token_budget-error').textContent")
+        .wait(
+            "budget error",
+            "return document.getElementById('key-add-daily_token_budget-error').textContent",
+        )
         .await;
-    assert!(msg.as_str().unwrap().starts_with("invalid parameter 'daily_token_budget'"), "{msg}");
+    assert!(
+        msg.as_str()
+            .unwrap()
+            .starts_with("invalid parameter 'daily_token_budget'"),
+        "{msg}"
+    );
     assert_eq!(h.get("/api/keys").await["keys"], json!([]));
 
     type_in(&b, "key-add-daily_token_budget", "1000").await;
     type_in(&b, "key-add-monthly_token_budget", "20000").await;
     click_css(&b, "#key-add-submit").await;
-    b.wait("secret dialog", "return document.getElementById('key-secret').open").await;
+    b.wait("secret dialog", "return document.getElementById('key-secret').open")
+        .await;
     let secret = b.js("return document.getElementById('key-secret-value').value").await;
     let secret = secret.as_str().unwrap().to_string();
     assert!(secret.starts_with("sk-lr-"), "{secret}");
     let warning = text_of(&b, "#key-secret .warning").await;
     assert!(warning.contains("shown this once"), "{warning}");
     click_css(&b, "#key-secret-copy").await;
-    b.wait("copied", "return document.getElementById('key-secret-copied').textContent").await;
+    b.wait(
+        "copied",
+        "return document.getElementById('key-secret-copied').textContent",
+    )
+    .await;
     b.screenshot("console-key-secret").await;
     click_css(&b, "#key-secret-close").await;
-    b.wait("dialog closed", "return !document.getElementById('key-secret').open").await;
+    b.wait("dialog closed", "return !document.getElementById('key-secret').open")
+        .await;
     // The secret is nowhere in the page any more.
     let found = b
         .js(&format!(
@@ -261,12 +312,19 @@ async fn keys_are_created_limited_and_revoked_through_the_page_and_its_requests_
     let keys = h.get("/api/keys").await;
     let key = &keys["keys"][0];
     assert_eq!(key["name"], "team-a");
-    assert_eq!((u(&key["daily_token_budget"]), u(&key["monthly_token_budget"])), (1000, 20000));
+    assert_eq!(
+        (u(&key["daily_token_budget"]), u(&key["monthly_token_budget"])),
+        (1000, 20000)
+    );
     assert_eq!(key["rpm_limit"], Value::Null);
     let id = key["id"].as_i64().unwrap();
     let row = format!("#key-list tr[data-key=\"{id}\"]");
-    b.wait("key row", &format!("return !!document.querySelector('{row}')")).await;
-    assert_eq!(text_of(&b, &format!("{row} td:nth-child(2)")).await, format!("{}…", key["prefix"].as_str().unwrap()));
+    b.wait("key row", &format!("return !!document.querySelector('{row}')"))
+        .await;
+    assert_eq!(
+        text_of(&b, &format!("{row} td:nth-child(2)")).await,
+        format!("{}…", key["prefix"].as_str().unwrap())
+    );
     assert_eq!(text_of(&b, &format!("{row} td:nth-child(3)")).await, "active");
 
     // A request with the key made in the page counts under it, on screen as in the API.
@@ -280,11 +338,17 @@ async fn keys_are_created_limited_and_revoked_through_the_page_and_its_requests_
         .unwrap();
     assert_eq!(resp.status(), 200);
     let record = &h.wait_history(1).await[0];
-    assert_eq!((record["api_key_id"].as_i64(), record["api_key_name"].as_str()), (Some(id), Some("team-a")));
+    assert_eq!(
+        (record["api_key_id"].as_i64(), record["api_key_name"].as_str()),
+        (Some(id), Some("team-a"))
+    );
     let used = u(&record["total_tokens"]);
     let dash = h.get("/api/dashboard/keys").await;
     let d = &dash["keys"][0];
-    assert_eq!((u(&d["today_tokens"]), u(&d["month_tokens"]), u(&d["total_tokens"])), (used, used, used));
+    assert_eq!(
+        (u(&d["today_tokens"]), u(&d["month_tokens"]), u(&d["total_tokens"])),
+        (used, used, used)
+    );
     let today = format!("{row} td:nth-child(4) span[data-value]");
     b.wait(
         "usage on screen",
@@ -292,7 +356,10 @@ async fn keys_are_created_limited_and_revoked_through_the_page_and_its_requests_
     )
     .await;
     assert_eq!(b.number(&format!("{row} td:nth-child(5) span[data-value]")).await, used);
-    assert_eq!(b.number(&format!("{row} td:nth-child(6)")).await, u(&d["total_requests"]));
+    assert_eq!(
+        b.number(&format!("{row} td:nth-child(6)")).await,
+        u(&d["total_requests"])
+    );
     assert_eq!(b.number(&format!("{row} td:nth-child(7)")).await, u(&d["total_tokens"]));
     let meter = b
         .js(&format!(
@@ -308,23 +375,35 @@ async fn keys_are_created_limited_and_revoked_through_the_page_and_its_requests_
 
     // Limits: a bad value at its field, then a good one.
     click_css(&b, &format!("{row} button[data-action='edit']")).await;
-    b.wait("edit dialog", "return document.getElementById('key-edit').open").await;
+    b.wait("edit dialog", "return document.getElementById('key-edit').open")
+        .await;
     type_in(&b, "key-edit-rpm_limit", "-3").await;
     click_css(&b, "#key-edit-save").await;
     let msg = b
-        .wait("rpm error", "return document.getElementById('key-edit-rpm_limit-error').textContent")
+        .wait(
+            "rpm error",
+            "return document.getElementById('key-edit-rpm_limit-error').textContent",
+        )
         .await;
-    assert!(msg.as_str().unwrap().starts_with("invalid parameter 'rpm_limit'"), "{msg}");
+    assert!(
+        msg.as_str().unwrap().starts_with("invalid parameter 'rpm_limit'"),
+        "{msg}"
+    );
     type_in(&b, "key-edit-rpm_limit", "30").await;
     type_in(&b, "key-edit-daily_token_budget", "5000").await;
     type_in(&b, "key-edit-monthly_token_budget", "").await;
     type_in(&b, "key-edit-allowed_models", "m1, m9").await;
     click_css(&b, "#key-edit-save").await;
-    b.wait("dialog closed", "return !document.getElementById('key-edit').open").await;
+    b.wait("dialog closed", "return !document.getElementById('key-edit').open")
+        .await;
     let k = h.get(&format!("/api/keys/{id}")).await;
     assert_eq!(u(&k["rpm_limit"]), 30);
     assert_eq!(u(&k["daily_token_budget"]), 5000);
-    assert_eq!(k["monthly_token_budget"], Value::Null, "an emptied field clears the budget");
+    assert_eq!(
+        k["monthly_token_budget"],
+        Value::Null,
+        "an emptied field clears the budget"
+    );
     assert_eq!(k["allowed_models"], json!(["m1", "m9"]));
     b.wait(
         "new budget on screen",
@@ -358,7 +437,8 @@ async fn keys_are_created_limited_and_revoked_through_the_page_and_its_requests_
 
     // Revoke, after a confirmation.
     click_css(&b, &format!("{row} button[data-action='revoke']")).await;
-    b.wait("confirmation", "return document.getElementById('confirm').open").await;
+    b.wait("confirmation", "return document.getElementById('confirm').open")
+        .await;
     assert_eq!(text_of(&b, "#confirm-title").await, "Revoke team-a?");
     click_css(&b, "#confirm-ok").await;
     b.wait(
@@ -369,7 +449,8 @@ async fn keys_are_created_limited_and_revoked_through_the_page_and_its_requests_
     assert_eq!(h.get(&format!("/api/keys/{id}")).await["revoked"], true);
     assert_eq!(with_key().await.unwrap().status(), 401);
     assert_eq!(
-        b.js(&format!("return document.querySelectorAll('{row} button').length")).await,
+        b.js(&format!("return document.querySelectorAll('{row} button').length"))
+            .await,
         0,
         "a revoked key has no action left"
     );
@@ -379,10 +460,17 @@ async fn keys_are_created_limited_and_revoked_through_the_page_and_its_requests_
     open_page(&b, "stats").await;
     let tokens = h.get("/api/dashboard/stats/tokens").await;
     for k in tokens["by_key"].as_array().unwrap() {
-        let key = k["key_id"].as_i64().map(|i| i.to_string()).unwrap_or("anonymous".into());
+        let key = k["key_id"]
+            .as_i64()
+            .map(|i| i.to_string())
+            .unwrap_or("anonymous".into());
         let r = format!("#by-key tr[data-key=\"{key}\"]");
-        b.wait("by-key row", &format!("return !!document.querySelector('{r}')")).await;
-        assert_eq!(text_of(&b, &format!("{r} td:nth-child(1)")).await, k["key_name"].as_str().unwrap());
+        b.wait("by-key row", &format!("return !!document.querySelector('{r}')"))
+            .await;
+        assert_eq!(
+            text_of(&b, &format!("{r} td:nth-child(1)")).await,
+            k["key_name"].as_str().unwrap()
+        );
         assert_eq!(b.number(&format!("{r} td:nth-child(2)")).await, u(&k["request_count"]));
         assert_eq!(b.number(&format!("{r} td:nth-child(5)")).await, u(&k["total_tokens"]));
     }
@@ -405,7 +493,9 @@ async fn keys_are_created_limited_and_revoked_through_the_page_and_its_requests_
 async fn the_csv_export_downloads_the_api_figures_for_the_range_and_filters_on_screen() {
     let a = mock("alpha", &["m1", "m2"]).await;
     let h = Harness::start(&[&a]).await;
-    let (_, key) = h.admin(Method::POST, "/api/keys", Some(json!({"name": "ci-bot"}))).await;
+    let (_, key) = h
+        .admin(Method::POST, "/api/keys", Some(json!({"name": "ci-bot"})))
+        .await;
     let secret = key["key"].as_str().unwrap().to_string();
     for (model, keyed) in [("m1", true), ("m2", false), ("m1", false)] {
         let mut req = h
@@ -488,7 +578,11 @@ async fn the_csv_export_downloads_the_api_figures_for_the_range_and_filters_on_s
         .js("return fetch(document.getElementById('export-link').href).then(r => r.text())")
         .await;
     let filtered = filtered.as_str().unwrap();
-    assert_eq!(filtered.split("\r\n").filter(|l| !l.is_empty()).count(), 2, "{filtered}");
+    assert_eq!(
+        filtered.split("\r\n").filter(|l| !l.is_empty()).count(),
+        2,
+        "{filtered}"
+    );
     assert!(filtered.contains(",ci-bot,"), "{filtered}");
     b.close().await;
 }
@@ -507,8 +601,11 @@ async fn speed_and_request_detail_show_the_api_figures_at_390_px_and_by_keyboard
 
     // Speed: the table and the chart hold the API's figures.
     b.client.goto(&h.url("/dashboard#/speed")).await.unwrap();
-    b.wait("speed rows", "return document.querySelectorAll('#speed-table tbody tr').length === 1")
-        .await;
+    b.wait(
+        "speed rows",
+        "return document.querySelectorAll('#speed-table tbody tr').length === 1",
+    )
+    .await;
     let speed = h.get("/api/dashboard/stats/speed?minutes=60").await;
     let s = &speed["by_node_model"][0];
     let row = format!("#speed-table tr[data-key=\"{}/m\"]", s["node_id"]);
@@ -540,7 +637,10 @@ async fn speed_and_request_detail_show_the_api_figures_at_390_px_and_by_keyboard
         .js("const c = Chart.getChart('speed-chart'); return c.data.datasets.map(d => d.data[0]);")
         .await;
     let chart: Vec<f64> = chart.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    assert_eq!(chart, [f("output_tokens_per_second"), f("ttft_p50_ms"), f("ttft_p95_ms")]);
+    assert_eq!(
+        chart,
+        [f("output_tokens_per_second"), f("ttft_p50_ms"), f("ttft_p95_ms")]
+    );
     assert_no_overflow(&b, "speed").await;
     b.screenshot("console-speed-narrow").await;
     choose(&b, "speed-window", "5").await;
@@ -555,12 +655,13 @@ async fn speed_and_request_detail_show_the_api_figures_at_390_px_and_by_keyboard
 
     // Request detail: Tab to the newest row's time, Enter opens the full record.
     b.client.goto(&h.url("/dashboard#/history")).await.unwrap();
-    b.wait("history rows", "return document.querySelectorAll('#history-table tbody tr').length === 4")
-        .await;
+    b.wait(
+        "history rows",
+        "return document.querySelectorAll('#history-table tbody tr').length === 4",
+    )
+    .await;
     let newest = &h.history().await[0];
-    let record = h
-        .get(&format!("/api/dashboard/request-history/{}", newest["id"]))
-        .await;
+    let record = h.get(&format!("/api/dashboard/request-history/{}", newest["id"])).await;
     let open = b
         .client
         .find(Locator::Css(&format!(
@@ -570,7 +671,8 @@ async fn speed_and_request_detail_show_the_api_figures_at_390_px_and_by_keyboard
         .await
         .unwrap();
     open.send_keys(&Key::Enter.to_string()).await.unwrap();
-    b.wait("record dialog", "return document.getElementById('record').open").await;
+    b.wait("record dialog", "return document.getElementById('record').open")
+        .await;
     for (field, v) in record.as_object().unwrap() {
         let shown = b
             .js(&format!(
