@@ -74,6 +74,7 @@ pub struct Services {
     pub clock: Clock,
     pub metrics_access: MetricsAccess,
     pub sessions: Arc<crate::dashboard::Sessions>,
+    pub login_throttle: Arc<crate::dashboard::LoginThrottle>,
 }
 
 /// A started router.
@@ -193,6 +194,7 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
         clock,
         metrics_access: args.metrics,
         sessions: Arc::default(),
+        login_throttle: Arc::default(),
     }));
 
     let listener = TcpListener::bind((args.host, args.port))

@@ -337,6 +337,8 @@ fn build_record(
         http_status: o.http_status,
         error_message: o.error_message,
         duration_ms,
+        // The same measurement the time-to-first-token histogram observes.
+        time_to_first_token_ms: o.time_to_first_byte.map(|t| t.as_millis() as u64),
         input_tokens: o.usage.input_tokens,
         output_tokens: o.usage.output_tokens,
         total_tokens: o.usage.total_tokens,

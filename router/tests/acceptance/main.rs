@@ -3,6 +3,9 @@
 //! per area.
 
 mod accounting;
+mod console_api;
+mod console_e2e;
+mod console_usage_e2e;
 mod dashboard_api;
 mod dashboard_e2e;
 mod keys;
