@@ -11,6 +11,11 @@ CORE_LOAD=${CORE_LOAD:-1}
 if [ "$(nproc)" -lt 2 ]; then CORE_LOAD=$CORE_PROXY; fi
 pin_proxy() { taskset -c "$CORE_PROXY" "$@"; }
 pin_load() { taskset -c "$CORE_LOAD" "$@"; }
+# Starts a command in the background on a core; $! is then the command's own pid (the
+# subshell execs into it), which is what /proc is read for.
+spawn_proxy() { (exec taskset -c "$CORE_PROXY" "$@") & }
+spawn_load() { (exec taskset -c "$CORE_LOAD" "$@") & }
+export LLM_ROUTER_LOG=warn
 
 need() { # Debian packages, installed when missing and run as root
   for pkg in "$@"; do

@@ -37,15 +37,15 @@ MOCK_PORT=$(free_port); ROUTER_PORT=$(free_port); ASYNC_PORT=$(free_port); KEYED
 VLLM_PORT=$(free_port)
 
 # One thread (the mock's default): it shares its core with wrk.
-pin_load ./target/release/mock-node --listen 127.0.0.1:$MOCK_PORT --name bench --chunks 5 --worker-threads 1 >/dev/null &
+spawn_load ./target/release/mock-node --listen 127.0.0.1:$MOCK_PORT --name bench --chunks 5 --worker-threads 1 >/dev/null
 declare -A PIDS URLS
 PIDS[direct]=$!; URLS[direct]=http://127.0.0.1:$MOCK_PORT
 wait_http "${URLS[direct]}/v1/models"
 PIDS[nginx]=$(start_nginx "$NGINX_PORT" "$MOCK_PORT" "$WORK"); URLS[nginx]=http://127.0.0.1:$NGINX_PORT
 router() { # name port args...
   local name=$1 port=$2; shift 2
-  LLM_ROUTER_LOG=warn pin_proxy ./target/release/llm-router --host 127.0.0.1 --port "$port" --data-dir "$WORK/$name" \
-    --admin-key bench --node http://127.0.0.1:$MOCK_PORT "$@" >/dev/null &
+  spawn_proxy ./target/release/llm-router --host 127.0.0.1 --port "$port" --data-dir "$WORK/$name" \
+    --admin-key bench --node http://127.0.0.1:$MOCK_PORT "$@" >/dev/null
   PIDS[$name]=$!; URLS[$name]=http://127.0.0.1:$port
   wait_http "${URLS[$name]}/health"
 }
@@ -54,8 +54,8 @@ router router-async "$ASYNC_PORT" --durability async
 router router-keyed "$KEYED_PORT" --client-auth required
 TARGETS="direct nginx router router-async router-keyed"
 if have_vllm_router; then
-  pin_proxy vllm-router --host 127.0.0.1 --port "$VLLM_PORT" --worker-urls "http://127.0.0.1:$MOCK_PORT" \
-    --policy round_robin --prometheus-port "$(free_port)" >"$WORK/vllm-router.log" 2>&1 &
+  spawn_proxy vllm-router --host 127.0.0.1 --port "$VLLM_PORT" --worker-urls "http://127.0.0.1:$MOCK_PORT" \
+    --policy round_robin --prometheus-port "$(free_port)" >"$WORK/vllm-router.log" 2>&1
   PIDS[vllm-router]=$!; URLS[vllm-router]=http://127.0.0.1:$VLLM_PORT
   for _ in $(seq 100); do
     curl -sf -o /dev/null -X POST -H 'content-type: application/json' "${URLS[vllm-router]}/v1/chat/completions" \

@@ -26,20 +26,20 @@ cleanup() { kill $(jobs -p) 2>/dev/null || true; stop_nginx "$NGINX_PORT" "$WORK
 trap cleanup EXIT
 
 MOCK_PORT=$(free_port); ROUTER_PORT=$(free_port); VLLM_PORT=$(free_port)
-pin_load ./target/release/mock-node --listen 127.0.0.1:$MOCK_PORT --name slow --chunks 20 --chunk-delay-ms 50 \
-  --worker-threads 1 >/dev/null &
+spawn_load ./target/release/mock-node --listen 127.0.0.1:$MOCK_PORT --name slow --chunks 20 --chunk-delay-ms 50 \
+  --worker-threads 1 >/dev/null
 declare -A PIDS URLS
 PIDS[direct]=$!; URLS[direct]=http://127.0.0.1:$MOCK_PORT
 wait_http "${URLS[direct]}/v1/models"
 PIDS[nginx]=$(start_nginx "$NGINX_PORT" "$MOCK_PORT" "$WORK"); URLS[nginx]=http://127.0.0.1:$NGINX_PORT
-LLM_ROUTER_LOG=warn pin_proxy ./target/release/llm-router --host 127.0.0.1 --port "$ROUTER_PORT" --data-dir "$WORK/router" \
-  --admin-key bench --node http://127.0.0.1:$MOCK_PORT >/dev/null &
+spawn_proxy ./target/release/llm-router --host 127.0.0.1 --port "$ROUTER_PORT" --data-dir "$WORK/router" \
+  --admin-key bench --node http://127.0.0.1:$MOCK_PORT >/dev/null
 PIDS[router]=$!; URLS[router]=http://127.0.0.1:$ROUTER_PORT
 wait_http "${URLS[router]}/health"
 TARGETS="direct nginx router"
 if have_vllm_router; then
-  pin_proxy vllm-router --host 127.0.0.1 --port "$VLLM_PORT" --worker-urls "http://127.0.0.1:$MOCK_PORT" \
-    --policy round_robin --prometheus-port "$(free_port)" >"$WORK/vllm-router.log" 2>&1 &
+  spawn_proxy vllm-router --host 127.0.0.1 --port "$VLLM_PORT" --worker-urls "http://127.0.0.1:$MOCK_PORT" \
+    --policy round_robin --prometheus-port "$(free_port)" >"$WORK/vllm-router.log" 2>&1
   PIDS[vllm-router]=$!; URLS[vllm-router]=http://127.0.0.1:$VLLM_PORT
   for _ in $(seq 100); do
     curl -sf -o /dev/null -X POST -H 'content-type: application/json' "${URLS[vllm-router]}/v1/chat/completions" \
