@@ -5,6 +5,8 @@
 mod accounting;
 mod dashboard_api;
 mod dashboard_e2e;
+mod hostile;
+mod open_files;
 mod persistence;
 mod proxy;
 mod support;
