@@ -34,6 +34,7 @@ pub struct OpenFileLimit {
 /// file descriptor, and a common soft default (1024) caps a gateway at a few hundred
 /// streams.
 #[cfg(unix)]
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on 64-bit Linux, not everywhere
 pub fn raise_open_file_limit() -> OpenFileLimit {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

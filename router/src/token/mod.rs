@@ -11,7 +11,10 @@
 //! The stream side lives in `sse` (framing), `tap` (per-event accumulation) and
 //! `include_usage` (asking nodes for usage and hiding the answer from the client).
 
+#[cfg(test)]
+mod fuzz;
 pub mod include_usage;
+mod json_members;
 pub mod sse;
 pub mod tap;
 
