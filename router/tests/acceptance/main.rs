@@ -5,6 +5,7 @@
 mod accounting;
 mod dashboard_api;
 mod dashboard_e2e;
+mod fuzz_bodies;
 mod hostile;
 mod open_files;
 mod persistence;
