@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::connection::ConnectionState;
@@ -19,8 +20,9 @@ const RESERVED_FDS: u64 = 128;
 const EVICTION_SLACK: usize = 16;
 /// Entries of the table looked at to find a connection to close.
 const EVICTION_SCAN: usize = 128;
-/// Turns the accept loop gives closing connections before it answers 503.
-const EVICTION_WAIT_TURNS: usize = 16;
+/// Longest wait of the accept loop for closing connections before it answers 503
+/// (they close as soon as their task runs).
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
 
 /// The process's open-file limit after [`raise_open_file_limit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +92,8 @@ pub(super) struct ConnectionTable {
     /// The time connections' activity is measured from, to compare them.
     epoch: Instant,
     slots: Mutex<Slots>,
+    /// Signalled when a connection leaves the table.
+    room: Notify,
 }
 
 #[derive(Default)]
@@ -127,6 +131,8 @@ impl Drop for Entry {
         slots.entries[self.slot] = None;
         slots.free.push(self.slot);
         slots.open -= 1;
+        drop(slots);
+        self.table.room.notify_one();
     }
 }
 
@@ -136,21 +142,26 @@ impl ConnectionTable {
             max,
             epoch: Instant::now(),
             slots: Mutex::default(),
+            room: Notify::new(),
         }
     }
 
     /// A place for a new connection: free, or made by closing the connection idle the
     /// longest among those looked at; if they are all busy, [`Admission::Full`].
     pub(super) async fn admit_waiting_for_evictions(self: &Arc<Self>) -> Admission {
-        for _ in 0..EVICTION_WAIT_TURNS {
+        let deadline = Instant::now() + EVICTION_WAIT;
+        loop {
             match self.try_admit() {
                 Attempt::Admitted(entry) => return Admission::Admitted(entry),
                 Attempt::Full => return Admission::Full,
-                // Let the evicted connections' tasks run and close.
-                Attempt::Wait => tokio::task::yield_now().await,
+                // A connection that leaves meanwhile leaves a permit: no wake-up is lost.
+                Attempt::Wait => {
+                    if tokio::time::timeout_at(deadline, self.room.notified()).await.is_err() {
+                        return Admission::Full;
+                    }
+                }
             }
         }
-        Admission::Full
     }
 
     fn try_admit(self: &Arc<Self>) -> Attempt {

@@ -96,7 +96,7 @@ async fn a_request_head_that_does_not_arrive_in_time_closes_the_connection_unans
     assert_eq!(read_to_close(&mut half).await, b"");
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_millis(300) && waited < Duration::from_millis(1000),
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(2000),
         "{waited:?}"
     );
 
@@ -106,7 +106,7 @@ async fn a_request_head_that_does_not_arrive_in_time_closes_the_connection_unans
     assert_eq!(read_to_close(&mut silent).await, b"");
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_millis(300) && waited < Duration::from_millis(1000),
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(2000),
         "{waited:?}"
     );
 
@@ -144,7 +144,7 @@ async fn a_body_that_stops_short_gets_408_and_the_connection_is_closed() {
     assert!(head.contains("\r\nconnection: close"), "{head}");
     assert_eq!(body, expected_error);
     assert!(
-        waited >= Duration::from_millis(300) && waited < Duration::from_millis(1500),
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(2000),
         "{waited:?}"
     );
 
@@ -203,7 +203,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout() 
     assert_eq!(read_to_close(&mut tcp).await, b"");
     let idle = idle_from.elapsed();
     assert!(
-        idle >= Duration::from_millis(390) && idle < Duration::from_millis(1200),
+        idle >= Duration::from_millis(390) && idle < Duration::from_millis(2000),
         "{idle:?}"
     );
 }
@@ -221,8 +221,14 @@ async fn at_the_connection_cap_the_connection_idle_the_longest_makes_room() {
     }
     let (status, v) = h.chat("m", "hello").await;
     assert_eq!(status, 200, "{v}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let open: Vec<bool> = idle.iter().map(is_open).collect();
+    let mut open: Vec<bool> = Vec::new();
+    for _ in 0..40 {
+        open = idle.iter().map(is_open).collect();
+        if open == [false, true, true, true] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(open, [false, true, true, true]);
 }
 
