@@ -12,6 +12,8 @@ pub enum ProxyError {
     BodyTooLarge(usize),
     #[error("could not read the request body: {0}")]
     BodyRead(String),
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("request body is not valid JSON: {0}")]
     InvalidJson(String),
     #[error("request body must be a JSON object with a string field 'model'")]
@@ -77,6 +79,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BodyRead(_) | ProxyError::InvalidJson(_) | ProxyError::MissingModel => StatusCode::BAD_REQUEST,
             ProxyError::UnknownModel(_) => StatusCode::NOT_FOUND,
             ProxyError::NoNodeAvailable(_) | ProxyError::BacklogFull(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -112,6 +115,7 @@ impl ProxyError {
     fn code(&self) -> &'static str {
         match self {
             ProxyError::BodyTooLarge(_) => "request_too_large",
+            ProxyError::BodyTimeout => "request_timeout",
             ProxyError::BodyRead(_) | ProxyError::InvalidJson(_) => "invalid_json",
             ProxyError::MissingModel => "missing_model",
             ProxyError::UnknownModel(_) => "model_not_found",

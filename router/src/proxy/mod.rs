@@ -160,6 +160,8 @@ async fn read_request(settings: &ProxySettings, body: Body) -> Result<Parsed, Pr
         .map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                 ProxyError::BodyTooLarge(settings.max_body_bytes)
+            } else if crate::server::is_body_timeout(&*e) {
+                ProxyError::BodyTimeout
             } else {
                 ProxyError::BodyRead(e.to_string())
             }
