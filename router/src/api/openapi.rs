@@ -23,6 +23,7 @@ impl Modify for AdminKeyScheme {
     paths(
         crate::proxy::chat_completions, crate::proxy::completions, crate::proxy::embeddings,
         crate::proxy::responses, crate::proxy::list_models, crate::proxy::client_key::key_info,
+        crate::proxy::anthropic::messages,
         crate::api::keys::list_keys, crate::api::keys::create_key, crate::api::keys::get_key,
         crate::api::keys::update_key, crate::api::keys::revoke_key, crate::api::dashboard::keys,
         crate::api::nodes::list_nodes, crate::api::nodes::create_node, crate::api::nodes::get_node,

@@ -1,11 +1,17 @@
 //! The stream tap: watches a streamed response go by and accounts for its tokens.
 //!
 //! Every chunk from the node passes through [`StreamTap::on_chunk`], which frames it
-//! into SSE events, accumulates the generated text and any usage the node reports
-//! (T-11), and tells the proxy which bytes to forward now and which to hold until the
-//! record is committed (the terminal event: `data: [DONE]` or the Responses API's
-//! `response.completed`). Finalizing (T-12) takes the reported usage if a chunk
+//! into SSE events (or NDJSON lines for Ollama), accumulates the generated text and any
+//! usage the node reports (T-11), and tells the proxy which bytes to forward now and
+//! which to hold until the record is committed (the terminal event: `data: [DONE]`,
+//! the Responses API's `response.completed`, Anthropic's `message_stop`, Ollama's
+//! `"done": true` object). Finalizing (T-12) takes the reported usage if a chunk
 //! carried one, else the estimate of the accumulated text.
+//!
+//! Usage is read in every protocol's fields: OpenAI's `usage`, the Responses API's
+//! `response.usage`, Anthropic's `message_start` / `message_delta` usage, Ollama's
+//! `prompt_eval_count` / `eval_count`. Ollama and Anthropic streams end with a final
+//! event by definition: one that ends without it is incomplete (an error).
 //!
 //! Bytes are forwarded unchanged, except, when the router itself asked the node for
 //! usage, the usage-only chunk and the `"usage":null` members (`include_usage`).
@@ -17,8 +23,9 @@ use common::protocol::TokenUsage;
 use serde_json::Value;
 
 use super::include_usage::{is_usage_only_chunk, strip_usage_null};
+use super::ndjson::NdjsonParser;
 use super::sse::{SseEvent, SseParser};
-use super::usage_from_json;
+use super::{usage_from_json, usage_from_ollama, usage_object};
 
 /// Generated text kept for estimation; beyond it the text is not accumulated.
 const MAX_GENERATED_BYTES: usize = 8 * 1024 * 1024;
@@ -35,9 +42,23 @@ pub struct TapOutput {
     pub held: Option<Bytes>,
 }
 
+/// How a stream is framed and whether it must end with a terminal event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TapMode {
+    /// OpenAI's SSE (chat, completions, Responses): `[DONE]` may be missing.
+    #[default]
+    OpenAi,
+    /// Anthropic's SSE: must end with `message_stop`.
+    Anthropic,
+    /// Ollama's NDJSON: must end with a `"done": true` object.
+    Ollama,
+}
+
 #[derive(Debug, Default)]
 pub struct StreamTap {
+    mode: TapMode,
     parser: SseParser,
+    lines: NdjsonParser,
     /// The router added `include_usage`: hide its effects from the client.
     hide_injected_usage: bool,
     offset: u64,
@@ -66,9 +87,20 @@ impl StreamTap {
         }
     }
 
+    /// A pass-through tap for another protocol's stream.
+    pub fn for_mode(mode: TapMode) -> Self {
+        StreamTap {
+            mode,
+            ..Default::default()
+        }
+    }
+
     pub fn on_chunk(&mut self, chunk: Bytes) -> TapOutput {
         let chunk_start = self.offset;
         self.offset += chunk.len() as u64;
+        if self.mode == TapMode::Ollama {
+            return self.on_ndjson_chunk(chunk, chunk_start);
+        }
         let events = self.parser.push(&chunk);
         if !self.hide_injected_usage {
             // Pass-through: the chunk goes out as it came, split only before a
@@ -108,9 +140,62 @@ impl StreamTap {
         }
     }
 
+    /// Ollama's NDJSON, forwarded unchanged, split only before the final object.
+    fn on_ndjson_chunk(&mut self, chunk: Bytes, chunk_start: u64) -> TapOutput {
+        let mut split = None;
+        for line in self.lines.push(&chunk) {
+            let terminal = self.observe_line(line.json());
+            if terminal && split.is_none() {
+                split = Some(line.start.saturating_sub(chunk_start) as usize);
+            }
+        }
+        match split {
+            Some(at) => TapOutput {
+                now: chunk.slice(..at),
+                held: Some(chunk.slice(at..)),
+            },
+            None => TapOutput { now: chunk, held: None },
+        }
+    }
+
+    /// One NDJSON line; returns whether it is the final object.
+    fn observe_line(&mut self, json: Option<&[u8]>) -> bool {
+        let Some(json) = json else {
+            return false;
+        };
+        if is_plain_ollama_delta(json) {
+            if let Ok(text) = std::str::from_utf8(json) {
+                self.defer(text);
+                return false;
+            }
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(json) else {
+            self.error.get_or_insert_with(|| "node sent a line that is not JSON".into());
+            return false;
+        };
+        if let Some(err) = v.get("error") {
+            self.error = Some(error_message(err));
+        }
+        self.collect_text(&v);
+        if v.get("done").and_then(Value::as_bool) == Some(true) {
+            if let Some(u) = usage_from_ollama(&v) {
+                self.usage = Some(u);
+            }
+            self.terminal_seen = true;
+            return true;
+        }
+        false
+    }
+
     /// The stream ended: returns bytes still held by the framer (an unterminated last
     /// event), to forward as they are.
     pub fn on_end(&mut self) -> Bytes {
+        if self.mode == TapMode::Ollama {
+            if let Some(line) = self.lines.finish() {
+                self.observe_line(line.json());
+            }
+            return Bytes::new();
+        }
         match self.parser.finish() {
             Some(e) => {
                 self.observe(&e);
@@ -138,6 +223,11 @@ impl StreamTap {
         self.terminal_seen
     }
 
+    /// The stream ended without the final event its protocol always sends.
+    pub fn incomplete(&self) -> bool {
+        self.mode != TapMode::OpenAi && !self.terminal_seen
+    }
+
     /// The text generated so far, for estimation when the node reported no usage
     /// (once it has, the text is not decoded and this may be partial).
     pub fn take_generated(&mut self) -> String {
@@ -159,7 +249,7 @@ impl StreamTap {
         self.deferred_bytes = 0;
         for data in std::mem::take(&mut self.deferred) {
             if let Ok(v) = serde_json::from_str::<Value>(&data) {
-                self.collect_choices_text(&v);
+                self.collect_text(&v);
             }
         }
     }
@@ -185,7 +275,7 @@ impl StreamTap {
         if let Some(err) = v.get("error") {
             self.error = Some(error_message(err));
         }
-        self.collect_choices_text(&v);
+        self.collect_text(&v);
         if let Some(u) = usage_from_json(&v) {
             self.usage = Some(u);
         }
@@ -203,7 +293,28 @@ impl StreamTap {
         (Disposition::Forward, false)
     }
 
-    /// The generated text of a chat or completions chunk.
+    /// The generated text of a chat or completions chunk, or of an Ollama object.
+    fn collect_text(&mut self, v: &Value) {
+        if let Some(m) = v.get("message") {
+            for k in ["content", "thinking"] {
+                if let Some(s) = m.get(k).and_then(Value::as_str) {
+                    self.push_generated(s);
+                }
+            }
+            for call in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(a) = call.pointer("/function/arguments").filter(|a| !a.is_null()) {
+                    self.push_generated(&a.to_string());
+                }
+            }
+        }
+        for k in ["response", "thinking"] {
+            if let Some(s) = v.get(k).and_then(Value::as_str) {
+                self.push_generated(s);
+            }
+        }
+        self.collect_choices_text(v);
+    }
+
     fn collect_choices_text(&mut self, v: &Value) {
         for c in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
             if let Some(d) = c.get("delta") {
@@ -224,8 +335,46 @@ impl StreamTap {
         }
     }
 
-    /// Responses API events; returns whether the event ends the response.
+    /// Responses API and Anthropic events; returns whether the event ends the response.
     fn observe_responses_event(&mut self, kind: &str, v: &Value) -> bool {
+        match kind {
+            "message_start" => {
+                self.usage = v.pointer("/message/usage").and_then(usage_object);
+                return false;
+            }
+            "content_block_delta" => {
+                let delta = v.get("delta");
+                for k in ["text", "partial_json", "thinking"] {
+                    if let Some(s) = delta.and_then(|d| d.get(k)).and_then(Value::as_str) {
+                        self.push_generated(s);
+                    }
+                }
+                return false;
+            }
+            "content_block_start" => {
+                if let Some(s) = v.pointer("/content_block/text").and_then(Value::as_str) {
+                    self.push_generated(s);
+                }
+                return false;
+            }
+            "message_delta" => {
+                // The final counts: output always, input when the server repeats it.
+                if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                    let count = |k: &str| u.get(k).and_then(Value::as_u64);
+                    let input = count("input_tokens").or(self.usage.map(|u| u.input_tokens));
+                    let output = count("output_tokens").or(self.usage.map(|u| u.output_tokens));
+                    if input.is_some() || output.is_some() {
+                        self.usage = Some(TokenUsage::new(input.unwrap_or(0), output.unwrap_or(0), None));
+                    }
+                }
+                return false;
+            }
+            "message_stop" => {
+                self.terminal_seen = true;
+                return true;
+            }
+            _ => {}
+        }
         if kind.ends_with(".delta") {
             if let Some(d) = v.get("delta").and_then(Value::as_str) {
                 self.push_generated(d);
@@ -245,7 +394,8 @@ impl StreamTap {
                 true
             }
             "error" => {
-                self.error = Some(error_message(v));
+                // Anthropic nests it: `{"type": "error", "error": {"type", "message"}}`.
+                self.error = Some(error_message(v.get("error").filter(|e| e.is_object()).unwrap_or(v)));
                 false
             }
             _ => false,
@@ -277,7 +427,22 @@ fn is_plain_delta(data: &str) -> bool {
     KEYS.iter().all(|k| k.find(data.as_bytes()).is_none())
 }
 
+/// An Ollama object that can only carry generated text: not the final one, no error.
+fn is_plain_ollama_delta(json: &[u8]) -> bool {
+    static FINDERS: LazyLock<[memchr::memmem::Finder<'static>; 2]> = LazyLock::new(|| {
+        [
+            memchr::memmem::Finder::new("\"done\":false"),
+            memchr::memmem::Finder::new("\"error\""),
+        ]
+    });
+    FINDERS[0].find(json).is_some() && FINDERS[1].find(json).is_none()
+}
+
+/// The message of an error: `{"message": …}`, Ollama's plain string, or the JSON.
 fn error_message(err: &Value) -> String {
+    if let Some(s) = err.as_str() {
+        return s.to_string();
+    }
     err.get("message")
         .and_then(Value::as_str)
         .map(str::to_string)
