@@ -6,6 +6,7 @@ mod accounting;
 mod dashboard_api;
 mod dashboard_e2e;
 mod keys;
+mod ollama;
 mod persistence;
 mod proxy;
 mod support;
