@@ -7,11 +7,13 @@
 //! behave like the various servers in the field (no usage, `"usage": null` in every
 //! chunk, rejecting `stream_options`, breaking mid-stream, failing at random), answer
 //! the probe routes of the server it imitates ([`Imitation`]), Ollama's own API when
-//! it imitates Ollama (`ollama`), and serve over TLS ([`TlsIdentity`]). A chat request
+//! it imitates Ollama (`ollama`), Anthropic's Messages API when it imitates a server
+//! that speaks it (`messages`), and serve over TLS ([`TlsIdentity`]). A chat request
 //! with `tools` is answered with a call of the first tool unless its last message is
 //! a tool result. It must stay dumb: no routing or accounting logic lives here.
 
 mod imitation;
+mod messages;
 mod ollama;
 mod tls;
 mod tools;
@@ -217,7 +219,8 @@ impl Drop for MockNode {
 fn router(shared: Arc<Shared>) -> Router {
     let native = match shared.config.imitate {
         Imitation::Ollama => ollama::routes(),
-        _ => Router::new(),
+        Imitation::LlamaCpp | Imitation::Vllm => Router::new().route("/v1/messages", post(messages::messages)),
+        Imitation::OpenAi | Imitation::LmStudio => Router::new(),
     };
     imitation::routes(shared.config.imitate)
         .merge(native)

@@ -187,3 +187,34 @@ async fn messages_errors_are_in_anthropic_s_shape_and_broken_streams_are_errors(
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.json::<Value>().await.unwrap()["usage"], json!({"input_tokens": 2, "output_tokens": 5}));
 }
+
+#[tokio::test]
+async fn a_node_that_speaks_messages_gets_them_as_sent_and_its_usage_counts() {
+    let l = mock_with("llama", &["m"], |c| c.imitate = mock_node::Imitation::LlamaCpp).await;
+    let h = Harness::start(&[&l]).await;
+    assert_eq!(h.node(&l.base_url()).await["kind"], "llamacpp");
+    let ask = |stream: bool| {
+        json!({"model": "m", "max_tokens": 8, "stream": stream,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "one two three"}]}]})
+    };
+    let direct = reqwest::Client::new()
+        .post(format!("{}/v1/messages", l.base_url()))
+        .json(&ask(true))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let via_router = h.post("/v1/messages", &ask(true)).await.bytes().await.unwrap();
+    assert_eq!(via_router, direct, "events pass through unchanged");
+    let plain: Value = h.post("/v1/messages", &ask(false)).await.json().await.unwrap();
+    assert_eq!(plain["usage"], json!({"input_tokens": 3, "output_tokens": 5}));
+    assert!(l.received().iter().all(|r| r.path == "/v1/messages" && r.body["messages"] == ask(true)["messages"]));
+    let records = h.wait_history(2).await;
+    for r in &records {
+        assert_eq!(r["request_type"], "messages");
+        assert_counts(r, 3, 5, "reported");
+    }
+    assert_eq!(token_totals(&h).await, (6, 10, 16, 2));
+}
