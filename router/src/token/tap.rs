@@ -550,4 +550,57 @@ mod tests {
         assert_eq!(tap.reported_usage(), None);
         assert_eq!(tap.take_generated(), "");
     }
+
+    #[test]
+    fn ollama_ndjson_passes_through_and_its_final_object_is_held_and_counted() {
+        let mut tap = StreamTap::for_mode(TapMode::Ollama);
+        let (now, held) = run(
+            &mut tap,
+            &[
+                "{\"message\":{\"role\":\"assistant\",\"content\":\"Hel\"},\"done\":false}\n{\"message\":{\"con",
+                "tent\":\"lo\"},\"done\":false}\n{\"message\":{\"content\":\"\"},\"done\":true,",
+                "\"prompt_eval_count\":4,\"eval_count\":2}\n",
+            ],
+        );
+        // The final object is known once whole: what came of it before stays sent.
+        assert!(now.ends_with("\"done\":true,"), "{now}");
+        assert_eq!(held, "\"prompt_eval_count\":4,\"eval_count\":2}\n");
+        assert_eq!(tap.reported_usage(), Some(TokenUsage::new(4, 2, None)));
+        assert!(!tap.incomplete());
+        assert_eq!(tap.error(), None);
+    }
+
+    #[test]
+    fn ollama_without_counts_is_estimated_and_garbage_is_an_error() {
+        let mut tap = StreamTap::for_mode(TapMode::Ollama);
+        run(&mut tap, &["{\"response\":\"a \",\"done\":false}\n{\"response\":\"b\",\"done\":true}\n"]);
+        assert_eq!(tap.reported_usage(), None);
+        assert_eq!(tap.take_generated(), "a b");
+        let mut garbage = StreamTap::for_mode(TapMode::Ollama);
+        let (now, _) = run(&mut garbage, &["not json\n{\"done\":"]);
+        assert_eq!(now, "not json\n{\"done\":");
+        assert!(garbage.error().is_some());
+        assert!(garbage.incomplete());
+    }
+
+    #[test]
+    fn anthropic_events_carry_usage_and_message_stop_is_held() {
+        let mut tap = StreamTap::for_mode(TapMode::Anthropic);
+        let (now, held) = run(
+            &mut tap,
+            &[
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n",
+                "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n",
+                "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":3}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+            ],
+        );
+        assert!(now.ends_with("\"output_tokens\":3}}\n\n"), "{now}");
+        assert_eq!(held, "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+        assert_eq!(tap.reported_usage(), Some(TokenUsage::new(9, 3, None)));
+        assert_eq!(tap.take_generated(), "hi");
+        let mut cut = StreamTap::for_mode(TapMode::Anthropic);
+        run(&mut cut, &["event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n"]);
+        assert_eq!(cut.error(), Some("busy"));
+        assert!(cut.incomplete());
+    }
 }
