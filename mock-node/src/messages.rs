@@ -53,8 +53,10 @@ pub(crate) async fn messages(State(s): State<Arc<Shared>>, headers: HeaderMap, b
             "delta": {"type": "text_delta", "text": chunk_text(&name, i)}})));
     }
     events.push(event(json!({"type": "content_block_stop", "index": 0})));
-    events.push(event(json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
-        "usage": {"output_tokens": n}})));
+    events.push(event(
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+        "usage": {"output_tokens": n}}),
+    ));
     events.push(event(json!({"type": "message_stop"})));
     let delay = s.config.chunk_delay;
     let body = stream::unfold(events.into_iter(), move |mut it| async move {

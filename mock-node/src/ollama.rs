@@ -34,12 +34,21 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/api/ps", get(ps))
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": message.into()}))).into_response()
+/// An error answer, as Ollama shapes it: `{"error": "…"}`.
+struct OllamaError(StatusCode, String);
+
+impl IntoResponse for OllamaError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> OllamaError {
+    OllamaError(status, message.into())
 }
 
 /// Parses and keeps the request; refuses unknown models as Ollama does.
-fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(String, Value), Response> {
+fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(String, Value), OllamaError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
     let mut received = s.received.lock().unwrap();
     if received.len() == KEPT_REQUESTS {
@@ -100,7 +109,7 @@ fn object(kind: Kind, model: &str, text: &str, last: Option<(u64, u64, bool)>) -
 async fn answer(s: Arc<Shared>, path: &str, headers: HeaderMap, body: Bytes, kind: Kind) -> Response {
     let (model, value) = match accept(&s, path, headers, &body) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     pause(s.config.latency).await;
     let n = s.config.chunks;
@@ -119,7 +128,10 @@ async fn answer(s: Arc<Shared>, path: &str, headers: HeaderMap, body: Bytes, kin
             .unwrap()
     };
     if s.config.garbage_stream {
-        return ndjson(StatusCode::OK, Body::from("this is not json\n{\"model\": \"m\", \"done\": fal\n"));
+        return ndjson(
+            StatusCode::OK,
+            Body::from("this is not json\n{\"model\": \"m\", \"done\": fal\n"),
+        );
     }
     let cfg = s.config.clone();
     let lines = stream::unfold(0usize, move |i| {
@@ -150,7 +162,7 @@ async fn answer(s: Arc<Shared>, path: &str, headers: HeaderMap, body: Bytes, kin
 async fn embed(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let (model, value) = match accept(&s, "/api/embed", headers, &body) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let inputs = match value.get("input") {
         Some(Value::Array(a)) => a.len().max(1),
@@ -168,7 +180,7 @@ async fn embed(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
 /// The legacy route reports no counts, as Ollama's does not.
 async fn embeddings(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = accept(&s, "/api/embeddings", headers, &body) {
-        return r;
+        return r.into_response();
     }
     Json(json!({"embedding": [0.1, 0.2, 0.3, 0.4]})).into_response()
 }
@@ -180,11 +192,13 @@ fn details() -> Value {
 
 async fn show(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = accept(&s, "/api/show", headers, &body) {
-        return r;
+        return r.into_response();
     }
-    Json(json!({"modelfile": "FROM mock", "parameters": "", "template": "{{ .Prompt }}",
+    Json(
+        json!({"modelfile": "FROM mock", "parameters": "", "template": "{{ .Prompt }}",
         "details": details(), "model_info": {"general.architecture": "mock"},
-        "capabilities": ["completion"], "modified_at": CREATED_AT}))
+        "capabilities": ["completion"], "modified_at": CREATED_AT}),
+    )
     .into_response()
 }
 

@@ -13,7 +13,11 @@ use crate::{usage_json, Call, MockConfig};
 /// conversation's last message is already a tool result.
 pub(crate) fn tool_to_call(request: &Value) -> Option<String> {
     let tools = request.get("tools")?.as_array()?;
-    let last_role = request.pointer("/messages").and_then(Value::as_array)?.last()?.get("role");
+    let last_role = request
+        .pointer("/messages")
+        .and_then(Value::as_array)?
+        .last()?
+        .get("role");
     if last_role.and_then(Value::as_str) == Some("tool") {
         return None;
     }
@@ -40,10 +44,16 @@ pub(crate) fn tool_call_answer(cfg: &MockConfig, call: &Call, tool: &str) -> Res
     };
     let (head, tail) = args.split_at(args.len() / 2);
     let mut events = vec![
-        chunk(json!([{"index": 0, "delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": "call_mock",
-            "type": "function", "function": {"name": tool, "arguments": ""}}]}, "finish_reason": null}])),
-        chunk(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": head}}]}, "finish_reason": null}])),
-        chunk(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": tail}}]}, "finish_reason": null}])),
+        chunk(
+            json!([{"index": 0, "delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": "call_mock",
+            "type": "function", "function": {"name": tool, "arguments": ""}}]}, "finish_reason": null}]),
+        ),
+        chunk(
+            json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": head}}]}, "finish_reason": null}]),
+        ),
+        chunk(
+            json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": tail}}]}, "finish_reason": null}]),
+        ),
         chunk(json!([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])),
     ];
     if let (Some(u), true) = (usage, call.include_usage) {
@@ -58,4 +68,3 @@ pub(crate) fn tool_call_answer(cfg: &MockConfig, call: &Call, tool: &str) -> Res
         .body(Body::from(body))
         .unwrap()
 }
-

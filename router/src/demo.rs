@@ -10,8 +10,8 @@ use serde_json::json;
 use crate::app;
 use crate::config::ServeArgs;
 use crate::keys::KeyRing;
-use crate::store::KeyLimits;
 use crate::nodes::NodeRegistration;
+use crate::store::KeyLimits;
 use crate::upstream::CertificateCheck;
 
 pub async fn run(mut args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {

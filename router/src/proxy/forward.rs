@@ -217,7 +217,10 @@ async fn complete_plain(st: &AppState, lease: RequestLease, a: Answer, body: hyp
             .as_ref()
             .and_then(|v| {
                 let e = v.get("error")?;
-                e.get("message").and_then(Value::as_str).or(e.as_str()).map(str::to_string)
+                e.get("message")
+                    .and_then(Value::as_str)
+                    .or(e.as_str())
+                    .map(str::to_string)
             })
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned());
         format!("node answered {}: {detail}", status.as_u16())

@@ -291,4 +291,3 @@ async fn reject(st: &AppState, draft: RecordDraft, err: ProxyError) -> Response 
         .await;
     err.into_response_for(protocol)
 }
-

@@ -62,10 +62,26 @@ macro_rules! inference {
     };
 }
 
-inference!(chat, RequestType::OllamaChat, "Ollama's chat (streams unless `\"stream\": false`).");
-inference!(generate, RequestType::OllamaGenerate, "Ollama's generate (streams unless `\"stream\": false`).");
-inference!(embed, RequestType::OllamaEmbed, "Ollama's embeddings of one or more inputs.");
-inference!(embeddings, RequestType::OllamaEmbeddings, "Ollama's legacy embeddings of one prompt.");
+inference!(
+    chat,
+    RequestType::OllamaChat,
+    "Ollama's chat (streams unless `\"stream\": false`)."
+);
+inference!(
+    generate,
+    RequestType::OllamaGenerate,
+    "Ollama's generate (streams unless `\"stream\": false`)."
+);
+inference!(
+    embed,
+    RequestType::OllamaEmbed,
+    "Ollama's embeddings of one or more inputs."
+);
+inference!(
+    embeddings,
+    RequestType::OllamaEmbeddings,
+    "Ollama's legacy embeddings of one prompt."
+);
 
 fn error(err: ProxyError) -> Response {
     err.into_response_for(Protocol::Ollama)
@@ -75,7 +91,8 @@ fn error(err: ProxyError) -> Response {
 fn ollama_nodes(st: &AppState) -> Vec<Arc<Node>> {
     let mut nodes = Vec::new();
     st.balancer.registry().for_each(|n| {
-        let up = n.with_info(|i| i.kind == NodeKind::Ollama && i.enabled && !i.deleted && i.status == NodeStatus::Online);
+        let up =
+            n.with_info(|i| i.kind == NodeKind::Ollama && i.enabled && !i.deleted && i.status == NodeStatus::Online);
         if up {
             nodes.push(n.clone());
         }
@@ -87,7 +104,11 @@ fn ollama_nodes(st: &AppState) -> Vec<Arc<Node>> {
 async fn get_json(st: &AppState, node: &Node, path: &str) -> Option<Value> {
     let (base_url, api_key, check) = node.with_info(|i| (i.base_url.clone(), i.api_key.clone(), i.certificate_check()));
     let url = format!("{base_url}{path}");
-    match st.client.get(&url, api_key.as_deref(), check, st.proxy.first_byte_timeout).await {
+    match st
+        .client
+        .get(&url, api_key.as_deref(), check, st.proxy.first_byte_timeout)
+        .await
+    {
         Ok((200, body)) => serde_json::from_slice(&body).ok(),
         _ => None,
     }
@@ -104,7 +125,9 @@ async fn union_of_models(st: &AppState, path: &str, key: Option<&ClientKey>) -> 
             let Some(name) = m.get("name").or(m.get("model")).and_then(Value::as_str) else {
                 continue;
             };
-            let known = models.iter().any(|k| k.get("name").and_then(Value::as_str) == Some(name));
+            let known = models
+                .iter()
+                .any(|k| k.get("name").and_then(Value::as_str) == Some(name));
             if !known && key.is_none_or(|k| k.allows(name)) {
                 models.push(m.clone());
             }

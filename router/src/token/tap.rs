@@ -170,7 +170,8 @@ impl StreamTap {
             }
         }
         let Ok(v) = serde_json::from_slice::<Value>(json) else {
-            self.error.get_or_insert_with(|| "node sent a line that is not JSON".into());
+            self.error
+                .get_or_insert_with(|| "node sent a line that is not JSON".into());
             return false;
         };
         if let Some(err) = v.get("error") {
@@ -573,7 +574,10 @@ mod tests {
     #[test]
     fn ollama_without_counts_is_estimated_and_garbage_is_an_error() {
         let mut tap = StreamTap::for_mode(TapMode::Ollama);
-        run(&mut tap, &["{\"response\":\"a \",\"done\":false}\n{\"response\":\"b\",\"done\":true}\n"]);
+        run(
+            &mut tap,
+            &["{\"response\":\"a \",\"done\":false}\n{\"response\":\"b\",\"done\":true}\n"],
+        );
         assert_eq!(tap.reported_usage(), None);
         assert_eq!(tap.take_generated(), "a b");
         let mut garbage = StreamTap::for_mode(TapMode::Ollama);

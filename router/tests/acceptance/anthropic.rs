@@ -56,7 +56,9 @@ print(json.dumps([text, f.stop_reason, f.usage.input_tokens, f.usage.output_toke
 
     let records = h.wait_history(2).await;
     assert_eq!(records.len(), 2);
-    assert!(records.iter().all(|r| r["request_type"] == "messages" && r["status"] == "success"));
+    assert!(records
+        .iter()
+        .all(|r| r["request_type"] == "messages" && r["status"] == "success"));
     assert_eq!(records[0]["stream"], true);
     assert_counts(&records[0], 3, 5, "reported");
     assert_counts(&records[1], 5, 5, "reported");
@@ -67,7 +69,9 @@ print(json.dumps([text, f.stop_reason, f.usage.input_tokens, f.usage.output_toke
 async fn a_tool_call_round_trip_through_the_sdk_counts_under_its_key() {
     let a = mock("alpha", &["m"]).await;
     let h = Harness::start_with(&[&a], |args| args.client_auth = ClientAuth::Required).await;
-    let (s, v) = h.admin(Method::POST, "/api/keys", Some(json!({"name": "claude"}))).await;
+    let (s, v) = h
+        .admin(Method::POST, "/api/keys", Some(json!({"name": "claude"})))
+        .await;
     assert_eq!(s, 201, "{v}");
     let (key_id, key) = (v["id"].as_i64().unwrap(), v["key"].as_str().unwrap().to_string());
     let out = python(&format!(
@@ -95,7 +99,10 @@ print(json.dumps([f.stop_reason, f.content[0].type, f.content[0].id, f.content[0
     let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0], json!(["tool_use", "lookup", {"q": "alpha"}, 5]));
     assert_eq!(lines[1], json!(["end_turn", mock_text("alpha", 5)]));
-    assert_eq!(lines[2], json!(["tool_use", "tool_use", "call_mock", {"q": "alpha"}, 2, 5]));
+    assert_eq!(
+        lines[2],
+        json!(["tool_use", "tool_use", "call_mock", {"q": "alpha"}, 2, 5])
+    );
 
     let received = a.received();
     assert_eq!(
@@ -110,10 +117,15 @@ print(json.dumps([f.stop_reason, f.content[0].type, f.content[0].id, f.content[0
                 "function": {"name": "lookup", "arguments": "{\"q\":\"alpha\"}"}}]},
             {"role": "tool", "tool_call_id": "call_mock", "content": "found"}])
     );
-    assert!(received.iter().all(|r| r.headers.get("x-api-key").is_none()), "the client's key stays here");
+    assert!(
+        received.iter().all(|r| r.headers.get("x-api-key").is_none()),
+        "the client's key stays here"
+    );
 
     let records = h.wait_history(3).await;
-    assert!(records.iter().all(|r| r["api_key_id"] == key_id && r["request_type"] == "messages"));
+    assert!(records
+        .iter()
+        .all(|r| r["api_key_id"] == key_id && r["request_type"] == "messages"));
     assert_counts(&records[2], 2, 5, "reported");
     assert_counts(&records[1], 3, 5, "reported");
     assert_counts(&records[0], 2, 5, "reported");
@@ -121,7 +133,10 @@ print(json.dumps([f.stop_reason, f.content[0].type, f.content[0].id, f.content[0
     let tokens = h.get("/api/dashboard/stats/tokens").await;
     let by_key = tokens["by_key"].as_array().unwrap();
     assert_eq!(by_key.len(), 1, "{by_key:?}");
-    assert_eq!((by_key[0]["key_id"].as_i64(), u(&by_key[0]["total_tokens"])), (Some(key_id), 22));
+    assert_eq!(
+        (by_key[0]["key_id"].as_i64(), u(&by_key[0]["total_tokens"])),
+        (Some(key_id), 22)
+    );
 
     // Without a key: refused in Anthropic's shape before any node is asked.
     let before = a.received().len();
@@ -153,11 +168,12 @@ async fn messages_errors_are_in_anthropic_s_shape_and_broken_streams_are_errors(
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "invalid_request_error");
-    assert!(v["error"]["message"].as_str().unwrap().contains("not valid JSON"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("not valid JSON"),
+        "{v}"
+    );
 
-    let ask = |model: &str, stream: bool| {
-        json!({"model": model, "max_tokens": 8, "stream": stream, "messages": [{"role": "user", "content": "x y"}]})
-    };
+    let ask = |model: &str, stream: bool| json!({"model": model, "max_tokens": 8, "stream": stream, "messages": [{"role": "user", "content": "x y"}]});
     let resp = h.post("/v1/messages", &ask("claude-nowhere", false)).await;
     assert_eq!(resp.status(), 404);
     assert_eq!(
@@ -176,7 +192,10 @@ async fn messages_errors_are_in_anthropic_s_shape_and_broken_streams_are_errors(
     let records = h.wait_history(4).await;
     let by_model = |m: &str| records.iter().find(|r| r["model"] == m).unwrap().clone();
     let g = by_model("g");
-    assert_eq!((g["status"].clone(), g["request_type"].clone()), (json!("error"), json!("messages")));
+    assert_eq!(
+        (g["status"].clone(), g["request_type"].clone()),
+        (json!("error"), json!("messages"))
+    );
     assert_counts(&g, 2, 0, "estimated");
     let b = by_model("b");
     assert_eq!(b["status"], "error", "{b}");
@@ -185,7 +204,10 @@ async fn messages_errors_are_in_anthropic_s_shape_and_broken_streams_are_errors(
     // Still serving.
     let resp = h.post("/v1/messages", &ask("m", false)).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.json::<Value>().await.unwrap()["usage"], json!({"input_tokens": 2, "output_tokens": 5}));
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["usage"],
+        json!({"input_tokens": 2, "output_tokens": 5})
+    );
 }
 
 #[tokio::test]
@@ -210,7 +232,10 @@ async fn a_node_that_speaks_messages_gets_them_as_sent_and_its_usage_counts() {
     assert_eq!(via_router, direct, "events pass through unchanged");
     let plain: Value = h.post("/v1/messages", &ask(false)).await.json().await.unwrap();
     assert_eq!(plain["usage"], json!({"input_tokens": 3, "output_tokens": 5}));
-    assert!(l.received().iter().all(|r| r.path == "/v1/messages" && r.body["messages"] == ask(true)["messages"]));
+    assert!(l
+        .received()
+        .iter()
+        .all(|r| r.path == "/v1/messages" && r.body["messages"] == ask(true)["messages"]));
     let records = h.wait_history(2).await;
     for r in &records {
         assert_eq!(r["request_type"], "messages");

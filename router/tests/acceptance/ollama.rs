@@ -74,7 +74,10 @@ print(json.dumps(sorted(m.model for m in c.list().models)))
         assert_eq!(r["status"], "success");
         assert_eq!(r["node_name"], h.node(&o.base_url()).await["name"]);
     }
-    assert_eq!((chats[0]["stream"].clone(), chats[1]["stream"].clone()), (json!(true), json!(false)));
+    assert_eq!(
+        (chats[0]["stream"].clone(), chats[1]["stream"].clone()),
+        (json!(true), json!(false))
+    );
     let generates = of_type(&records, "ollama_generate");
     assert_eq!(generates.len(), 2);
     for r in &generates {
@@ -87,7 +90,10 @@ print(json.dumps(sorted(m.model for m in c.list().models)))
     assert!(other.received().is_empty(), "ollama requests go to ollama nodes only");
     assert_eq!(token_totals(&h).await, (13, 20, 33, 5));
     let paths: Vec<String> = o.received().iter().map(|r| r.path.clone()).collect();
-    assert_eq!(paths, ["/api/chat", "/api/chat", "/api/generate", "/api/generate", "/api/embed"]);
+    assert_eq!(
+        paths,
+        ["/api/chat", "/api/chat", "/api/generate", "/api/generate", "/api/embed"]
+    );
 }
 
 #[tokio::test]
@@ -111,7 +117,10 @@ async fn an_ollama_stream_passes_through_byte_for_byte_and_its_final_object_coun
     assert_eq!(via_router, direct, "NDJSON passes through unchanged");
     assert_eq!(via_router.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count(), 8);
     let r = &h.wait_history(1).await[0];
-    assert_eq!((r["request_type"].clone(), r["stream"].clone()), (json!("ollama_chat"), json!(true)));
+    assert_eq!(
+        (r["request_type"].clone(), r["stream"].clone()),
+        (json!("ollama_chat"), json!(true))
+    );
     assert_counts(r, 4, 7, "reported");
 }
 
@@ -152,10 +161,15 @@ async fn ollama_errors_are_in_ollama_s_shape() {
     let v: Value = resp.json().await.unwrap();
     assert!(v["error"].as_str().unwrap().contains("not valid JSON"), "{v}");
     for model in ["nobody-serves-it", "openai-only"] {
-        let resp = h.post("/ollama/api/generate", &json!({"model": model, "prompt": "x"})).await;
+        let resp = h
+            .post("/ollama/api/generate", &json!({"model": model, "prompt": "x"}))
+            .await;
         assert_eq!(resp.status(), 404, "{model}");
         let v: Value = resp.json().await.unwrap();
-        assert_eq!(v, json!({"error": format!("the model '{model}' is not served by any node")}));
+        assert_eq!(
+            v,
+            json!({"error": format!("the model '{model}' is not served by any node")})
+        );
     }
     // The node's own error passes through as it is.
     let resp = h.post("/ollama/api/show", &json!({"model": "m"})).await;
@@ -174,7 +188,10 @@ async fn garbage_ndjson_and_a_broken_stream_are_recorded_as_errors() {
     let broken = ollama_mock("broken", &["b"], |c| c.break_after_chunks = Some(2)).await;
     let h = Harness::start(&[&garbage, &broken]).await;
     let resp = h
-        .post("/ollama/api/chat", &json!({"model": "g", "messages": [{"role": "user", "content": "x y"}]}))
+        .post(
+            "/ollama/api/chat",
+            &json!({"model": "g", "messages": [{"role": "user", "content": "x y"}]}),
+        )
         .await;
     assert_eq!(resp.status(), 200);
     let bytes = resp.bytes().await.unwrap();
@@ -192,14 +209,27 @@ async fn garbage_ndjson_and_a_broken_stream_are_recorded_as_errors() {
     assert_counts(b, 2, tokens(&mock_text("broken", 2)), "estimated");
     token_totals(&h).await;
     // The router is still serving.
-    assert_eq!(h.post("/ollama/api/generate", &json!({"model": "b", "prompt": "x", "stream": false})).await.status(), 200);
+    assert_eq!(
+        h.post(
+            "/ollama/api/generate",
+            &json!({"model": "b", "prompt": "x", "stream": false})
+        )
+        .await
+        .status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn ollama_clients_send_no_key_and_are_refused_when_keys_are_required() {
     let o = ollama_mock("llama", &["m"], |_| {}).await;
     let h = Harness::start_with(&[&o], |args| args.client_auth = llm_router::keys::ClientAuth::Required).await;
-    let resp = h.post("/ollama/api/chat", &json!({"model": "m", "stream": false, "messages": []})).await;
+    let resp = h
+        .post(
+            "/ollama/api/chat",
+            &json!({"model": "m", "stream": false, "messages": []}),
+        )
+        .await;
     assert_eq!(resp.status(), 401);
     let v: Value = resp.json().await.unwrap();
     assert!(v["error"].is_string(), "{v}");

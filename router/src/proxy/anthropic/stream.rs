@@ -99,7 +99,11 @@ impl ChatToMessages {
                 .get("message")
                 .and_then(Value::as_str)
                 .map_or_else(|| err.to_string(), str::to_string);
-            event(out, "error", &json!({"type": "error", "error": {"type": "api_error", "message": message}}));
+            event(
+                out,
+                "error",
+                &json!({"type": "error", "error": {"type": "api_error", "message": message}}),
+            );
             return;
         }
         self.start(&v, out);
@@ -150,7 +154,11 @@ impl ChatToMessages {
         let message = json!({"id": format!("msg_{id}"), "type": "message", "role": "assistant",
             "model": self.model, "content": [], "stop_reason": null, "stop_sequence": null,
             "usage": {"input_tokens": 0, "output_tokens": 0}});
-        event(out, "message_start", &json!({"type": "message_start", "message": message}));
+        event(
+            out,
+            "message_start",
+            &json!({"type": "message_start", "message": message}),
+        );
     }
 
     fn open_block(&mut self, kind: Open, block: Value, out: &mut BytesMut) {
@@ -179,7 +187,11 @@ impl ChatToMessages {
 
     fn close_block(&mut self, out: &mut BytesMut) {
         if let Some((index, _)) = self.open.take() {
-            event(out, "content_block_stop", &json!({"type": "content_block_stop", "index": index}));
+            event(
+                out,
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": index}),
+            );
         }
     }
 
@@ -242,8 +254,15 @@ mod tests {
         let types: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
         assert_eq!(
             types,
-            ["message_start", "content_block_start", "content_block_delta", "content_block_delta",
-                "content_block_stop", "message_delta", "message_stop"]
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
         );
         assert_eq!(ev[2]["delta"], json!({"type": "text_delta", "text": "Hel"}));
         assert_eq!(
@@ -267,7 +286,10 @@ mod tests {
             ev[1]["content_block"],
             json!({"type": "tool_use", "id": "call_1", "name": "f", "input": {}})
         );
-        assert_eq!(ev[2]["delta"], json!({"type": "input_json_delta", "partial_json": "{\"a\":"}));
+        assert_eq!(
+            ev[2]["delta"],
+            json!({"type": "input_json_delta", "partial_json": "{\"a\":"})
+        );
         // No [DONE]: the end of the stream ends the message, with an estimated count.
         let end = events(&t.finish());
         assert_eq!(end[1]["delta"]["stop_reason"], "tool_use");

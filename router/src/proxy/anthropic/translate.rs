@@ -307,7 +307,10 @@ mod tests {
             chat["tools"],
             json!([{"type": "function", "function": {"name": "weather", "description": "Weather", "parameters": {"type": "object"}}}])
         );
-        assert_eq!(chat["tool_choice"], json!({"type": "function", "function": {"name": "weather"}}));
+        assert_eq!(
+            chat["tool_choice"],
+            json!({"type": "function", "function": {"name": "weather"}})
+        );
         assert_eq!(
             chat["messages"],
             json!([
