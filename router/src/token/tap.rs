@@ -25,7 +25,9 @@ use serde_json::Value;
 use super::include_usage::{is_usage_only_chunk, strip_usage_null};
 use super::ndjson::NdjsonParser;
 use super::sse::{SseEvent, SseParser};
-use super::{usage_from_json, usage_from_ollama, usage_object};
+use super::{usage_from_json, usage_object};
+
+mod ollama;
 
 /// Generated text kept for estimation; beyond it the text is not accumulated.
 const MAX_GENERATED_BYTES: usize = 8 * 1024 * 1024;
@@ -140,54 +142,6 @@ impl StreamTap {
         }
     }
 
-    /// Ollama's NDJSON, forwarded unchanged, split only before the final object.
-    fn on_ndjson_chunk(&mut self, chunk: Bytes, chunk_start: u64) -> TapOutput {
-        let mut split = None;
-        for line in self.lines.push(&chunk) {
-            let terminal = self.observe_line(line.json());
-            if terminal && split.is_none() {
-                split = Some(line.start.saturating_sub(chunk_start) as usize);
-            }
-        }
-        match split {
-            Some(at) => TapOutput {
-                now: chunk.slice(..at),
-                held: Some(chunk.slice(at..)),
-            },
-            None => TapOutput { now: chunk, held: None },
-        }
-    }
-
-    /// One NDJSON line; returns whether it is the final object.
-    fn observe_line(&mut self, json: Option<&[u8]>) -> bool {
-        let Some(json) = json else {
-            return false;
-        };
-        if is_plain_ollama_delta(json) {
-            if let Ok(text) = std::str::from_utf8(json) {
-                self.defer(text);
-                return false;
-            }
-        }
-        let Ok(v) = serde_json::from_slice::<Value>(json) else {
-            self.error
-                .get_or_insert_with(|| "node sent a line that is not JSON".into());
-            return false;
-        };
-        if let Some(err) = v.get("error") {
-            self.error = Some(error_message(err));
-        }
-        self.collect_text(&v);
-        if v.get("done").and_then(Value::as_bool) == Some(true) {
-            if let Some(u) = usage_from_ollama(&v) {
-                self.usage = Some(u);
-            }
-            self.terminal_seen = true;
-            return true;
-        }
-        false
-    }
-
     /// The stream ended: returns bytes still held by the framer (an unterminated last
     /// event), to forward as they are.
     pub fn on_end(&mut self) -> Bytes {
@@ -238,7 +192,7 @@ impl StreamTap {
         std::mem::take(&mut self.generated)
     }
 
-    fn defer(&mut self, data: &str) {
+    pub(super) fn defer(&mut self, data: &str) {
         self.deferred_bytes += data.len();
         self.deferred.push(data.to_string());
         if self.deferred_bytes > MAX_DEFERRED_BYTES {
@@ -295,7 +249,7 @@ impl StreamTap {
     }
 
     /// The generated text of a chat or completions chunk, or of an Ollama object.
-    fn collect_text(&mut self, v: &Value) {
+    pub(super) fn collect_text(&mut self, v: &Value) {
         if let Some(m) = v.get("message") {
             for k in ["content", "thinking"] {
                 if let Some(s) = m.get(k).and_then(Value::as_str) {
@@ -428,19 +382,8 @@ fn is_plain_delta(data: &str) -> bool {
     KEYS.iter().all(|k| k.find(data.as_bytes()).is_none())
 }
 
-/// An Ollama object that can only carry generated text: not the final one, no error.
-fn is_plain_ollama_delta(json: &[u8]) -> bool {
-    static FINDERS: LazyLock<[memchr::memmem::Finder<'static>; 2]> = LazyLock::new(|| {
-        [
-            memchr::memmem::Finder::new("\"done\":false"),
-            memchr::memmem::Finder::new("\"error\""),
-        ]
-    });
-    FINDERS[0].find(json).is_some() && FINDERS[1].find(json).is_none()
-}
-
 /// The message of an error: `{"message": …}`, Ollama's plain string, or the JSON.
-fn error_message(err: &Value) -> String {
+pub(super) fn error_message(err: &Value) -> String {
     if let Some(s) = err.as_str() {
         return s.to_string();
     }
