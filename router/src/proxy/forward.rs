@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use common::protocol::{RequestStatus, TokenUsage};
+use common::protocol::{RequestStatus, RequestType, TokenUsage};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
@@ -17,6 +17,7 @@ use super::anthropic::{self, translate, ChatToMessages};
 use super::{headers, stream, Parsed, Protocol, ProxyError};
 use crate::app::AppState;
 use crate::balancer::{RequestLease, RequestOutcome};
+use crate::nodes::NodeKind;
 use crate::token::{self, include_usage, StreamTap};
 use crate::upstream::UpstreamError;
 
@@ -39,9 +40,14 @@ struct Upstream {
     translated: bool,
 }
 
-fn upstream_for(protocol: Protocol, req: &Parsed, lease: &RequestLease) -> Upstream {
-    let kind = lease.draft().request_type;
-    let (wants_usage, node_kind) = lease.node().with_info(|i| (i.wants_include_usage(), i.kind));
+/// What to send for `req` to a node that `wants_usage` on streams, of `node_kind`.
+fn upstream_for(
+    protocol: Protocol,
+    req: &Parsed,
+    kind: RequestType,
+    wants_usage: bool,
+    node_kind: NodeKind,
+) -> Upstream {
     let as_sent = |body: Bytes| Upstream {
         path: kind.upstream_path(),
         body,
@@ -52,9 +58,7 @@ fn upstream_for(protocol: Protocol, req: &Parsed, lease: &RequestLease) -> Upstr
     match protocol {
         Protocol::OpenAi => {
             let injected = match kind {
-                common::protocol::RequestType::ChatCompletions | common::protocol::RequestType::Completions
-                    if wants_usage =>
-                {
+                RequestType::ChatCompletions | RequestType::Completions if wants_usage => {
                     include_usage::request_with_include_usage(&req.body, &req.json)
                 }
                 _ => None,
@@ -86,9 +90,18 @@ fn upstream_for(protocol: Protocol, req: &Parsed, lease: &RequestLease) -> Upstr
 
 pub(super) async fn forward(st: &AppState, lease: RequestLease, req: &Parsed, client_headers: &HeaderMap) -> Forwarded {
     let node = lease.node().clone();
-    let (base_url, api_key, check) = node.with_info(|i| (i.base_url.clone(), i.api_key.clone(), i.certificate_check()));
-    let protocol = Protocol::of(lease.draft().request_type);
-    let up = upstream_for(protocol, req, &lease);
+    let (base_url, api_key, wants_usage, check, node_kind) = node.with_info(|i| {
+        (
+            i.base_url.clone(),
+            i.api_key.clone(),
+            i.wants_include_usage(),
+            i.certificate_check(),
+            i.kind,
+        )
+    });
+    let kind = lease.draft().request_type;
+    let protocol = Protocol::of(kind);
+    let up = upstream_for(protocol, req, kind, wants_usage, node_kind);
     let url = format!("{base_url}{}", up.path);
     let send = |body: Bytes| {
         let request = headers::upstream_request(&url, client_headers, api_key.as_deref(), body);
