@@ -32,7 +32,6 @@ use crate::nodes::{Node, NodeKind, NodeStatus};
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/ollama", get(running))
-        .route("/ollama/", get(running))
         .route("/ollama/api/chat", post(chat))
         .route("/ollama/api/generate", post(generate))
         .route("/ollama/api/embed", post(embed))
@@ -43,45 +42,60 @@ pub fn routes() -> Router<AppState> {
         .route("/ollama/api/version", get(version))
 }
 
-/// What Ollama answers at its root.
-async fn running() -> &'static str {
+/// What Ollama answers at its root (clients check it to see the server is up).
+#[utoipa::path(get, path = "/ollama", tag = "ollama", responses((status = 200, description = "Ollama is running")))]
+pub async fn running() -> &'static str {
     "Ollama is running"
 }
 
-macro_rules! inference {
-    ($name:ident, $kind:expr, $doc:literal) => {
-        #[doc = $doc]
-        pub async fn $name(
-            State(st): State<AppState>,
-            ConnectInfo(peer): ConnectInfo<SocketAddr>,
-            headers: HeaderMap,
-            body: Body,
-        ) -> Response {
-            super::proxy(st, $kind, peer, headers, body).await
-        }
-    };
+/// Ollama's chat, streamed (NDJSON) unless `"stream": false`, on an `ollama` node.
+#[utoipa::path(post, path = "/ollama/api/chat", tag = "ollama",
+    request_body(content = Object, description = "An Ollama chat request"),
+    responses((status = 200, description = "The node's answer, JSON or NDJSON"),
+        (status = 400, description = "Malformed JSON or missing model (Ollama's error shape)"),
+        (status = 404, description = "No ollama node serves the model")))]
+pub async fn chat(st: State<AppState>, peer: ConnectInfo<SocketAddr>, headers: HeaderMap, body: Body) -> Response {
+    inference(st, peer, headers, body, RequestType::OllamaChat).await
 }
 
-inference!(
-    chat,
-    RequestType::OllamaChat,
-    "Ollama's chat (streams unless `\"stream\": false`)."
-);
-inference!(
-    generate,
-    RequestType::OllamaGenerate,
-    "Ollama's generate (streams unless `\"stream\": false`)."
-);
-inference!(
-    embed,
-    RequestType::OllamaEmbed,
-    "Ollama's embeddings of one or more inputs."
-);
-inference!(
-    embeddings,
-    RequestType::OllamaEmbeddings,
-    "Ollama's legacy embeddings of one prompt."
-);
+/// Ollama's generate, streamed (NDJSON) unless `"stream": false`, on an `ollama` node.
+#[utoipa::path(post, path = "/ollama/api/generate", tag = "ollama",
+    request_body(content = Object, description = "An Ollama generate request"),
+    responses((status = 200, description = "The node's answer, JSON or NDJSON")))]
+pub async fn generate(st: State<AppState>, peer: ConnectInfo<SocketAddr>, headers: HeaderMap, body: Body) -> Response {
+    inference(st, peer, headers, body, RequestType::OllamaGenerate).await
+}
+
+/// Ollama's embeddings of one or more inputs, on an `ollama` node.
+#[utoipa::path(post, path = "/ollama/api/embed", tag = "ollama",
+    request_body(content = Object, description = "An Ollama embed request"),
+    responses((status = 200, description = "The node's answer")))]
+pub async fn embed(st: State<AppState>, peer: ConnectInfo<SocketAddr>, headers: HeaderMap, body: Body) -> Response {
+    inference(st, peer, headers, body, RequestType::OllamaEmbed).await
+}
+
+/// Ollama's legacy embeddings of one prompt, on an `ollama` node.
+#[utoipa::path(post, path = "/ollama/api/embeddings", tag = "ollama",
+    request_body(content = Object, description = "An Ollama embeddings request"),
+    responses((status = 200, description = "The node's answer")))]
+pub async fn embeddings(
+    st: State<AppState>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    inference(st, peer, headers, body, RequestType::OllamaEmbeddings).await
+}
+
+async fn inference(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+    kind: RequestType,
+) -> Response {
+    super::proxy(st, kind, peer, headers, body).await
+}
 
 fn error(err: ProxyError) -> Response {
     err.into_response_for(Protocol::Ollama)
@@ -138,6 +152,7 @@ async fn union_of_models(st: &AppState, path: &str, key: Option<&ClientKey>) -> 
 }
 
 /// The models of the `ollama` nodes, in Ollama's shape.
+#[utoipa::path(get, path = "/ollama/api/tags", tag = "ollama", responses((status = 200, description = "Ollama's model list")))]
 pub async fn tags(State(st): State<AppState>, headers: HeaderMap) -> Response {
     match client_key::authenticate(&st, &headers) {
         Ok(key) => Json(union_of_models(&st, "/api/tags", key.as_deref()).await).into_response(),
@@ -146,6 +161,7 @@ pub async fn tags(State(st): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 /// The models the `ollama` nodes hold in memory.
+#[utoipa::path(get, path = "/ollama/api/ps", tag = "ollama", responses((status = 200, description = "Ollama's running models")))]
 pub async fn ps(State(st): State<AppState>, headers: HeaderMap) -> Response {
     match client_key::authenticate(&st, &headers) {
         Ok(key) => Json(union_of_models(&st, "/api/ps", key.as_deref()).await).into_response(),
@@ -154,6 +170,8 @@ pub async fn ps(State(st): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 /// The version of an online `ollama` node (the first that answers).
+#[utoipa::path(get, path = "/ollama/api/version", tag = "ollama", responses((status = 200, description = "{\"version\": …}"),
+    (status = 503, description = "No ollama node is online")))]
 pub async fn version(State(st): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(e) = client_key::authenticate(&st, &headers) {
         return error(e);
@@ -166,7 +184,10 @@ pub async fn version(State(st): State<AppState>, headers: HeaderMap) -> Response
     error(ProxyError::NoNodeAvailable("any".into()))
 }
 
-/// A model's details, from an `ollama` node that serves it.
+/// A model's details, from an `ollama` node that serves it (no record: not inference).
+#[utoipa::path(post, path = "/ollama/api/show", tag = "ollama",
+    request_body(content = Object, description = "{\"model\": …}"),
+    responses((status = 200, description = "The node's answer"), (status = 404, description = "No ollama node serves the model")))]
 pub async fn show(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let key = match client_key::authenticate(&st, &headers) {
         Ok(k) => k,
