@@ -75,6 +75,16 @@ pub enum RequestType {
     Completions,
     Embeddings,
     Responses,
+    /// Ollama's `POST /api/chat`, under the router's `/ollama`.
+    OllamaChat,
+    /// Ollama's `POST /api/generate`.
+    OllamaGenerate,
+    /// Ollama's `POST /api/embed`.
+    OllamaEmbed,
+    /// Ollama's legacy `POST /api/embeddings`.
+    OllamaEmbeddings,
+    /// Anthropic's Messages API, `POST /v1/messages`.
+    Messages,
 }
 
 impl RequestType {
@@ -84,6 +94,11 @@ impl RequestType {
             RequestType::Completions => "completions",
             RequestType::Embeddings => "embeddings",
             RequestType::Responses => "responses",
+            RequestType::OllamaChat => "ollama_chat",
+            RequestType::OllamaGenerate => "ollama_generate",
+            RequestType::OllamaEmbed => "ollama_embed",
+            RequestType::OllamaEmbeddings => "ollama_embeddings",
+            RequestType::Messages => "messages",
         }
     }
 
@@ -93,17 +108,29 @@ impl RequestType {
             "completions" => Some(RequestType::Completions),
             "embeddings" => Some(RequestType::Embeddings),
             "responses" => Some(RequestType::Responses),
+            "ollama_chat" => Some(RequestType::OllamaChat),
+            "ollama_generate" => Some(RequestType::OllamaGenerate),
+            "ollama_embed" => Some(RequestType::OllamaEmbed),
+            "ollama_embeddings" => Some(RequestType::OllamaEmbeddings),
+            "messages" => Some(RequestType::Messages),
             _ => None,
         }
     }
 
-    /// The path of this endpoint below the node's base URL.
+    /// The path of this endpoint below the node's base URL (a Messages request to a
+    /// node that only speaks chat completions is translated and goes to
+    /// `/v1/chat/completions` instead).
     pub fn upstream_path(self) -> &'static str {
         match self {
             RequestType::ChatCompletions => "/v1/chat/completions",
             RequestType::Completions => "/v1/completions",
             RequestType::Embeddings => "/v1/embeddings",
             RequestType::Responses => "/v1/responses",
+            RequestType::OllamaChat => "/api/chat",
+            RequestType::OllamaGenerate => "/api/generate",
+            RequestType::OllamaEmbed => "/api/embed",
+            RequestType::OllamaEmbeddings => "/api/embeddings",
+            RequestType::Messages => "/v1/messages",
         }
     }
 }

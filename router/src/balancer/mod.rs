@@ -1,7 +1,7 @@
 //! The balancer: picks a node for each request and accounts for how it ended.
 //!
-//! Selection: online, enabled nodes that serve the model; least active requests
-//! first; round-robin among ties. [`Balancer::begin_request`] returns a
+//! Selection: online, enabled nodes that serve the model (of one kind, for protocols
+//! only that kind speaks); least active requests first; round-robin among ties. [`Balancer::begin_request`] returns a
 //! [`RequestLease`]; every lease ends in exactly one `Balancer::finish_request`
 //! (explicitly, or from `Drop` when the handler's future or the response body is
 //! dropped: the client went away), which updates the node's [`NodeLoadState`] and
@@ -17,7 +17,7 @@ use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenS
 
 use crate::keys::KeyPermit;
 use crate::metrics::{Metrics, NodeLabels, RequestMetrics};
-use crate::nodes::{Node, NodeId, NodeRegistry, NodeStatus};
+use crate::nodes::{Node, NodeId, NodeKind, NodeRegistry, NodeStatus};
 use crate::recorder::{CommitTicket, Recorder};
 use crate::store::RollupTotals;
 use crate::token::Prompt;
@@ -203,10 +203,19 @@ impl Balancer {
 
     /// The least-loaded routable node for `model`, skipping `tried`.
     pub fn select(&self, model: &str, tried: &[NodeId]) -> Result<Arc<Node>, NoNode> {
+        self.select_kind(model, tried, None)
+    }
+
+    /// [`Balancer::select`] among the nodes of one `kind` (`None`: any kind); a model
+    /// only other kinds serve is unknown here.
+    pub fn select_kind(&self, model: &str, tried: &[NodeId], kind: Option<NodeKind>) -> Result<Arc<Node>, NoNode> {
         let mut candidates: Vec<(u64, Arc<Node>)> = Vec::new();
         let mut listed = false;
         self.inner.registry.for_each(|n| {
-            let (serves, routable) = n.with_info(|i| (!i.deleted && i.serves(model), i.routable_for(model)));
+            let (serves, routable) = n.with_info(|i| {
+                let fits = kind.is_none_or(|k| i.kind == k);
+                (fits && !i.deleted && i.serves(model), fits && i.routable_for(model))
+            });
             listed |= serves;
             if routable && !tried.contains(&n.id) {
                 candidates.push((n.load.active(), n.clone()));

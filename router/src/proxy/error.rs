@@ -1,8 +1,13 @@
-//! Errors of the inference API, with their HTTP status and OpenAI error type.
+//! Errors of the inference API, with their HTTP status, in the shape of the client's
+//! protocol: OpenAI's `{"error": {"message", "type", "code"}}`, Ollama's
+//! `{"error": "…"}` or Anthropic's `{"type": "error", "error": {"type", "message"}}`.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
 
+use super::protocol::Protocol;
 use crate::error::ErrorBody;
 use crate::keys::KeyRefusal;
 
@@ -133,16 +138,45 @@ impl ProxyError {
 
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
-        let mut response = ErrorBody {
-            status: self.status(),
-            message: self.to_string(),
-            kind: self.kind(),
-            code: self.code(),
-        }
-        .into_response();
+        self.into_response_for(Protocol::OpenAi)
+    }
+}
+
+impl ProxyError {
+    /// The error in the shape of `protocol`, with `Retry-After` when known.
+    pub fn into_response_for(self, protocol: Protocol) -> Response {
+        let status = self.status();
+        let mut response = match protocol {
+            Protocol::OpenAi => ErrorBody {
+                status,
+                message: self.to_string(),
+                kind: self.kind(),
+                code: self.code(),
+            }
+            .into_response(),
+            Protocol::Ollama => (status, Json(json!({"error": self.to_string()}))).into_response(),
+            Protocol::Anthropic => anthropic_error(status, &self.to_string()),
+        };
         if let Some(secs) = self.retry_after() {
             response.headers_mut().insert(http::header::RETRY_AFTER, secs.into());
         }
         response
     }
+}
+
+/// Anthropic's error shape; the `type` follows the status as Anthropic's API does.
+pub fn anthropic_error(status: StatusCode, message: &str) -> Response {
+    let kind = match status.as_u16() {
+        400 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        _ if status.is_client_error() => "invalid_request_error",
+        _ => "api_error",
+    };
+    let body = json!({"type": "error", "error": {"type": kind, "message": message}});
+    (status, Json(body)).into_response()
 }

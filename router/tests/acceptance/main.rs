@@ -3,6 +3,7 @@
 //! per area.
 
 mod accounting;
+mod anthropic;
 mod console_api;
 mod console_e2e;
 mod console_usage_e2e;
@@ -11,6 +12,7 @@ mod dashboard_e2e;
 mod fuzz_bodies;
 mod hostile;
 mod keys;
+mod ollama;
 mod open_files;
 mod persistence;
 mod proxy;
