@@ -27,7 +27,10 @@ CONNS=32
 THREADS=2
 need nginx wrk
 
-cargo build --release -q -p llm-router -p mock-node
+# BIN: where the binaries are (set it to compare a build of another target dir; then
+# nothing is built here).
+if [ -z "${BIN:-}" ]; then cargo build --release -q -p llm-router -p mock-node; fi
+BIN=${BIN:-target/release}
 WORK=$(mktemp -d)
 NGINX_PORT=$(free_port)
 cleanup() { kill $(jobs -p) 2>/dev/null || true; stop_nginx "$NGINX_PORT" "$WORK"; rm -rf "$WORK"; }
@@ -37,14 +40,14 @@ MOCK_PORT=$(free_port); ROUTER_PORT=$(free_port); ASYNC_PORT=$(free_port); KEYED
 VLLM_PORT=$(free_port)
 
 # One thread (the mock's default): it shares its core with wrk.
-spawn_load ./target/release/mock-node --listen 127.0.0.1:$MOCK_PORT --name bench --chunks 5 --worker-threads 1 >/dev/null
+spawn_load "$BIN/mock-node" --listen 127.0.0.1:$MOCK_PORT --name bench --chunks 5 --worker-threads 1 >/dev/null
 declare -A PIDS URLS
 PIDS[direct]=$!; URLS[direct]=http://127.0.0.1:$MOCK_PORT
 wait_http "${URLS[direct]}/v1/models"
 PIDS[nginx]=$(start_nginx "$NGINX_PORT" "$MOCK_PORT" "$WORK"); URLS[nginx]=http://127.0.0.1:$NGINX_PORT
 router() { # name port args...
   local name=$1 port=$2; shift 2
-  spawn_proxy ./target/release/llm-router --host 127.0.0.1 --port "$port" --data-dir "$WORK/$name" \
+  spawn_proxy "$BIN/llm-router" --host 127.0.0.1 --port "$port" --data-dir "$WORK/$name" \
     --admin-key bench --node http://127.0.0.1:$MOCK_PORT "$@" >/dev/null
   PIDS[$name]=$!; URLS[$name]=http://127.0.0.1:$port
   wait_http "${URLS[$name]}/health"

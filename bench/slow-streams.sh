@@ -19,20 +19,23 @@ SETTLE=${SETTLE:-30}
 need nginx wrk
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-cargo build --release -q -p llm-router -p mock-node
+# BIN: where the binaries are (set it to compare a build of another target dir; then
+# nothing is built here).
+if [ -z "${BIN:-}" ]; then cargo build --release -q -p llm-router -p mock-node; fi
+BIN=${BIN:-target/release}
 WORK=$(mktemp -d)
 NGINX_PORT=$(free_port)
 cleanup() { kill $(jobs -p) 2>/dev/null || true; stop_nginx "$NGINX_PORT" "$WORK"; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 MOCK_PORT=$(free_port); ROUTER_PORT=$(free_port); VLLM_PORT=$(free_port)
-spawn_load ./target/release/mock-node --listen 127.0.0.1:$MOCK_PORT --name slow --chunks 20 --chunk-delay-ms 50 \
+spawn_load "$BIN/mock-node" --listen 127.0.0.1:$MOCK_PORT --name slow --chunks 20 --chunk-delay-ms 50 \
   --worker-threads 1 >/dev/null
 declare -A PIDS URLS
 PIDS[direct]=$!; URLS[direct]=http://127.0.0.1:$MOCK_PORT
 wait_http "${URLS[direct]}/v1/models"
 PIDS[nginx]=$(start_nginx "$NGINX_PORT" "$MOCK_PORT" "$WORK"); URLS[nginx]=http://127.0.0.1:$NGINX_PORT
-spawn_proxy ./target/release/llm-router --host 127.0.0.1 --port "$ROUTER_PORT" --data-dir "$WORK/router" \
+spawn_proxy "$BIN/llm-router" --host 127.0.0.1 --port "$ROUTER_PORT" --data-dir "$WORK/router" \
   --admin-key bench --node http://127.0.0.1:$MOCK_PORT >/dev/null
 PIDS[router]=$!; URLS[router]=http://127.0.0.1:$ROUTER_PORT
 wait_http "${URLS[router]}/health"
