@@ -104,7 +104,9 @@ pub(super) fn run(shared: Arc<Shared>, exited: oneshot::Sender<()>) {
         let mut batch = shared.take(MAX_BATCH);
         // A panic must not take the batch with it.
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            shared.lock_writer().commit(&batch.records, LockWait::Patient)
+            shared
+                .lock_writer()
+                .commit_once(&batch.records, &batch.uids, LockWait::Patient)
         }));
         let error = match result {
             Ok(Ok(())) => {

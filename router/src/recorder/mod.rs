@@ -63,16 +63,19 @@ pub struct RecorderStatus {
     pub last_error: Mutex<Option<String>>,
 }
 
-/// A queued record and whoever waits for its commit.
+/// A queued record, its unique id (the same however often its commit is tried, so a
+/// retried commit never counts it twice) and whoever waits for its commit.
 struct Pending {
     record: RequestResponseRecord,
+    uid: u128,
     waiter: Option<oneshot::Sender<bool>>,
 }
 
-/// Records taken from the queue for one transaction, and their waiters.
+/// Records taken from the queue for one transaction, their ids and their waiters.
 #[derive(Default)]
 struct Batch {
     records: Vec<RequestResponseRecord>,
+    uids: Vec<u128>,
     waiters: Vec<Option<oneshot::Sender<bool>>>,
 }
 
@@ -100,7 +103,7 @@ impl CommitTicket {
     /// record; returns whether it is known to be committed.
     pub async fn wait(mut self, max: Duration) -> bool {
         if let Some(shared) = self.recorder.take() {
-            if self.gather || shared.failing.load(Ordering::Relaxed) {
+            if self.gather || !shared.inline || shared.failing.load(Ordering::Relaxed) {
                 shared.signal.kick();
             } else {
                 shared.commit_inline();
@@ -149,6 +152,9 @@ struct Shared {
     durability: Durability,
     queue: Mutex<VecDeque<Pending>>,
     writer: Mutex<HistoryWriter>,
+    /// The writer may commit on a runtime thread (see `HistoryWriter::commits_inline`);
+    /// otherwise every commit goes to the committer.
+    inline: bool,
     /// Wakes the committer: records to commit in async mode, under load, left over
     /// or cancelled in durable mode, a failure, shutdown.
     signal: Signal,
@@ -163,10 +169,12 @@ struct Shared {
 impl Recorder {
     /// Opens the writer's connection and starts the committer.
     pub fn start(store: Store, durability: Durability) -> StoreResult<Recorder> {
+        let writer = store.writer()?;
         let shared = Arc::new(Shared {
             durability,
             queue: Mutex::new(VecDeque::new()),
-            writer: Mutex::new(store.writer()?),
+            inline: writer.commits_inline(),
+            writer: Mutex::new(writer),
             signal: Signal::default(),
             failing: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -214,7 +222,8 @@ impl Recorder {
             Durability::Async => (None, CommitTicket::none()),
         };
         shared.status.backlog.fetch_add(1, Ordering::Relaxed);
-        shared.queue.lock().unwrap().push_back(Pending { record, waiter });
+        let uid = rand::random();
+        shared.queue.lock().unwrap().push_back(Pending { record, uid, waiter });
         if shared.durability == Durability::Async {
             shared.signal.kick();
         }
@@ -253,10 +262,12 @@ impl Shared {
         let n = queue.len().min(max);
         let mut batch = Batch {
             records: Vec::with_capacity(n),
+            uids: Vec::with_capacity(n),
             waiters: Vec::with_capacity(n),
         };
         for p in queue.drain(..n) {
             batch.records.push(p.record);
+            batch.uids.push(p.uid);
             batch.waiters.push(p.waiter);
         }
         batch
@@ -288,7 +299,7 @@ impl Shared {
             }
             // Never wait for a lock on a runtime thread: on any failure the
             // committer takes over (it waits, retries and reports).
-            let result = writer.commit(&batch.records, LockWait::Never);
+            let result = writer.commit_once(&batch.records, &batch.uids, LockWait::Never);
             drop(writer);
             match result {
                 Ok(()) => self.committed(batch),
@@ -317,8 +328,9 @@ impl Shared {
     /// Puts a batch that could not be committed back at the head of the queue.
     fn requeue(&self, batch: Batch) {
         let mut queue = self.queue.lock().unwrap();
-        for (record, waiter) in batch.records.into_iter().zip(batch.waiters).rev() {
-            queue.push_front(Pending { record, waiter });
+        let pending = batch.records.into_iter().zip(batch.uids).zip(batch.waiters);
+        for ((record, uid), waiter) in pending.rev() {
+            queue.push_front(Pending { record, uid, waiter });
         }
     }
 }
@@ -373,9 +385,12 @@ mod tests {
     async fn every_concurrent_durable_waiter_sees_its_record_committed() {
         // Committed by the waiters themselves (nothing else in flight), then by the
         // committer (many requests in flight).
-        for others_in_flight in [0, COMMIT_SIBLINGS] {
-            let dir = tempfile::tempdir().unwrap();
-            let store = open(&dir).await;
+        let dir = tempfile::tempdir().unwrap();
+        let stores = crate::store::testing::stores(&dir).await;
+        for ((engine, store), others_in_flight) in stores.iter().flat_map(|s| [(s, 0), (s, COMMIT_SIBLINGS)]) {
+            eprintln!("engine: {engine}, others in flight: {others_in_flight}");
+            let before = store.history_count().await.unwrap();
+            let tokens_before = if before == 0 { 0 } else { total_input_tokens(store).await };
             let recorder = Recorder::start(store.clone(), Durability::Durable).unwrap();
             let tasks: Vec<_> = (0..400u64)
                 .map(|i| {
@@ -392,8 +407,8 @@ mod tests {
                 assert!(t.await.unwrap(), "a waiter was released without its commit");
             }
             // Every waiter saw its own commit, so the store holds all of them already.
-            assert_eq!(store.history_count().await.unwrap(), 400);
-            assert_eq!(total_input_tokens(&store).await, (0..400).sum::<u64>());
+            assert_eq!(store.history_count().await.unwrap(), before + 400);
+            assert_eq!(total_input_tokens(store).await, tokens_before + (0..400).sum::<u64>());
             assert_eq!(recorder.status().backlog.load(Ordering::Relaxed), 0);
             assert_eq!(recorder.status().committed.load(Ordering::Relaxed), 400);
         }
@@ -426,7 +441,13 @@ mod tests {
     #[tokio::test]
     async fn a_record_nobody_waits_for_is_committed_by_the_committer() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir).await;
+        for (engine, store) in crate::store::testing::stores(&dir).await {
+            eprintln!("engine: {engine}");
+            committer_commits_an_unwaited_record(store).await;
+        }
+    }
+
+    async fn committer_commits_an_unwaited_record(store: Store) {
         let recorder = Recorder::start(store.clone(), Durability::Durable).unwrap();
         // Let the committer go idle first: it must be woken for this record.
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -444,7 +465,13 @@ mod tests {
     #[tokio::test]
     async fn shutdown_commits_what_is_queued_then_refuses_new_records() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir).await;
+        for (engine, store) in crate::store::testing::stores(&dir).await {
+            eprintln!("engine: {engine}");
+            shutdown_commits_then_refuses(store).await;
+        }
+    }
+
+    async fn shutdown_commits_then_refuses(store: Store) {
         let recorder = Recorder::start(store.clone(), Durability::Async).unwrap();
         for i in 0..50 {
             assert!(!recorder.record(record(i), 0).wait(Duration::from_secs(1)).await);

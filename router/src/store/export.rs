@@ -5,10 +5,9 @@
 //! UTC offset (the caller splits the range at DST changes), so the export's figures
 //! are the daily series' figures, split by key, node and model.
 
-use sqlx::Row;
-
-use super::rollup::RollupTotals;
-use super::{to_u64, Store, StoreResult};
+use super::rollup::{decode_sums, sum, RollupTotals, VALUE_COLUMNS};
+use super::sql::args;
+use super::{Store, StoreResult};
 
 /// One row of sums: a local day (days since 1970-01-01), a key (`ANONYMOUS` for
 /// requests without one), a node and a model.
@@ -25,40 +24,21 @@ impl Store {
     /// Sums of the hours in `[from_hour, to_hour)` (Unix seconds) grouped by local day
     /// (with a UTC offset of `utc_offset_secs` over the whole range), key, node and model.
     pub async fn export_rows(&self, from_hour: i64, to_hour: i64, utc_offset_secs: i32) -> StoreResult<Vec<ExportRow>> {
-        let rows = sqlx::query(
-            "SELECT (hour_start + ?1) / 86400 AS local_day, key_id, node_id, model,
-                SUM(request_count) AS request_count, SUM(success_count) AS success_count,
-                SUM(error_count) AS error_count, SUM(cancelled_count) AS cancelled_count,
-                SUM(estimated_count) AS estimated_count, SUM(input_tokens) AS input_tokens,
-                SUM(output_tokens) AS output_tokens, SUM(total_tokens) AS total_tokens,
-                SUM(duration_ms_sum) AS duration_ms_sum
-             FROM token_stats_hourly_key WHERE hour_start >= ?2 AND hour_start < ?3
+        let sums: Vec<String> = VALUE_COLUMNS.iter().map(|c| sum(c)).collect();
+        let sql = format!(
+            "SELECT (hour_start + $1) / 86400 AS local_day, key_id, node_id, model, {}
+             FROM token_stats_hourly_key WHERE hour_start >= $2 AND hour_start < $3
              GROUP BY local_day, key_id, node_id, model",
-        )
-        .bind(utc_offset_secs)
-        .bind(from_hour)
-        .bind(to_hour)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| ExportRow {
-                local_day: r.get("local_day"),
-                key_id: r.get("key_id"),
-                node_id: r.get("node_id"),
-                model: r.get("model"),
-                totals: RollupTotals {
-                    request_count: to_u64(r.get("request_count")),
-                    success_count: to_u64(r.get("success_count")),
-                    error_count: to_u64(r.get("error_count")),
-                    cancelled_count: to_u64(r.get("cancelled_count")),
-                    estimated_count: to_u64(r.get("estimated_count")),
-                    input_tokens: to_u64(r.get("input_tokens")),
-                    output_tokens: to_u64(r.get("output_tokens")),
-                    total_tokens: to_u64(r.get("total_tokens")),
-                    duration_ms_sum: to_u64(r.get("duration_ms_sum")),
-                },
+            sums.join(", ")
+        );
+        self.db()
+            .fetch_all(&sql, &args![utc_offset_secs as i64, from_hour, to_hour], |r| ExportRow {
+                local_day: r.int("local_day"),
+                key_id: r.int("key_id"),
+                node_id: r.int("node_id"),
+                model: r.text("model"),
+                totals: decode_sums(r),
             })
-            .collect())
+            .await
     }
 }

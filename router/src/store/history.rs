@@ -3,9 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource};
-use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::rollup::ANONYMOUS;
+use super::sql::{args, Sql, StoreRow};
 use super::{from_millis, to_millis, to_u64, Store, StoreError, StoreResult};
 
 /// Filters of the history page; every field is optional.
@@ -42,25 +42,26 @@ impl Store {
                 && filter.key_id.is_none()
                 && matches!(filter.status, None | Some(RequestStatus::Success))
         });
-        let rows = if let Some(node_id) = node_only {
-            let mut rows = Vec::new();
+        let records = if let Some(node_id) = node_only {
+            let mut records = Vec::new();
             for (low, high) in self.node_id_ranges(node_id, filter.before_id).await? {
                 let mut q = filtered_query(filter);
-                q.push(" AND id BETWEEN ").push_bind(low).push(" AND ").push_bind(high);
-                q.push(" ORDER BY id DESC LIMIT ").push_bind((want - rows.len()) as i64);
-                rows.extend(q.build().fetch_all(&self.pool).await?);
-                if rows.len() == want {
+                q.push(" AND id BETWEEN ").bind(low).push(" AND ").bind(high);
+                q.push(" ORDER BY id DESC LIMIT ").bind((want - records.len()) as i64);
+                records.extend(self.db().fetch_all(&q.text, &q.args, row_to_record).await?);
+                if records.len() == want {
                     break;
                 }
             }
-            rows
+            records
         } else {
             let mut q = filtered_query(filter);
-            q.push(" ORDER BY id DESC LIMIT ").push_bind(want as i64);
-            q.build().fetch_all(&self.pool).await?
+            q.push(" ORDER BY id DESC LIMIT ").bind(want as i64);
+            self.db().fetch_all(&q.text, &q.args, row_to_record).await?
         };
-        let has_more = rows.len() == want;
-        let records = rows.iter().take(filter.limit as usize).map(row_to_record).collect();
+        let has_more = records.len() == want;
+        let mut records = records;
+        records.truncate(filter.limit as usize);
         Ok(HistoryPage { records, has_more })
     }
 
@@ -70,37 +71,39 @@ impl Store {
         // The highest id wanted (any cursor, however hostile, stays an integer).
         let last = before_id.map_or(i64::MAX, |id| id.saturating_sub(1));
         // One JSON array rather than a row per hour: a year of hours is 8,760 rows,
-        // and the pool hands rows over one at a time (~1 µs each). Hours older than
-        // the oldest history row kept are skipped.
-        let json: String = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(min_id, MIN(max_id, ?1)))
+        // and SQLite's pool hands rows over one at a time (~1 µs each). Hours older
+        // than the oldest history row kept are skipped.
+        let dialect = self.dialect();
+        let sql = format!(
+            "SELECT {} AS ranges
              FROM token_stats_hourly_node
-             WHERE node_id = ?2 AND min_id <= ?1
+             WHERE node_id = $2 AND min_id <= $1
                AND hour_start >= (SELECT COALESCE(MIN(timestamp), 0) / 3600000 * 3600 FROM request_history)
                AND max_id >= (SELECT COALESCE(MIN(id), 0) FROM request_history)",
-        )
-        .bind(last)
-        .bind(node_id)
-        .fetch_one(&self.pool)
-        .await?;
+            dialect.json_rows(&format!("min_id, {}", dialect.least("max_id", "$1")))
+        );
+        let json = self
+            .db()
+            .fetch_optional(&sql, &args![last, node_id], |r| r.text("ranges"))
+            .await?
+            .unwrap_or_default();
         let mut ranges: Vec<(i64, i64)> =
             serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("node id ranges: {e}")))?;
         Ok(merge_ranges(&mut ranges))
     }
 
     pub async fn history_record(&self, id: i64) -> StoreResult<Option<RequestResponseRecord>> {
-        let row = sqlx::query("SELECT * FROM request_history WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(row_to_record))
+        self.db()
+            .fetch_optional("SELECT * FROM request_history WHERE id = $1", &args![id], row_to_record)
+            .await
     }
 
     pub async fn history_count(&self) -> StoreResult<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM request_history")
-            .fetch_one(&self.pool)
+        let n = self
+            .db()
+            .fetch_optional("SELECT COUNT(*) AS n FROM request_history", &[], |r| r.int("n"))
             .await?;
-        Ok(to_u64(n))
+        Ok(to_u64(n.unwrap_or(0)))
     }
 
     /// Deletes history rows that started before `before`, in slices so the writer is
@@ -108,15 +111,16 @@ impl Store {
     pub async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         let mut deleted = 0;
         loop {
-            let done = sqlx::query(
-                "DELETE FROM request_history WHERE id IN
-                 (SELECT id FROM request_history WHERE timestamp < ? LIMIT 10000)",
-            )
-            .bind(to_millis(before))
-            .execute(&self.pool)
-            .await?;
-            deleted += done.rows_affected();
-            if done.rows_affected() < 10000 {
+            let done = self
+                .db()
+                .execute(
+                    "DELETE FROM request_history WHERE id IN
+                     (SELECT id FROM request_history WHERE timestamp < $1 LIMIT 10000)",
+                    &args![to_millis(before)],
+                )
+                .await?;
+            deleted += done;
+            if done < 10000 {
                 return Ok(deleted);
             }
         }
@@ -124,32 +128,32 @@ impl Store {
 }
 
 /// `SELECT * FROM request_history` with the filter's conditions.
-fn filtered_query(filter: &HistoryFilter) -> QueryBuilder<'static, Sqlite> {
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM request_history WHERE 1 = 1");
+fn filtered_query(filter: &HistoryFilter) -> Sql<'_> {
+    let mut q = Sql::new("SELECT * FROM request_history WHERE 1 = 1");
     match filter.key_id {
         Some(ANONYMOUS) => {
             q.push(" AND api_key_id IS NULL");
         }
         Some(id) => {
-            q.push(" AND api_key_id = ").push_bind(id);
+            q.push(" AND api_key_id = ").bind(id);
         }
         None => {}
     }
     if let Some(id) = filter.node_id {
-        q.push(" AND node_id = ").push_bind(id);
+        q.push(" AND node_id = ").bind(id);
     }
     if let Some(m) = &filter.model {
-        q.push(" AND model = ").push_bind(m.clone());
+        q.push(" AND model = ").bind(m);
     }
     if let Some(s) = filter.status {
-        q.push(" AND status = ").push_bind(s.as_str());
+        q.push(" AND status = ").bind(s.as_str());
         if s != RequestStatus::Success {
             // Lets SQLite use the partial index of migration 005.
             q.push(" AND status <> 'success'");
         }
     }
     if let Some(id) = filter.before_id {
-        q.push(" AND id < ").push_bind(id);
+        q.push(" AND id < ").bind(id);
     }
     q
 }
@@ -168,28 +172,28 @@ fn merge_ranges(ranges: &mut [(i64, i64)]) -> Vec<(i64, i64)> {
     merged
 }
 
-fn row_to_record(r: &sqlx::sqlite::SqliteRow) -> RequestResponseRecord {
+fn row_to_record(r: &dyn StoreRow) -> RequestResponseRecord {
     RequestResponseRecord {
-        id: r.get("id"),
-        timestamp: from_millis(r.get("timestamp")),
-        completed_at: from_millis(r.get("completed_at")),
-        request_type: RequestType::parse(r.get("request_type")).unwrap_or(RequestType::ChatCompletions),
-        model: r.get("model"),
-        node_id: r.get("node_id"),
-        node_name: r.get("node_name"),
-        client_ip: r.get("client_ip"),
-        api_key_id: r.get("api_key_id"),
-        api_key_name: r.get("api_key_name"),
-        stream: r.get::<i64, _>("stream") != 0,
-        status: RequestStatus::parse(r.get("status")).unwrap_or(RequestStatus::Error),
-        http_status: r.get::<i64, _>("http_status").clamp(0, u16::MAX as i64) as u16,
-        error_message: r.get("error_message"),
-        duration_ms: to_u64(r.get("duration_ms")),
-        time_to_first_token_ms: r.get::<Option<i64>, _>("time_to_first_token_ms").map(to_u64),
-        input_tokens: to_u64(r.get("input_tokens")),
-        output_tokens: to_u64(r.get("output_tokens")),
-        total_tokens: to_u64(r.get("total_tokens")),
-        token_source: TokenSource::parse(r.get("token_source")).unwrap_or(TokenSource::Reported),
+        id: r.int("id"),
+        timestamp: from_millis(r.int("timestamp")),
+        completed_at: from_millis(r.int("completed_at")),
+        request_type: RequestType::parse(&r.text("request_type")).unwrap_or(RequestType::ChatCompletions),
+        model: r.text("model"),
+        node_id: r.opt_int("node_id"),
+        node_name: r.opt_text("node_name"),
+        client_ip: r.opt_text("client_ip"),
+        api_key_id: r.opt_int("api_key_id"),
+        api_key_name: r.opt_text("api_key_name"),
+        stream: r.int("stream") != 0,
+        status: RequestStatus::parse(&r.text("status")).unwrap_or(RequestStatus::Error),
+        http_status: r.int("http_status").clamp(0, u16::MAX as i64) as u16,
+        error_message: r.opt_text("error_message"),
+        duration_ms: to_u64(r.int("duration_ms")),
+        time_to_first_token_ms: r.opt_int("time_to_first_token_ms").map(to_u64),
+        input_tokens: to_u64(r.int("input_tokens")),
+        output_tokens: to_u64(r.int("output_tokens")),
+        total_tokens: to_u64(r.int("total_tokens")),
+        token_source: TokenSource::parse(&r.text("token_source")).unwrap_or(TokenSource::Reported),
     }
 }
 
@@ -253,9 +257,13 @@ mod tests {
     #[tokio::test]
     async fn a_node_filter_reads_overlapping_hourly_ranges_newest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}/h.db", dir.path().display()))
-            .await
-            .unwrap();
+        for (engine, store) in crate::store::testing::stores(&dir).await {
+            eprintln!("engine: {engine}");
+            node_filter_reads_overlapping_ranges(&store).await;
+        }
+    }
+
+    async fn node_filter_reads_overlapping_ranges(store: &Store) {
         let mut writer = store.writer().unwrap();
         // 400 records over 3 nodes and 12 hours, committed in an order that makes the
         // id ranges of hours overlap (long requests finish after later ones started).
@@ -292,7 +300,7 @@ mod tests {
                     limit: 7,
                     ..Default::default()
                 };
-                let pages = all_pages(&store, filter).await;
+                let pages = all_pages(store, filter).await;
                 assert!(pages.iter().all(|p| p.len() <= 7));
                 assert!(pages.iter().rev().skip(1).all(|p| p.len() == 7), "{pages:?}");
                 let ids: Vec<i64> = pages.concat();
@@ -308,8 +316,9 @@ mod tests {
             .await
             .unwrap();
         assert!(pruned > 0);
-        let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM request_history")
-            .fetch_all(&store.pool)
+        let left: Vec<i64> = store
+            .db()
+            .fetch_all("SELECT id FROM request_history", &[], |r| r.int("id"))
             .await
             .unwrap();
         expected.retain(|(id, _, _)| left.contains(id));
@@ -319,7 +328,7 @@ mod tests {
                 limit: 5,
                 ..Default::default()
             };
-            assert_eq!(all_pages(&store, filter).await.concat(), expect(&expected, node, None));
+            assert_eq!(all_pages(store, filter).await.concat(), expect(&expected, node, None));
         }
     }
 

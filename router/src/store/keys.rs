@@ -3,8 +3,8 @@
 //! The secret itself never reaches the store; `keys` hashes it before calling here.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
+use super::sql::{args, Arg, StoreRow};
 use super::{from_millis, to_i64, to_millis, to_u64, Store, StoreError, StoreResult};
 
 /// The limits and settings of a key that the operator sets.
@@ -78,32 +78,32 @@ impl KeyChanges {
     }
 }
 
-fn opt_u64(r: &sqlx::sqlite::SqliteRow, col: &str) -> Option<u64> {
-    r.get::<Option<i64>, _>(col).map(to_u64)
+fn opt_u64(r: &dyn StoreRow, col: &str) -> Option<u64> {
+    r.opt_int(col).map(to_u64)
 }
 
-fn row_to_key(r: &sqlx::sqlite::SqliteRow) -> StoredKey {
-    let hash: Vec<u8> = r.get("secret_hash");
-    let allowed: Option<String> = r.get("allowed_models");
+fn row_to_key(r: &dyn StoreRow) -> StoredKey {
+    let hash = r.bytes("secret_hash");
+    let allowed = r.opt_text("allowed_models");
     StoredKey {
-        id: r.get("id"),
-        name: r.get("name"),
-        prefix: r.get("prefix"),
+        id: r.int("id"),
+        name: r.text("name"),
+        prefix: r.text("prefix"),
         secret_hash: hash.try_into().unwrap_or([0; 32]),
-        enabled: r.get::<i64, _>("enabled") != 0,
-        revoked: r.get::<i64, _>("revoked") != 0,
-        created_at: from_millis(r.get("created_at")),
-        last_used_at: r.get::<Option<i64>, _>("last_used_at").map(from_millis),
+        enabled: r.int("enabled") != 0,
+        revoked: r.int("revoked") != 0,
+        created_at: from_millis(r.int("created_at")),
+        last_used_at: r.opt_int("last_used_at").map(from_millis),
         limits: KeyLimits {
             // Written by `models_json` only; an unreadable list allows nothing.
             allowed_models: allowed.map(|j| serde_json::from_str(&j).unwrap_or_default()),
-            expires_at: r.get::<Option<i64>, _>("expires_at").map(from_millis),
+            expires_at: r.opt_int("expires_at").map(from_millis),
             rpm_limit: opt_u64(r, "rpm_limit"),
             tpm_limit: opt_u64(r, "tpm_limit"),
             max_concurrent: opt_u64(r, "max_concurrent"),
             daily_token_budget: opt_u64(r, "daily_token_budget"),
             monthly_token_budget: opt_u64(r, "monthly_token_budget"),
-            budget_tz: r.get("budget_tz"),
+            budget_tz: r.text("budget_tz"),
         },
     }
 }
@@ -114,86 +114,87 @@ fn models_json(models: &Option<Vec<String>>) -> Option<String> {
         .map(|m| serde_json::to_string(m).expect("a list of strings serializes"))
 }
 
-type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
-
-/// Binds a key's limits in the order both statements list them: `expires_at`,
+/// A key's limits in the order both statements list them: `expires_at`,
 /// `allowed_models`, `rpm_limit`, `tpm_limit`, `max_concurrent`, `daily_token_budget`,
-/// `monthly_token_budget`, `budget_tz`.
-fn bind_limits<'q>(q: SqliteQuery<'q>, l: &'q KeyLimits) -> SqliteQuery<'q> {
-    q.bind(l.expires_at.map(to_millis))
-        .bind(models_json(&l.allowed_models))
-        .bind(l.rpm_limit.map(to_i64))
-        .bind(l.tpm_limit.map(to_i64))
-        .bind(l.max_concurrent.map(to_i64))
-        .bind(l.daily_token_budget.map(to_i64))
-        .bind(l.monthly_token_budget.map(to_i64))
-        .bind(&l.budget_tz)
+/// `monthly_token_budget`, `budget_tz`. `models` is `models_json` of the limits.
+fn limit_args<'a>(l: &'a KeyLimits, models: &'a Option<String>) -> [Arg<'a>; 8] {
+    args![
+        l.expires_at.map(to_millis),
+        models.as_deref(),
+        l.rpm_limit.map(to_i64),
+        l.tpm_limit.map(to_i64),
+        l.max_concurrent.map(to_i64),
+        l.daily_token_budget.map(to_i64),
+        l.monthly_token_budget.map(to_i64),
+        &l.budget_tz,
+    ]
 }
 
 impl Store {
     pub async fn insert_key(&self, new: &NewKey) -> StoreResult<StoredKey> {
-        let row = bind_limits(
-            sqlx::query(
+        let models = models_json(&new.limits.allowed_models);
+        let mut all = args![&new.name, &new.prefix, &new.secret_hash[..], to_millis(Utc::now())].to_vec();
+        all.extend(limit_args(&new.limits, &models));
+        self.db()
+            .fetch_optional(
                 "INSERT INTO api_keys (name, prefix, secret_hash, created_at, expires_at, allowed_models,
              rpm_limit, tpm_limit, max_concurrent, daily_token_budget, monthly_token_budget, budget_tz)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *",
+                &all,
+                row_to_key,
             )
-            .bind(&new.name)
-            .bind(&new.prefix)
-            .bind(&new.secret_hash[..])
-            .bind(to_millis(Utc::now())),
-            &new.limits,
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row_to_key(&row))
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     pub async fn key(&self, id: i64) -> StoreResult<StoredKey> {
-        let row = sqlx::query("SELECT * FROM api_keys WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
+        self.db()
+            .fetch_optional("SELECT * FROM api_keys WHERE id = $1", &args![id], row_to_key)
             .await?
-            .ok_or(StoreError::NotFound)?;
-        Ok(row_to_key(&row))
+            .ok_or(StoreError::NotFound)
     }
 
     /// Every key, revoked ones included, by id.
     pub async fn all_keys(&self) -> StoreResult<Vec<StoredKey>> {
-        let rows = sqlx::query("SELECT * FROM api_keys ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(row_to_key).collect())
+        self.db()
+            .fetch_all("SELECT * FROM api_keys ORDER BY id", &[], row_to_key)
+            .await
     }
 
     pub async fn update_key(&self, id: i64, changes: &KeyChanges) -> StoreResult<StoredKey> {
         let current = self.key(id).await?;
         let l = changes.apply(&current.limits);
-        let row = bind_limits(
-            sqlx::query(
-                "UPDATE api_keys SET name = ?, enabled = ?, expires_at = ?, allowed_models = ?, rpm_limit = ?,
-                 tpm_limit = ?, max_concurrent = ?, daily_token_budget = ?, monthly_token_budget = ?, budget_tz = ?
-                 WHERE id = ? RETURNING *",
+        let models = models_json(&l.allowed_models);
+        let mut all = args![
+            changes.name.as_ref().unwrap_or(&current.name),
+            changes.enabled.unwrap_or(current.enabled),
+        ]
+        .to_vec();
+        all.extend(limit_args(&l, &models));
+        all.push(Arg::Int(id));
+        self.db()
+            .fetch_optional(
+                "UPDATE api_keys SET name = $1, enabled = $2, expires_at = $3, allowed_models = $4, rpm_limit = $5,
+                 tpm_limit = $6, max_concurrent = $7, daily_token_budget = $8, monthly_token_budget = $9,
+                 budget_tz = $10
+                 WHERE id = $11 RETURNING *",
+                &all,
+                row_to_key,
             )
-            .bind(changes.name.as_ref().unwrap_or(&current.name))
-            .bind(changes.enabled.unwrap_or(current.enabled) as i64),
-            &l,
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        Ok(row_to_key(&row))
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     /// Revokes a key for good: the row and its statistics stay.
     pub async fn revoke_key(&self, id: i64) -> StoreResult<StoredKey> {
-        let row = sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = ? RETURNING *")
-            .bind(id)
-            .fetch_optional(&self.pool)
+        self.db()
+            .fetch_optional(
+                "UPDATE api_keys SET revoked = 1 WHERE id = $1 RETURNING *",
+                &args![id],
+                row_to_key,
+            )
             .await?
-            .ok_or(StoreError::NotFound)?;
-        Ok(row_to_key(&row))
+            .ok_or(StoreError::NotFound)
     }
 
     /// Moves `last_used_at` forward (never back) for each `(key id, instant)`.
@@ -201,15 +202,14 @@ impl Store {
         if used.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "UPDATE api_keys SET last_used_at = {} WHERE id = $2",
+            self.dialect().greatest("COALESCE(last_used_at, 0)", "$1")
+        );
+        let mut tx = self.begin().await?;
         for (id, at) in used {
-            sqlx::query("UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?")
-                .bind(to_millis(*at))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            tx.execute(&sql, &args![to_millis(*at), *id]).await?;
         }
-        tx.commit().await?;
-        Ok(())
+        tx.commit().await
     }
 }

@@ -1,8 +1,8 @@
 //! Rows of the `nodes` table.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
+use super::sql::{args, StoreRow};
 use super::{from_millis, to_millis, Store, StoreError, StoreResult};
 
 /// A node as persisted.
@@ -51,103 +51,115 @@ pub struct NodeChanges {
     pub tls_insecure: Option<bool>,
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+fn is_unique_violation(e: &StoreError) -> bool {
+    matches!(e, StoreError::Database(sqlx::Error::Database(d)) if d.is_unique_violation())
 }
 
-fn row_to_node(r: &sqlx::sqlite::SqliteRow) -> StoredNode {
+fn row_to_node(r: &dyn StoreRow) -> StoredNode {
     StoredNode {
-        id: r.get("id"),
-        name: r.get("name"),
-        base_url: r.get("base_url"),
-        api_key: r.get("api_key"),
-        enabled: r.get::<i64, _>("enabled") != 0,
-        include_usage: r.get::<i64, _>("include_usage") != 0,
-        source: r.get("source"),
-        kind: r.get("kind"),
-        kind_explicit: r.get::<i64, _>("kind_explicit") != 0,
-        tls_insecure: r.get::<i64, _>("tls_insecure") != 0,
-        created_at: from_millis(r.get("created_at")),
-        deleted_at: r.get::<Option<i64>, _>("deleted_at").map(from_millis),
+        id: r.int("id"),
+        name: r.text("name"),
+        base_url: r.text("base_url"),
+        api_key: r.opt_text("api_key"),
+        enabled: r.int("enabled") != 0,
+        include_usage: r.int("include_usage") != 0,
+        source: r.text("source"),
+        kind: r.text("kind"),
+        kind_explicit: r.int("kind_explicit") != 0,
+        tls_insecure: r.int("tls_insecure") != 0,
+        created_at: from_millis(r.int("created_at")),
+        deleted_at: r.opt_int("deleted_at").map(from_millis),
     }
 }
 
 impl Store {
     pub async fn insert_node(&self, new: &NewNode) -> StoreResult<StoredNode> {
-        let row = sqlx::query(
-            "INSERT INTO nodes (name, base_url, api_key, include_usage, source, kind, kind_explicit, tls_insecure,
-                                created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
-        )
-        .bind(&new.name)
-        .bind(&new.base_url)
-        .bind(&new.api_key)
-        .bind(new.include_usage as i64)
-        .bind(new.source)
-        .bind(new.kind)
-        .bind(new.kind_explicit as i64)
-        .bind(new.tls_insecure as i64)
-        .bind(to_millis(Utc::now()))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::DuplicateBaseUrl(new.base_url.clone())
-            } else {
-                e.into()
-            }
-        })?;
-        Ok(row_to_node(&row))
+        let row = self
+            .db()
+            .fetch_optional(
+                "INSERT INTO nodes (name, base_url, api_key, include_usage, source, kind, kind_explicit,
+                                    tls_insecure, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *",
+                &args![
+                    &new.name,
+                    &new.base_url,
+                    new.api_key.as_deref(),
+                    new.include_usage,
+                    new.source,
+                    new.kind,
+                    new.kind_explicit,
+                    new.tls_insecure,
+                    to_millis(Utc::now()),
+                ],
+                row_to_node,
+            )
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::DuplicateBaseUrl(new.base_url.clone())
+                } else {
+                    e
+                }
+            })?;
+        row.ok_or(StoreError::NotFound)
     }
 
     pub async fn update_node(&self, id: i64, changes: &NodeChanges) -> StoreResult<StoredNode> {
         let current = self.node(id).await?;
-        let row = sqlx::query(
-            "UPDATE nodes SET name = ?, api_key = ?, enabled = ?, include_usage = ?, kind = ?, kind_explicit = ?,
-                              tls_insecure = ?
-             WHERE id = ? AND deleted_at IS NULL RETURNING *",
-        )
-        .bind(changes.name.as_ref().unwrap_or(&current.name))
-        .bind(changes.api_key.clone().unwrap_or(current.api_key))
-        .bind(changes.enabled.unwrap_or(current.enabled) as i64)
-        .bind(changes.include_usage.unwrap_or(current.include_usage) as i64)
-        .bind(changes.kind.flatten().unwrap_or(&current.kind))
-        .bind(changes.kind.map_or(current.kind_explicit, |k| k.is_some()) as i64)
-        .bind(changes.tls_insecure.unwrap_or(current.tls_insecure) as i64)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        Ok(row_to_node(&row))
+        let api_key = changes.api_key.clone().unwrap_or(current.api_key);
+        self.db()
+            .fetch_optional(
+                "UPDATE nodes SET name = $1, api_key = $2, enabled = $3, include_usage = $4, kind = $5,
+                                  kind_explicit = $6, tls_insecure = $7
+                 WHERE id = $8 AND deleted_at IS NULL RETURNING *",
+                &args![
+                    changes.name.as_ref().unwrap_or(&current.name),
+                    api_key.as_deref(),
+                    changes.enabled.unwrap_or(current.enabled),
+                    changes.include_usage.unwrap_or(current.include_usage),
+                    changes.kind.flatten().unwrap_or(&current.kind),
+                    changes.kind.map_or(current.kind_explicit, |k| k.is_some()),
+                    changes.tls_insecure.unwrap_or(current.tls_insecure),
+                    id,
+                ],
+                row_to_node,
+            )
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     /// The kind the health checker told; a kind the operator set is left alone.
     pub async fn set_detected_node_kind(&self, id: i64, kind: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE nodes SET kind = ? WHERE id = ? AND kind_explicit = 0")
-            .bind(kind)
-            .bind(id)
-            .execute(&self.pool)
+        self.db()
+            .execute(
+                "UPDATE nodes SET kind = $1 WHERE id = $2 AND kind_explicit = 0",
+                &args![kind, id],
+            )
             .await?;
         Ok(())
     }
 
     pub async fn node(&self, id: i64) -> StoreResult<StoredNode> {
-        let row = sqlx::query("SELECT * FROM nodes WHERE id = ? AND deleted_at IS NULL")
-            .bind(id)
-            .fetch_optional(&self.pool)
+        self.db()
+            .fetch_optional(
+                "SELECT * FROM nodes WHERE id = $1 AND deleted_at IS NULL",
+                &args![id],
+                row_to_node,
+            )
             .await?
-            .ok_or(StoreError::NotFound)?;
-        Ok(row_to_node(&row))
+            .ok_or(StoreError::NotFound)
     }
 
     /// Soft delete: the row stays so statistics keep the node's name.
     pub async fn delete_node(&self, id: i64) -> StoreResult<()> {
-        let done = sqlx::query("UPDATE nodes SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL")
-            .bind(to_millis(Utc::now()))
-            .bind(id)
-            .execute(&self.pool)
+        let done = self
+            .db()
+            .execute(
+                "UPDATE nodes SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL",
+                &args![to_millis(Utc::now()), id],
+            )
             .await?;
-        if done.rows_affected() == 0 {
+        if done == 0 {
             return Err(StoreError::NotFound);
         }
         Ok(())
@@ -155,9 +167,8 @@ impl Store {
 
     /// Every node ever registered, deleted ones included, by id.
     pub async fn all_nodes(&self) -> StoreResult<Vec<StoredNode>> {
-        let rows = sqlx::query("SELECT * FROM nodes ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(row_to_node).collect())
+        self.db()
+            .fetch_all("SELECT * FROM nodes ORDER BY id", &[], row_to_node)
+            .await
     }
 }

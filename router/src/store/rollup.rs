@@ -5,27 +5,27 @@
 //! x node x model), `token_stats_hourly_node`, `token_stats_hourly_model`,
 //! `token_stats_hourly_all` (UTC hour), `token_stats_total` (node x model, all time),
 //! and with the client key (0: anonymous) `token_stats_hourly_key` (UTC hour x key x
-//! node x model) and `token_stats_total_key` (key x node x model). [`add_to_rollups`] updates all of them in the writer's transaction;
+//! node x model) and `token_stats_total_key` (key x node x model). Each engine's writer updates all of them in its transaction (the rows
+//! to add come from [`rows_to_add`], the statements from [`upsert_sql`]);
 //! [`Store::rollup_totals`] reads the smallest table that can answer, so queries stay
 //! fast however long the history grows. Every statistic of the router
 //! (node totals at start-up, Prometheus counters at boot, the dashboard's totals,
 //! by-node, by-model, daily and monthly figures) is one call of `rollup_totals`.
 //! Records without a node (rejected before routing) are in the history only.
 
-use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use common::protocol::{RequestResponseRecord, RequestStatus, TokenSource};
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::{to_i64, to_u64, Store, StoreResult};
+use super::sql::{Sql, StoreRow};
+use super::{to_u64, Dialect, Store, StoreResult};
 
 /// The `key_id` of requests made without a client key, in the key rollups.
 pub const ANONYMOUS: i64 = 0;
 
 /// The summed columns, in the order of [`RollupTotals::values`].
-const VALUE_COLUMNS: [&str; 9] = [
+pub(super) const VALUE_COLUMNS: [&str; 9] = [
     "request_count",
     "success_count",
     "error_count",
@@ -38,16 +38,16 @@ const VALUE_COLUMNS: [&str; 9] = [
 ];
 
 /// A rollup table and the key columns it is grouped by.
-struct RollupTable {
-    name: &'static str,
-    by_hour: bool,
+pub(super) struct RollupTable {
+    pub name: &'static str,
+    pub by_hour: bool,
     /// Grouped by client key as well (0: anonymous); node and model always come with it.
-    by_key: bool,
-    by_node: bool,
-    by_model: bool,
+    pub by_key: bool,
+    pub by_node: bool,
+    pub by_model: bool,
     /// Keeps `min_id` and `max_id`: the range of history ids summed in each row (the
     /// history page's node filter reads them, see `super::history`).
-    id_range: bool,
+    pub id_range: bool,
 }
 
 const fn table(name: &'static str, by_hour: bool, by_node: bool, by_model: bool) -> RollupTable {
@@ -63,7 +63,7 @@ const fn table(name: &'static str, by_hour: bool, by_node: bool, by_model: bool)
 
 /// Every grain, finest first. A query reads the one whose keys are exactly what it
 /// filters or groups by, so it never sums rows of dimensions it does not need.
-const TABLES: [RollupTable; 7] = [
+pub(super) const TABLES: [RollupTable; 7] = [
     table("token_stats_hourly", true, true, true),
     RollupTable {
         id_range: true,
@@ -83,7 +83,7 @@ const TABLES: [RollupTable; 7] = [
 ];
 
 impl RollupTable {
-    fn key_columns(&self) -> Vec<&'static str> {
+    pub fn key_columns(&self) -> Vec<&'static str> {
         let mut cols = Vec::new();
         if self.by_hour {
             cols.push("hour_start");
@@ -118,23 +118,43 @@ fn hour_start(t: DateTime<Utc>) -> i64 {
     t.timestamp().div_euclid(3600) * 3600
 }
 
-/// The upsert adding one row of sums to `table`.
-fn upsert_sql(table: &RollupTable) -> String {
+/// The upsert adding rows of sums to `table`: one row of `?` placeholders for
+/// SQLite; for PostgreSQL every row of the batch at once, one array per column
+/// (`$1` … in the order of the key columns, the sums, then `min_id` and `max_id`).
+pub(super) fn upsert_sql(table: &RollupTable, dialect: Dialect) -> String {
     let keys = table.key_columns();
     let mut values = VALUE_COLUMNS.to_vec();
+    // In PostgreSQL a bare column is ambiguous next to `excluded`.
+    let current = match dialect {
+        Dialect::Sqlite => String::new(),
+        Dialect::Postgres => format!("{}.", table.name),
+    };
     let mut updates: Vec<String> = VALUE_COLUMNS
         .iter()
-        .map(|c| format!("{c} = {c} + excluded.{c}"))
+        .map(|c| format!("{c} = {current}{c} + excluded.{c}"))
         .collect();
     if table.id_range {
         values.extend(["min_id", "max_id"]);
         // NULL (a row from before migration 005 whose history is pruned) is no bound.
-        updates.push("min_id = COALESCE(MIN(min_id, excluded.min_id), excluded.min_id)".into());
-        updates.push("max_id = COALESCE(MAX(max_id, excluded.max_id), excluded.max_id)".into());
+        for (col, pick) in [("min_id", Dialect::least as fn(Dialect, &str, &str) -> String), ("max_id", Dialect::greatest)] {
+            let both = pick(dialect, &format!("{current}{col}"), &format!("excluded.{col}"));
+            updates.push(format!("{col} = COALESCE({both}, excluded.{col})"));
+        }
     }
-    let placeholders = vec!["?"; keys.len() + values.len()].join(", ");
+    let source = match dialect {
+        Dialect::Sqlite => format!("VALUES ({})", vec!["?"; keys.len() + values.len()].join(", ")),
+        Dialect::Postgres => {
+            let arrays: Vec<String> = keys
+                .iter()
+                .chain(&values)
+                .enumerate()
+                .map(|(i, c)| format!("${}::{}[]", i + 1, if *c == "model" { "text" } else { "bigint" }))
+                .collect();
+            format!("SELECT * FROM UNNEST({})", arrays.join(", "))
+        }
+    };
     format!(
-        "INSERT INTO {} ({}, {}) VALUES ({placeholders}) ON CONFLICT ({}) DO UPDATE SET {}",
+        "INSERT INTO {} ({}, {}) {source} ON CONFLICT ({}) DO UPDATE SET {}",
         table.name,
         keys.join(", "),
         values.join(", "),
@@ -143,69 +163,38 @@ fn upsert_sql(table: &RollupTable) -> String {
     )
 }
 
+/// The key of a rollup row: (hour, key, node, model), 0 or "" where the table has no
+/// such column.
+pub(super) type RowKey<'r> = (i64, i64, i64, &'r str);
+
 /// The sums of one rollup row and the range of history ids they come from.
-type RowSums = (RollupTotals, i64, i64);
+pub(super) type RowSums = (RollupTotals, i64, i64);
 
-static UPSERTS: LazyLock<Vec<String>> = LazyLock::new(|| TABLES.iter().map(upsert_sql).collect());
-
-/// Adds `records`, inserted as history rows `ids`, to every rollup table, inside the
-/// writer's transaction.
-pub(super) fn add_to_rollups(
-    tx: &rusqlite::Transaction<'_>,
-    records: &[RequestResponseRecord],
-    ids: &[i64],
-) -> rusqlite::Result<()> {
-    for (table, sql) in TABLES.iter().zip(UPSERTS.iter()) {
-        // Sums and the range of ids of each row.
-        // (hour, key, node, model) -> sums and the range of history ids.
-        let mut sums: HashMap<(i64, i64, i64, &str), RowSums> = HashMap::new();
-        for (r, &id) in records.iter().zip(ids) {
-            let Some(node_id) = r.node_id else { continue };
-            let hour = if table.by_hour { hour_start(r.timestamp) } else { 0 };
-            let key = if table.by_key {
-                r.api_key_id.unwrap_or(ANONYMOUS)
-            } else {
-                0
-            };
-            let node = if table.by_node { node_id } else { 0 };
-            let model = if table.by_model { r.model.as_str() } else { "" };
-            let (totals, min_id, max_id) =
-                sums.entry((hour, key, node, model))
-                    .or_insert((RollupTotals::default(), id, id));
-            totals.add(&RollupTotals::of(r));
-            *min_id = (*min_id).min(id);
-            *max_id = (*max_id).max(id);
-        }
-        let mut upsert = tx.prepare_cached(sql)?;
-        for ((hour, key, node, model), (totals, min_id, max_id)) in sums {
-            let mut index = 0;
-            let mut next = || {
-                index += 1;
-                index
-            };
-            if table.by_hour {
-                upsert.raw_bind_parameter(next(), hour)?;
-            }
-            if table.by_key {
-                upsert.raw_bind_parameter(next(), key)?;
-            }
-            if table.by_node {
-                upsert.raw_bind_parameter(next(), node)?;
-            }
-            if table.by_model {
-                upsert.raw_bind_parameter(next(), model)?;
-            }
-            for v in totals.values() {
-                upsert.raw_bind_parameter(next(), to_i64(v))?;
-            }
-            if table.id_range {
-                upsert.raw_bind_parameter(next(), min_id)?;
-                upsert.raw_bind_parameter(next(), max_id)?;
-            }
-            upsert.raw_execute()?;
-        }
+/// What `records`, inserted as history rows `ids`, add to `table`: one entry per row
+/// of the table, in key order (so concurrent writers lock rows in one order).
+pub(super) fn rows_to_add<'r>(
+    table: &RollupTable,
+    records: impl IntoIterator<Item = (&'r RequestResponseRecord, i64)>,
+) -> BTreeMap<RowKey<'r>, RowSums> {
+    let mut sums: BTreeMap<RowKey<'r>, RowSums> = BTreeMap::new();
+    for (r, id) in records {
+        let Some(node_id) = r.node_id else { continue };
+        let hour = if table.by_hour { hour_start(r.timestamp) } else { 0 };
+        let key = if table.by_key {
+            r.api_key_id.unwrap_or(ANONYMOUS)
+        } else {
+            0
+        };
+        let node = if table.by_node { node_id } else { 0 };
+        let model = if table.by_model { r.model.as_str() } else { "" };
+        let (totals, min_id, max_id) = sums
+            .entry((hour, key, node, model))
+            .or_insert((RollupTotals::default(), id, id));
+        totals.add(&RollupTotals::of(r));
+        *min_id = (*min_id).min(id);
+        *max_id = (*max_id).max(id);
     }
-    Ok(())
+    sums
 }
 
 /// What the rows are grouped by.
@@ -279,7 +268,7 @@ impl RollupTotals {
     }
 
     /// The sums in the order of `VALUE_COLUMNS`.
-    fn values(&self) -> [u64; 9] {
+    pub(super) fn values(&self) -> [u64; 9] {
         [
             self.request_count,
             self.success_count,
@@ -312,8 +301,8 @@ pub type RollupRows = Vec<(RollupKey, RollupTotals)>;
 impl Store {
     /// Sums the rollups matching `filter`, grouped by `group`, ordered by the group key.
     pub async fn rollup_totals(&self, group: GroupBy, filter: &RollupFilter) -> StoreResult<RollupRows> {
-        let mut conn = self.pool.acquire().await?;
-        query_totals(&mut conn, group, filter).await
+        let q = totals_query(group, filter);
+        self.db().fetch_all(&q.text, &q.args, |r| decode_totals(group, r)).await
     }
 
     /// Several groupings of the same rows, read from one snapshot: their sums agree
@@ -323,17 +312,24 @@ impl Store {
         groups: &[GroupBy],
         filter: &RollupFilter,
     ) -> StoreResult<Vec<RollupRows>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let mut out = Vec::with_capacity(groups.len());
-        for group in groups {
-            out.push(query_totals(&mut tx, *group, filter).await?);
+        for &group in groups {
+            let q = totals_query(group, filter);
+            out.push(tx.fetch_all(&q.text, &q.args, |r| decode_totals(group, r)).await?);
         }
         tx.commit().await?;
         Ok(out)
     }
 }
 
-async fn query_totals(conn: &mut SqliteConnection, group: GroupBy, filter: &RollupFilter) -> StoreResult<RollupRows> {
+/// The sum of `column` as a 64-bit integer on both engines (PostgreSQL sums `BIGINT`
+/// into `NUMERIC`).
+pub(super) fn sum(column: &str) -> String {
+    format!("CAST(COALESCE(SUM({column}), 0) AS BIGINT) AS {column}")
+}
+
+fn totals_query(group: GroupBy, filter: &RollupFilter) -> Sql<'_> {
     let day_expr;
     let (key_cols, key_select) = match group {
         GroupBy::Nothing => ("", ""),
@@ -355,57 +351,56 @@ async fn query_totals(conn: &mut SqliteConnection, group: GroupBy, filter: &Roll
     let needs_model = filter.model.is_some() || matches!(group, GroupBy::Model | GroupBy::NodeAndModel);
     let needs_key = filter.key_id.is_some() || group == GroupBy::Key;
     let table = RollupTable::for_query(hourly, needs_key, needs_node, needs_model);
-    let sums: Vec<String> = VALUE_COLUMNS
-        .iter()
-        .map(|c| format!("COALESCE(SUM({c}), 0) AS {c}"))
-        .collect();
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
+    let sums: Vec<String> = VALUE_COLUMNS.iter().map(|c| sum(c)).collect();
+    let mut q = Sql::new("SELECT ");
     if !key_cols.is_empty() {
         q.push(key_select).push(", ");
     }
-    q.push(sums.join(", "))
-        .push(format!(" FROM {} WHERE 1 = 1", table.name));
+    q.push(&sums.join(", "))
+        .push(&format!(" FROM {} WHERE 1 = 1", table.name));
     if let Some(id) = filter.key_id {
-        q.push(" AND key_id = ").push_bind(id);
+        q.push(" AND key_id = ").bind(id);
     }
     if let Some(id) = filter.node_id {
-        q.push(" AND node_id = ").push_bind(id);
+        q.push(" AND node_id = ").bind(id);
     }
     if let Some(m) = &filter.model {
-        q.push(" AND model = ").push_bind(m.clone());
+        q.push(" AND model = ").bind(m);
     }
     if let Some(from) = filter.from_hour {
-        q.push(" AND hour_start >= ").push_bind(from);
+        q.push(" AND hour_start >= ").bind(from);
     }
     if let Some(to) = filter.to_hour {
-        q.push(" AND hour_start < ").push_bind(to);
+        q.push(" AND hour_start < ").bind(to);
     }
     if !key_cols.is_empty() {
         q.push(" GROUP BY ").push(key_cols).push(" ORDER BY ").push(key_cols);
     }
-    let rows = q.build().fetch_all(&mut *conn).await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let key = RollupKey {
-                key_id: (group == GroupBy::Key).then(|| r.get("key_id")),
-                node_id: matches!(group, GroupBy::Node | GroupBy::NodeAndModel).then(|| r.get("node_id")),
-                model: matches!(group, GroupBy::Model | GroupBy::NodeAndModel).then(|| r.get("model")),
-                hour_start: matches!(group, GroupBy::Hour).then(|| r.get("hour_start")),
-                local_day: matches!(group, GroupBy::LocalDay { .. }).then(|| r.get("local_day")),
-            };
-            let totals = RollupTotals {
-                request_count: to_u64(r.get("request_count")),
-                success_count: to_u64(r.get("success_count")),
-                error_count: to_u64(r.get("error_count")),
-                cancelled_count: to_u64(r.get("cancelled_count")),
-                estimated_count: to_u64(r.get("estimated_count")),
-                input_tokens: to_u64(r.get("input_tokens")),
-                output_tokens: to_u64(r.get("output_tokens")),
-                total_tokens: to_u64(r.get("total_tokens")),
-                duration_ms_sum: to_u64(r.get("duration_ms_sum")),
-            };
-            (key, totals)
-        })
-        .collect())
+    q
+}
+
+/// The sums of a row named after `VALUE_COLUMNS`.
+pub(super) fn decode_sums(r: &dyn StoreRow) -> RollupTotals {
+    RollupTotals {
+        request_count: to_u64(r.int("request_count")),
+        success_count: to_u64(r.int("success_count")),
+        error_count: to_u64(r.int("error_count")),
+        cancelled_count: to_u64(r.int("cancelled_count")),
+        estimated_count: to_u64(r.int("estimated_count")),
+        input_tokens: to_u64(r.int("input_tokens")),
+        output_tokens: to_u64(r.int("output_tokens")),
+        total_tokens: to_u64(r.int("total_tokens")),
+        duration_ms_sum: to_u64(r.int("duration_ms_sum")),
+    }
+}
+
+fn decode_totals(group: GroupBy, r: &dyn StoreRow) -> (RollupKey, RollupTotals) {
+    let key = RollupKey {
+        key_id: (group == GroupBy::Key).then(|| r.int("key_id")),
+        node_id: matches!(group, GroupBy::Node | GroupBy::NodeAndModel).then(|| r.int("node_id")),
+        model: matches!(group, GroupBy::Model | GroupBy::NodeAndModel).then(|| r.text("model")),
+        hour_start: matches!(group, GroupBy::Hour).then(|| r.int("hour_start")),
+        local_day: matches!(group, GroupBy::LocalDay { .. }).then(|| r.int("local_day")),
+    };
+    (key, decode_sums(r))
 }

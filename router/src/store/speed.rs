@@ -13,8 +13,8 @@
 //! only, so the window must stay short next to the history kept.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
+use super::sql::{args, StoreRow};
 use super::{to_millis, to_u64, Store, StoreResult};
 
 /// Sums and percentiles of one node × model.
@@ -34,16 +34,18 @@ pub struct SpeedSums {
     pub generation_ms: u64,
 }
 
+/// Integer sums cast back to `BIGINT` (PostgreSQL sums `BIGINT` into `NUMERIC`).
 const SUMS: &str = "SELECT node_id, model, COUNT(*) AS requests,
-        SUM(status = 'success') AS successes,
+        CAST(SUM(CASE WHEN status = 'success' THEN 1 ELSE 0 END) AS BIGINT) AS successes,
         COUNT(time_to_first_token_ms) AS ttft_count,
-        SUM(generating) AS generation_count,
-        SUM(CASE WHEN generating THEN output_tokens ELSE 0 END) AS generation_tokens,
-        SUM(CASE WHEN generating THEN duration_ms - time_to_first_token_ms ELSE 0 END) AS generation_ms
+        CAST(SUM(generating) AS BIGINT) AS generation_count,
+        CAST(SUM(CASE WHEN generating = 1 THEN output_tokens ELSE 0 END) AS BIGINT) AS generation_tokens,
+        CAST(SUM(CASE WHEN generating = 1 THEN duration_ms - time_to_first_token_ms ELSE 0 END) AS BIGINT)
+            AS generation_ms
     FROM (SELECT node_id, model, status, output_tokens, duration_ms, time_to_first_token_ms,
-            (stream = 1 AND status = 'success' AND time_to_first_token_ms IS NOT NULL
-             AND duration_ms > time_to_first_token_ms) AS generating
-          FROM request_history WHERE timestamp >= ?1 AND timestamp < ?2 AND node_id IS NOT NULL)
+            CASE WHEN stream = 1 AND status = 'success' AND time_to_first_token_ms IS NOT NULL
+                      AND duration_ms > time_to_first_token_ms THEN 1 ELSE 0 END AS generating
+          FROM request_history WHERE timestamp >= $1 AND timestamp < $2 AND node_id IS NOT NULL) AS window_rows
     GROUP BY node_id, model ORDER BY node_id, model";
 
 /// Nearest-rank percentiles: the value of rank ceil(p × n / 100) in ascending order.
@@ -54,46 +56,40 @@ const PERCENTILES: &str = "SELECT node_id, model,
             ROW_NUMBER() OVER (PARTITION BY node_id, model ORDER BY time_to_first_token_ms) AS rank,
             COUNT(*) OVER (PARTITION BY node_id, model) AS n
           FROM request_history
-          WHERE timestamp >= ?1 AND timestamp < ?2 AND node_id IS NOT NULL
-            AND time_to_first_token_ms IS NOT NULL)
+          WHERE timestamp >= $1 AND timestamp < $2 AND node_id IS NOT NULL
+            AND time_to_first_token_ms IS NOT NULL) AS ranked
     GROUP BY node_id, model";
 
 impl Store {
     /// Speed sums per node × model of the records that started in `[from, to)`,
     /// ordered by node id and model.
     pub async fn speed_sums(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> StoreResult<Vec<SpeedSums>> {
+        let window = args![to_millis(from), to_millis(to)];
         // One snapshot for both queries: the counts and the percentiles agree.
-        let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(SUMS)
-            .bind(to_millis(from))
-            .bind(to_millis(to))
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut out: Vec<SpeedSums> = rows
-            .iter()
-            .map(|r| SpeedSums {
-                node_id: r.get("node_id"),
-                model: r.get("model"),
-                request_count: to_u64(r.get("requests")),
-                success_count: to_u64(r.get("successes")),
-                ttft_count: to_u64(r.get("ttft_count")),
-                generation_count: to_u64(r.get("generation_count")),
-                generation_output_tokens: to_u64(r.get("generation_tokens")),
-                generation_ms: to_u64(r.get("generation_ms")),
+        let mut tx = self.begin().await?;
+        let mut out = tx
+            .fetch_all(SUMS, &window, |r| SpeedSums {
+                node_id: r.int("node_id"),
+                model: r.text("model"),
+                request_count: to_u64(r.int("requests")),
+                success_count: to_u64(r.int("successes")),
+                ttft_count: to_u64(r.int("ttft_count")),
+                generation_count: to_u64(r.int("generation_count")),
+                generation_output_tokens: to_u64(r.int("generation_tokens")),
+                generation_ms: to_u64(r.int("generation_ms")),
                 ..SpeedSums::default()
             })
-            .collect();
-        let percentiles = sqlx::query(PERCENTILES)
-            .bind(to_millis(from))
-            .bind(to_millis(to))
-            .fetch_all(&mut *tx)
+            .await?;
+        let percentiles = tx
+            .fetch_all(PERCENTILES, &window, |r: &dyn StoreRow| {
+                (r.int("node_id"), r.text("model"), r.opt_int("p50"), r.opt_int("p95"))
+            })
             .await?;
         tx.commit().await?;
-        for r in &percentiles {
-            let (node_id, model): (i64, String) = (r.get("node_id"), r.get("model"));
+        for (node_id, model, p50, p95) in percentiles {
             if let Some(s) = out.iter_mut().find(|s| s.node_id == node_id && s.model == model) {
-                s.ttft_p50_ms = r.get::<Option<i64>, _>("p50").map(to_u64);
-                s.ttft_p95_ms = r.get::<Option<i64>, _>("p95").map(to_u64);
+                s.ttft_p50_ms = p50.map(to_u64);
+                s.ttft_p95_ms = p95.map(to_u64);
             }
         }
         Ok(out)
@@ -144,9 +140,13 @@ mod tests {
     #[tokio::test]
     async fn sums_and_nearest_rank_percentiles_of_the_window() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}/s.db", dir.path().display()))
-            .await
-            .unwrap();
+        for (engine, store) in crate::store::testing::stores(&dir).await {
+            eprintln!("engine: {engine}");
+            sums_and_percentiles(&store).await;
+        }
+    }
+
+    async fn sums_and_percentiles(store: &Store) {
         let mut w = store.writer().unwrap();
         let base = 1_800_000_000;
         let mut records: Vec<RequestResponseRecord> = (1..=20)

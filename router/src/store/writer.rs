@@ -1,29 +1,15 @@
-//! The write path of request records: a synchronous SQLite connection that commits a
-//! batch of records and their rollup increments in one transaction.
+//! The write path of request records: one writer per recorder commits a batch of
+//! records and their rollup increments in one transaction, on either engine.
 //!
-//! Reads and every other statement go through `sqlx`, whose SQLite connections each
-//! run on a thread of their own: a query costs two thread wake-ups, about 90 µs on
-//! this 2-core VM. A durable client waits for its record's commit, so the write path
-//! skips that hand-off: [`HistoryWriter`] is a `rusqlite` connection (the same
-//! bundled SQLite library) used on the caller's thread, about 20 µs per commit.
-//!
-//! The writer never checkpoints the WAL itself (`wal_autocheckpoint = 0`): a
-//! checkpoint syncs the files and would stall the commit that triggers it (the p99
-//! of a lone client was a millisecond). [`Store::checkpoint`] does it in the
-//! background instead.
-
-use std::path::Path;
-use std::time::Duration;
+//! SQLite's writer ([`super::sqlite::writer`]) is a synchronous connection used on
+//! the caller's thread (about 20 µs a commit, so a lone request commits its own
+//! record); PostgreSQL's ([`super::postgres::writer`]) talks to a server over the
+//! network and never runs on a runtime thread. [`HistoryWriter::commits_inline`] tells
+//! the recorder which it may do.
 
 use common::protocol::RequestResponseRecord;
-use rusqlite::{params, Connection, TransactionBehavior};
 
-use super::{rollup, to_i64, to_millis, Store, StoreResult};
-
-const INSERT_HISTORY: &str = "INSERT INTO request_history (timestamp, completed_at, request_type, model,
-    node_id, node_name, client_ip, stream, status, http_status, error_message, duration_ms,
-    input_tokens, output_tokens, total_tokens, token_source, api_key_id, api_key_name, time_to_first_token_ms)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
+use super::{postgres, sqlite, StoreResult};
 
 /// Whether a commit waits for another connection's write lock (a checkpoint,
 /// pruning, a node update, another process).
@@ -31,96 +17,52 @@ const INSERT_HISTORY: &str = "INSERT INTO request_history (timestamp, completed_
 pub enum LockWait {
     /// Fail at once (on a runtime thread).
     Never,
-    /// Poll every `LOCK_POLL` for up to `LOCK_PATIENCE`. SQLite's own busy
+    /// Wait for the lock: SQLite polls every 200 µs for up to 5 s (its own busy
     /// timeout sleeps 1, 2, 5, 10, 15, 20… ms between tries, so a commit could sleep
-    /// 10 ms past a lock held for 3.
+    /// 10 ms past a lock held for 3).
     Patient,
 }
 
-const LOCK_POLL: Duration = Duration::from_micros(200);
-const LOCK_PATIENCE: Duration = Duration::from_secs(5);
-
-/// A busy handler: polls every `LOCK_POLL` for up to `LOCK_PATIENCE`.
-pub(super) fn poll_lock(retries: i32) -> bool {
-    std::thread::sleep(LOCK_POLL);
-    (retries as u128) < LOCK_PATIENCE.as_micros() / LOCK_POLL.as_micros()
-}
-
 /// The one connection that writes request records.
-pub struct HistoryWriter {
-    conn: Connection,
-    lock_wait: LockWait,
-}
-
-impl Store {
-    /// Opens the connection that writes request records (one per recorder).
-    pub fn writer(&self) -> StoreResult<HistoryWriter> {
-        HistoryWriter::open(&self.path)
-    }
+pub enum HistoryWriter {
+    Sqlite(sqlite::writer::SqliteWriter),
+    Postgres(postgres::writer::PgWriter),
 }
 
 impl HistoryWriter {
-    fn open(path: &Path) -> StoreResult<HistoryWriter> {
-        let conn = Connection::open(path)?;
-        // The database is in WAL mode already (set when the store opened it).
-        conn.execute_batch(
-            "PRAGMA synchronous = NORMAL;
-             PRAGMA foreign_keys = ON;
-             PRAGMA cache_size = -16000;
-             PRAGMA wal_autocheckpoint = 0;
-             PRAGMA journal_size_limit = 33554432;",
-        )?;
-        conn.set_prepared_statement_cache_capacity(16);
-        conn.busy_handler(None)?;
-        Ok(HistoryWriter {
-            conn,
-            lock_wait: LockWait::Never,
-        })
+    /// Whether a commit may run on a runtime thread (the caller's, when the writer is
+    /// free): cheap and local. When not, the recorder's committer thread commits.
+    pub fn commits_inline(&self) -> bool {
+        matches!(self, HistoryWriter::Sqlite(_))
     }
 
     /// Commits `records` and their rollup increments in one transaction.
     pub fn commit(&mut self, records: &[RequestResponseRecord], lock_wait: LockWait) -> StoreResult<()> {
+        match self {
+            HistoryWriter::Sqlite(w) => w.commit(records, lock_wait),
+            HistoryWriter::Postgres(w) => {
+                let uids: Vec<u128> = records.iter().map(|_| rand::random()).collect();
+                w.commit(records, &uids)
+            }
+        }
+    }
+
+    /// Like [`Self::commit`], with a unique id per record made by the caller: a
+    /// batch committed again with the same ids (its first commit's outcome unknown,
+    /// the connection lost) adds nothing twice. (SQLite's commit has no unknown
+    /// outcome and ignores them.)
+    pub fn commit_once(
+        &mut self,
+        records: &[RequestResponseRecord],
+        uids: &[u128],
+        lock_wait: LockWait,
+    ) -> StoreResult<()> {
         if records.is_empty() {
             return Ok(());
         }
-        if lock_wait != self.lock_wait {
-            self.conn.busy_handler(match lock_wait {
-                LockWait::Never => None,
-                LockWait::Patient => Some(poll_lock),
-            })?;
-            self.lock_wait = lock_wait;
+        match self {
+            HistoryWriter::Sqlite(w) => w.commit(records, lock_wait),
+            HistoryWriter::Postgres(w) => w.commit(records, uids),
         }
-        // Dropped without commit on any error: rolled back.
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut ids = Vec::with_capacity(records.len());
-        {
-            let mut insert = tx.prepare_cached(INSERT_HISTORY)?;
-            for r in records {
-                ids.push(insert.insert(params![
-                    to_millis(r.timestamp),
-                    to_millis(r.completed_at),
-                    r.request_type.as_str(),
-                    r.model,
-                    r.node_id,
-                    r.node_name,
-                    r.client_ip,
-                    r.stream,
-                    r.status.as_str(),
-                    r.http_status,
-                    r.error_message,
-                    to_i64(r.duration_ms),
-                    to_i64(r.input_tokens),
-                    to_i64(r.output_tokens),
-                    to_i64(r.total_tokens),
-                    r.token_source.as_str(),
-                    r.api_key_id,
-                    r.api_key_name,
-                    r.time_to_first_token_ms.map(to_i64),
-                ])?);
-            }
-        }
-        rollup::add_to_rollups(&tx, records, &ids)?;
-        tx.commit()?;
-        Ok(())
     }
 }

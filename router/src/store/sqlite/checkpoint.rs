@@ -1,6 +1,6 @@
 //! WAL checkpoints, on a thread of their own at low CPU priority.
 //!
-//! The [`super::HistoryWriter`] never checkpoints (that would stall the commit that
+//! The [`super::writer::SqliteWriter`] never checkpoints (that would stall the commit that
 //! triggers it). Instead a thread copies committed WAL frames into the database file
 //! every [`INTERVAL`] (a passive checkpoint, which blocks nobody), and restarts the
 //! WAL once it holds more than [`RESTART_FRAMES`]: under steady writes a passive
@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::{Store, StoreResult};
+use super::SqliteStore;
+use crate::store::{StoreError, StoreResult};
 
 /// How often committed WAL frames are copied into the database file.
 pub const INTERVAL: Duration = Duration::from_millis(15);
@@ -31,19 +32,28 @@ pub const INTERVAL: Duration = Duration::from_millis(15);
 pub const RESTART_FRAMES: i64 = 16 * 1024;
 const NICE: i32 = 10;
 
-/// Stops the checkpoint thread when dropped (within one interval).
+/// Stops the checkpoint thread when dropped (within one interval); none runs for
+/// PostgreSQL.
 #[derive(Debug)]
 pub struct Checkpointer {
-    stop: Arc<AtomicBool>,
+    stop: Option<Arc<AtomicBool>>,
+}
+
+impl Checkpointer {
+    pub(crate) fn none() -> Self {
+        Checkpointer { stop: None }
+    }
 }
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        if let Some(stop) = &self.stop {
+            stop.store(true, Ordering::Relaxed);
+        }
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Starts the checkpoint thread.
     pub fn start_checkpointer(&self) -> StoreResult<Checkpointer> {
         let conn = open(&self.path)?;
@@ -52,8 +62,8 @@ impl Store {
         std::thread::Builder::new()
             .name("wal-checkpoint".into())
             .spawn(move || run(conn, &stopped))
-            .map_err(|e| super::StoreError::Thread(e.to_string()))?;
-        Ok(Checkpointer { stop })
+            .map_err(|e| StoreError::Thread(e.to_string()))?;
+        Ok(Checkpointer { stop: Some(stop) })
     }
 }
 

@@ -1,0 +1,252 @@
+//! PostgreSQL's record writer: a connection of its own, on a thread of its own, that
+//! commits a batch of records and their rollup increments in one transaction.
+//!
+//! A commit is a network round trip per statement, so it never runs on a runtime
+//! thread: the recorder's committer thread hands each batch over here and waits.
+//! The thread runs its own single-threaded tokio runtime, so the writer works
+//! whatever runtime (or none) its caller has.
+//!
+//! Each record comes with a unique id made by the router (`record_uid`, a UNIQUE
+//! column): the history rows are inserted with `ON CONFLICT DO NOTHING` and only the
+//! rows actually inserted are added to the rollups, in the same transaction. When a
+//! connection breaks during COMMIT the outcome is unknown; the recorder commits the
+//! batch again with the same ids, and nothing is counted twice. A failed commit
+//! drops the connection; the next one connects afresh.
+//!
+//! Rollup rows are upserted in key order (`rows_to_add`), tables in a fixed order,
+//! so replicas committing at once lock rows in one order and never deadlock.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use common::protocol::RequestResponseRecord;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection, Row};
+
+use crate::store::rollup::{rows_to_add, upsert_sql, TABLES};
+use crate::store::{to_i64, to_millis, Dialect, StoreError, StoreResult, CONNECT_TIMEOUT};
+
+/// A commit that takes longer fails (and is tried again): the server or the network
+/// is gone.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+const INSERT_HISTORY: &str = "INSERT INTO request_history (record_uid, timestamp, completed_at, request_type,
+    model, node_id, node_name, client_ip, stream, status, http_status, error_message, duration_ms,
+    input_tokens, output_tokens, total_tokens, token_source, api_key_id, api_key_name, time_to_first_token_ms)
+    SELECT * FROM UNNEST($1::bytea[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bigint[],
+        $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bigint[], $12::text[], $13::bigint[],
+        $14::bigint[], $15::bigint[], $16::bigint[], $17::text[], $18::bigint[], $19::text[], $20::bigint[])
+    ON CONFLICT (record_uid) DO NOTHING
+    RETURNING id, record_uid";
+
+static UPSERTS: LazyLock<Vec<String>> =
+    LazyLock::new(|| TABLES.iter().map(|t| upsert_sql(t, Dialect::Postgres)).collect());
+
+/// A batch handed to the writer's thread.
+struct Job {
+    records: Vec<RequestResponseRecord>,
+    uids: Vec<u128>,
+    done: mpsc::SyncSender<StoreResult<()>>,
+}
+
+/// The one connection that writes request records; its thread stops when dropped.
+pub struct PgWriter {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl PgWriter {
+    pub(in crate::store) fn open(options: PgConnectOptions) -> StoreResult<PgWriter> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Thread(e.to_string()))?;
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("pg-writer".into())
+            .spawn(move || {
+                let mut conn = None;
+                while let Ok(job) = queue.recv() {
+                    let result = runtime.block_on(commit(&mut conn, &options, &job.records, &job.uids));
+                    let _ = job.done.send(result);
+                }
+            })
+            .map_err(|e| StoreError::Thread(e.to_string()))?;
+        Ok(PgWriter { jobs })
+    }
+
+    /// Commits `records` (with their unique ids `uids`) and their rollup increments;
+    /// blocks the calling thread until done.
+    pub fn commit(&mut self, records: &[RequestResponseRecord], uids: &[u128]) -> StoreResult<()> {
+        let (done, result) = mpsc::sync_channel(1);
+        let stopped = || StoreError::Thread("the PostgreSQL writer's thread stopped".into());
+        self.jobs
+            .send(Job {
+                records: records.to_vec(),
+                uids: uids.to_vec(),
+                done,
+            })
+            .map_err(|_| stopped())?;
+        result.recv().map_err(|_| stopped())?
+    }
+}
+
+/// Commits on `conn`, connecting first if needed; drops the connection on failure.
+async fn commit(
+    conn: &mut Option<PgConnection>,
+    options: &PgConnectOptions,
+    records: &[RequestResponseRecord],
+    uids: &[u128],
+) -> StoreResult<()> {
+    let result = async {
+        if conn.is_none() {
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options))
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)??;
+            *conn = Some(connected);
+        }
+        let c = conn.as_mut().expect("connected above");
+        tokio::time::timeout(COMMIT_TIMEOUT, insert(c, records, uids))
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
+    }
+    .await;
+    if result.is_err() {
+        *conn = None;
+    }
+    result
+}
+
+async fn insert(conn: &mut PgConnection, records: &[RequestResponseRecord], uids: &[u128]) -> StoreResult<()> {
+    let mut tx = conn.begin().await?;
+    let col = |f: fn(&RequestResponseRecord) -> i64| records.iter().map(f).collect::<Vec<i64>>();
+    let text = |f: fn(&RequestResponseRecord) -> Option<&str>| records.iter().map(f).collect::<Vec<Option<&str>>>();
+    let inserted = sqlx::query(INSERT_HISTORY)
+        .bind(uids.iter().map(|u| u.to_be_bytes().to_vec()).collect::<Vec<Vec<u8>>>())
+        .bind(col(|r| to_millis(r.timestamp)))
+        .bind(col(|r| to_millis(r.completed_at)))
+        .bind(text(|r| Some(r.request_type.as_str())))
+        .bind(text(|r| Some(r.model.as_str())))
+        .bind(records.iter().map(|r| r.node_id).collect::<Vec<_>>())
+        .bind(text(|r| r.node_name.as_deref()))
+        .bind(text(|r| r.client_ip.as_deref()))
+        .bind(col(|r| r.stream as i64))
+        .bind(text(|r| Some(r.status.as_str())))
+        .bind(col(|r| r.http_status as i64))
+        .bind(text(|r| r.error_message.as_deref()))
+        .bind(col(|r| to_i64(r.duration_ms)))
+        .bind(col(|r| to_i64(r.input_tokens)))
+        .bind(col(|r| to_i64(r.output_tokens)))
+        .bind(col(|r| to_i64(r.total_tokens)))
+        .bind(text(|r| Some(r.token_source.as_str())))
+        .bind(records.iter().map(|r| r.api_key_id).collect::<Vec<_>>())
+        .bind(text(|r| r.api_key_name.as_deref()))
+        .bind(records.iter().map(|r| r.time_to_first_token_ms.map(to_i64)).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+    // Rows a previous attempt of this batch inserted already are not returned.
+    let index: HashMap<u128, usize> = uids.iter().enumerate().map(|(i, u)| (*u, i)).collect();
+    let mut added = Vec::with_capacity(inserted.len());
+    for row in &inserted {
+        let uid: Vec<u8> = row.get("record_uid");
+        let uid = u128::from_be_bytes(
+            uid.try_into()
+                .map_err(|_| StoreError::Corrupt("a record_uid is not 16 bytes".into()))?,
+        );
+        let i = index
+            .get(&uid)
+            .ok_or_else(|| StoreError::Corrupt("an inserted record_uid is not in the batch".into()))?;
+        added.push((&records[*i], row.get::<i64, _>("id")));
+    }
+    for (table, sql) in TABLES.iter().zip(UPSERTS.iter()) {
+        let rows = rows_to_add(table, added.iter().copied());
+        if rows.is_empty() {
+            continue;
+        }
+        let mut q = sqlx::query(sql);
+        let key = |f: fn(&(i64, i64, i64, &str)) -> i64| rows.keys().map(f).collect::<Vec<i64>>();
+        if table.by_hour {
+            q = q.bind(key(|k| k.0));
+        }
+        if table.by_key {
+            q = q.bind(key(|k| k.1));
+        }
+        if table.by_node {
+            q = q.bind(key(|k| k.2));
+        }
+        if table.by_model {
+            q = q.bind(rows.keys().map(|k| k.3).collect::<Vec<&str>>());
+        }
+        for v in 0..9 {
+            q = q.bind(rows.values().map(|(t, _, _)| to_i64(t.values()[v])).collect::<Vec<i64>>());
+        }
+        if table.id_range {
+            q = q.bind(rows.values().map(|s| s.1).collect::<Vec<i64>>());
+            q = q.bind(rows.values().map(|s| s.2).collect::<Vec<i64>>());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use common::protocol::{RequestStatus, RequestType, TokenSource};
+
+    use super::*;
+    use crate::store::testing::fresh_postgres_database;
+    use crate::store::{GroupBy, LockWait, Store};
+
+    fn record(i: u64) -> RequestResponseRecord {
+        RequestResponseRecord {
+            id: 0,
+            timestamp: Utc::now(),
+            completed_at: Utc::now(),
+            request_type: RequestType::ChatCompletions,
+            model: "m".into(),
+            node_id: Some(1),
+            node_name: Some("n".into()),
+            client_ip: None,
+            api_key_id: Some(3),
+            api_key_name: Some("k".into()),
+            stream: true,
+            status: RequestStatus::Success,
+            http_status: 200,
+            error_message: None,
+            duration_ms: 5,
+            time_to_first_token_ms: Some(2),
+            input_tokens: i,
+            output_tokens: 1,
+            total_tokens: i + 1,
+            token_source: TokenSource::Reported,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_committed_again_with_the_same_ids_counts_once() {
+        let Some(url) = fresh_postgres_database().await else {
+            eprintln!("skipped: LLM_ROUTER_TEST_DATABASE is not set (PostgreSQL tests)");
+            return;
+        };
+        let store = Store::open(&url).await.unwrap();
+        let mut writer = store.writer().unwrap();
+        let records: Vec<_> = (1..=3).map(record).collect();
+        let uids = [1u128 << 100, 2, 3];
+        writer.commit_once(&records[..2], &uids[..2], LockWait::Patient).unwrap();
+        // The first commit's outcome was unknown: the whole batch comes again.
+        writer.commit_once(&records, &uids, LockWait::Patient).unwrap();
+        writer.commit_once(&records, &uids, LockWait::Patient).unwrap();
+        assert_eq!(store.history_count().await.unwrap(), 3);
+        for group in [GroupBy::Nothing, GroupBy::Key, GroupBy::NodeAndModel, GroupBy::Hour] {
+            let rows = store.rollup_totals(group, &Default::default()).await.unwrap();
+            assert_eq!(rows.len(), 1, "{group:?}");
+            assert_eq!((rows[0].1.request_count, rows[0].1.input_tokens), (3, 6), "{group:?}");
+        }
+        let stored = store.history_record(1).await.unwrap().unwrap();
+        assert_eq!((stored.input_tokens, stored.api_key_id, stored.stream), (1, Some(3), true));
+        assert_eq!(stored.time_to_first_token_ms, Some(2));
+    }
+}
