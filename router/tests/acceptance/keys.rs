@@ -570,6 +570,18 @@ async fn a_copy_of_the_database_holds_no_secret() {
     let (_, key) = create_key(&h, json!({"name": "leaky"})).await;
     assert_eq!(keyed_chat(&h, Some(&key), "m").await.0, 200);
     let dir = h.dir.path().to_path_buf();
+    // The random part of the secret, beyond the prefix shown in lists.
+    let hidden = key[12..].to_string();
+    if postgres_server().is_some() {
+        // Everything the database holds, as a dump.
+        let dump = std::process::Command::new("pg_dump").arg(h.database_url()).output().unwrap();
+        assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+        let dump = String::from_utf8_lossy(&dump.stdout);
+        assert!(dump.contains("leaky"), "the dump holds the key's row");
+        assert!(!dump.contains(&hidden), "the dump holds the secret");
+        assert_eq!(keyed_chat(&h, Some(&key), "m").await.0, 200);
+        return;
+    }
     // Before and after a restart (the WAL, then the database file).
     for h in [h.restart().await] {
         let mut files = 0;

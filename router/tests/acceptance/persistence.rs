@@ -142,12 +142,29 @@ async fn pruning_history_changes_no_token_figure() {
     assert_eq!(u(&before["total_tokens"]), 21);
 }
 
-/// Another process (the sqlite3 CLI) holding the store's write lock.
-struct StoreLock(tokio::process::Child);
+/// The store made unavailable: on SQLite another process (the sqlite3 CLI) holds its
+/// write lock; on PostgreSQL the database refuses connections and its sessions are
+/// ended.
+enum StoreLock {
+    Sqlite(tokio::process::Child),
+    Postgres { admin: String, database: String },
+}
 
 impl StoreLock {
     async fn take(h: &Harness) -> StoreLock {
         use tokio::io::AsyncWriteExt;
+        if let Some(admin) = postgres_server() {
+            let url = h.database_url();
+            let database = url.rsplit_once('/').unwrap().1.to_string();
+            psql(
+                &admin,
+                &format!(
+                    "ALTER DATABASE {database} ALLOW_CONNECTIONS false;
+                     SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{database}'"
+                ),
+            );
+            return StoreLock::Postgres { admin, database };
+        }
         let mut locker = tokio::process::Command::new("sqlite3")
             .arg(h.dir.path().join("router.db"))
             .stdin(std::process::Stdio::piped())
@@ -157,15 +174,22 @@ impl StoreLock {
         stdin.write_all(b"BEGIN EXCLUSIVE;\nSELECT 1;\n").await.unwrap();
         stdin.flush().await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        StoreLock(locker)
+        StoreLock::Sqlite(locker)
     }
 
-    async fn release(mut self) {
+    async fn release(self) {
         use tokio::io::AsyncWriteExt;
-        let mut stdin = self.0.stdin.take().unwrap();
-        stdin.write_all(b"COMMIT;\n.quit\n").await.unwrap();
-        drop(stdin);
-        self.0.wait().await.unwrap();
+        match self {
+            StoreLock::Sqlite(mut locker) => {
+                let mut stdin = locker.stdin.take().unwrap();
+                stdin.write_all(b"COMMIT;\n.quit\n").await.unwrap();
+                drop(stdin);
+                locker.wait().await.unwrap();
+            }
+            StoreLock::Postgres { admin, database } => {
+                psql(&admin, &format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true"));
+            }
+        }
     }
 }
 
@@ -208,10 +232,14 @@ async fn records_wait_in_memory_while_the_store_is_locked() {
         }
     }
     let (content_at, done_at) = (content_at.unwrap(), done_at.unwrap());
-    assert!(
-        done_at >= content_at + Duration::from_millis(200),
-        "content at {content_at:?}, [DONE] at {done_at:?}"
-    );
+    // SQLite's commit waits for the lock, so the wait runs out; PostgreSQL refuses the
+    // connection at once and the record is parked in memory straight away.
+    if postgres_server().is_none() {
+        assert!(
+            done_at >= content_at + Duration::from_millis(200),
+            "content at {content_at:?}, [DONE] at {done_at:?}"
+        );
+    }
     let health: Value = h.http.get(h.url("/health")).send().await.unwrap().json().await.unwrap();
     assert!(u(&health["recorder"]["backlog"]) >= 4, "{health}");
     // In memory the figures already count them.
@@ -284,14 +312,13 @@ async fn graceful_shutdown_lets_an_in_flight_stream_finish_and_records_it() {
     assert_eq!(resp.status(), 200);
     let reading = tokio::spawn(async move { resp.text().await.unwrap() });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let Harness { router, dir, .. } = h;
+    let url = h.database_url();
+    let Harness { router, dir: _dir, .. } = h;
     router.shutdown().await;
     let body = reading.await.unwrap();
     assert!(body.ends_with("data: [DONE]\n\n"), "the stream ran to its end: {body}");
     // The record is in the database after shutdown.
-    let store = llm_router::store::Store::open(&format!("sqlite://{}/router.db", dir.path().display()))
-        .await
-        .unwrap();
+    let store = llm_router::store::Store::open(&url).await.unwrap();
     let page = store
         .history_page(&llm_router::store::HistoryFilter {
             limit: 10,
@@ -314,9 +341,11 @@ async fn killing_the_router_loses_no_record_a_client_saw_complete() {
         .local_addr()
         .unwrap()
         .port();
+    let database_url = base_args(&dir).database_url();
     let spawn = || {
         // Configured through the environment, as in a container.
         tokio::process::Command::new(env!("CARGO_BIN_EXE_llm-router"))
+            .env("LLM_ROUTER_DATABASE_URL", &database_url)
             .env("LLM_ROUTER_HOST", "127.0.0.1")
             .env("LLM_ROUTER_PORT", port.to_string())
             .env("LLM_ROUTER_ADMIN_KEY", ADMIN_KEY)

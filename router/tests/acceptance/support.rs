@@ -1,4 +1,10 @@
 //! The test harness: start a router over mock nodes and talk to it like a client.
+//!
+//! With `LLM_ROUTER_TEST_DATABASE=postgres://…/postgres` (a server where the URL's
+//! user may create databases) every router runs on PostgreSQL, each test in a fresh
+//! database of its own; otherwise on SQLite in the test's temporary directory. Tests
+//! of what only one engine has (SQLite's file, its write lock) do the same on the other
+//! (a dump of the database, connections refused).
 
 use std::time::Duration;
 
@@ -17,8 +23,46 @@ pub struct Harness {
     args: ServeArgs,
 }
 
+/// The PostgreSQL server the tests run on, if any: an admin URL ending in `/<database>`.
+pub fn postgres_server() -> Option<String> {
+    std::env::var("LLM_ROUTER_TEST_DATABASE").ok().filter(|u| !u.is_empty())
+}
+
+/// Runs `sql` with `psql` on the server of `LLM_ROUTER_TEST_DATABASE` (or on `url`);
+/// returns its output, unaligned.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([url, "-X", "-Atq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql is installed");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh database on the test server: its URL and its name.
+pub fn fresh_postgres_database(admin: &str) -> (String, String) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let name = format!(
+        "t_{:x}_{:x}_{}",
+        std::process::id(),
+        nanos,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    psql(admin, &format!("CREATE DATABASE {name}"));
+    let (server, _) = admin.rsplit_once('/').expect("LLM_ROUTER_TEST_DATABASE ends in /<database>");
+    (format!("{server}/{name}"), name)
+}
+
 pub fn base_args(dir: &TempDir) -> ServeArgs {
     let mut args = ServeArgs::for_data_dir(dir.path());
+    if let Some(admin) = postgres_server() {
+        args.database_url = Some(fresh_postgres_database(&admin).0);
+    }
     args.admin_key = Some(ADMIN_KEY.into());
     args.health_interval_ms = 60_000;
     args.health_failures = 1;
@@ -61,6 +105,11 @@ impl Harness {
             http,
             args,
         }
+    }
+
+    /// The router's database URL (SQLite's file or a PostgreSQL database).
+    pub fn database_url(&self) -> String {
+        self.args.database_url()
     }
 
     pub fn url(&self, path: &str) -> String {
