@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit, acceptance (real router, real mock nodes),
-# and the dashboard's end-to-end tests in headless Chromium.
+# and the dashboard's end-to-end tests in headless Chromium; then the store's unit
+# tests and the acceptance suite again on PostgreSQL.
 # Installs what the tests need when it is missing and this user may install it:
-# the sqlite3 CLI, Chromium + ChromeDriver (Debian) and the openai, ollama and
-# anthropic Python SDKs (PyPI).
+# the sqlite3 CLI, PostgreSQL, Chromium + ChromeDriver (Debian) and the openai,
+# ollama and anthropic Python SDKs (PyPI).
+#
+# PostgreSQL: a server of Debian's `postgresql` package started in a temporary
+# directory as an unprivileged user (`postgres` when run as root), on a free local
+# port, and stopped at the end. LLM_ROUTER_TEST_DATABASE=postgres://…/postgres uses
+# a server of yours instead; LLM_ROUTER_TEST_DATABASE=skip runs SQLite only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing_debs=()
 command -v sqlite3 >/dev/null || missing_debs+=(sqlite3)
 command -v chromium >/dev/null || missing_debs+=(chromium)
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -z "${LLM_ROUTER_TEST_DATABASE:-}" ] && { [ -z "$pg_bin" ] || ! command -v psql >/dev/null; }; then
+  missing_debs+=(postgresql)
+fi
 command -v chromedriver >/dev/null || missing_debs+=(chromium-driver)
 if [ ${#missing_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -29,4 +39,34 @@ if ! python3 -c 'import openai, ollama, anthropic' 2>/dev/null; then
   python3 -m pip install -q "${sdks[@]}" 2>/dev/null || python3 -m pip install -q --break-system-packages "${sdks[@]}"
 fi
 
-cargo test --workspace "$@"
+# Every test on SQLite (the default engine).
+LLM_ROUTER_TEST_DATABASE='' cargo test --workspace "$@"
+
+if [ "${LLM_ROUTER_TEST_DATABASE:-}" = skip ]; then
+  exit 0
+fi
+if [ -z "${LLM_ROUTER_TEST_DATABASE:-}" ]; then
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  pg_dir=$(mktemp -d /tmp/llm-router-pg.XXXXXX)
+  as_pg=()
+  if [ "$(id -u)" = 0 ]; then
+    # PostgreSQL refuses to run as root.
+    as_pg=(runuser -u postgres --)
+    chown postgres "$pg_dir"
+  fi
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  stop_pg() {
+    "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$pg_dir"
+  }
+  trap stop_pg EXIT
+  "${as_pg[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -U postgres -A trust >"$pg_dir/initdb.log"
+  # A throw-away server: no fsync (the tests kill routers, never this server).
+  "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w \
+    -o "-k $pg_dir -p $port -c listen_addresses=127.0.0.1 -c max_connections=500 -c fsync=off" start >/dev/null
+  export LLM_ROUTER_TEST_DATABASE="postgres://postgres@127.0.0.1:$port/postgres"
+fi
+export LLM_ROUTER_TEST_DATABASE
+# The store's and the recorder's unit tests run on both engines when the variable is set.
+cargo test -p llm-router --lib "$@" -- store:: recorder::
+cargo test -p llm-router --test acceptance "$@"

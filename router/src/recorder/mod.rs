@@ -390,7 +390,11 @@ mod tests {
         for ((engine, store), others_in_flight) in stores.iter().flat_map(|s| [(s, 0), (s, COMMIT_SIBLINGS)]) {
             eprintln!("engine: {engine}, others in flight: {others_in_flight}");
             let before = store.history_count().await.unwrap();
-            let tokens_before = if before == 0 { 0 } else { total_input_tokens(store).await };
+            let tokens_before = if before == 0 {
+                0
+            } else {
+                total_input_tokens(store).await
+            };
             let recorder = Recorder::start(store.clone(), Durability::Durable).unwrap();
             let tasks: Vec<_> = (0..400u64)
                 .map(|i| {

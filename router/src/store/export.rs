@@ -32,12 +32,14 @@ impl Store {
             sums.join(", ")
         );
         self.db()
-            .fetch_all(&sql, &args![utc_offset_secs as i64, from_hour, to_hour], |r| ExportRow {
-                local_day: r.int("local_day"),
-                key_id: r.int("key_id"),
-                node_id: r.int("node_id"),
-                model: r.text("model"),
-                totals: decode_sums(r),
+            .fetch_all(&sql, &args![utc_offset_secs as i64, from_hour, to_hour], |r| {
+                ExportRow {
+                    local_day: r.int("local_day"),
+                    key_id: r.int("key_id"),
+                    node_id: r.int("node_id"),
+                    model: r.text("model"),
+                    totals: decode_sums(r),
+                }
             })
             .await
     }

@@ -136,7 +136,10 @@ pub(super) fn upsert_sql(table: &RollupTable, dialect: Dialect) -> String {
     if table.id_range {
         values.extend(["min_id", "max_id"]);
         // NULL (a row from before migration 005 whose history is pruned) is no bound.
-        for (col, pick) in [("min_id", Dialect::least as fn(Dialect, &str, &str) -> String), ("max_id", Dialect::greatest)] {
+        for (col, pick) in [
+            ("min_id", Dialect::least as fn(Dialect, &str, &str) -> String),
+            ("max_id", Dialect::greatest),
+        ] {
             let both = pick(dialect, &format!("{current}{col}"), &format!("excluded.{col}"));
             updates.push(format!("{col} = COALESCE({both}, excluded.{col})"));
         }
@@ -187,9 +190,9 @@ pub(super) fn rows_to_add<'r>(
         };
         let node = if table.by_node { node_id } else { 0 };
         let model = if table.by_model { r.model.as_str() } else { "" };
-        let (totals, min_id, max_id) = sums
-            .entry((hour, key, node, model))
-            .or_insert((RollupTotals::default(), id, id));
+        let (totals, min_id, max_id) =
+            sums.entry((hour, key, node, model))
+                .or_insert((RollupTotals::default(), id, id));
         totals.add(&RollupTotals::of(r));
         *min_id = (*min_id).min(id);
         *max_id = (*max_id).max(id);
@@ -312,7 +315,7 @@ impl Store {
         groups: &[GroupBy],
         filter: &RollupFilter,
     ) -> StoreResult<Vec<RollupRows>> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.snapshot().await?;
         let mut out = Vec::with_capacity(groups.len());
         for &group in groups {
             let q = totals_query(group, filter);

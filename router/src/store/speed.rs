@@ -66,7 +66,7 @@ impl Store {
     pub async fn speed_sums(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> StoreResult<Vec<SpeedSums>> {
         let window = args![to_millis(from), to_millis(to)];
         // One snapshot for both queries: the counts and the percentiles agree.
-        let mut tx = self.begin().await?;
+        let mut tx = self.snapshot().await?;
         let mut out = tx
             .fetch_all(SUMS, &window, |r| SpeedSums {
                 node_id: r.int("node_id"),

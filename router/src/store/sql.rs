@@ -214,6 +214,18 @@ impl Store {
             Engine::Postgres(e) => StoreTx::Postgres(e.pool.begin().await?),
         })
     }
+
+    /// A read-only transaction whose reads all see one snapshot. A SQLite
+    /// transaction does; PostgreSQL's default (READ COMMITTED) takes a snapshot per
+    /// statement, so sums read one after the other could disagree under writes.
+    pub(crate) async fn snapshot(&self) -> StoreResult<StoreTx> {
+        let mut tx = self.begin().await?;
+        if let StoreTx::Postgres(_) = tx {
+            tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", &[])
+                .await?;
+        }
+        Ok(tx)
+    }
 }
 
 impl StoreTx {

@@ -574,7 +574,10 @@ async fn a_copy_of_the_database_holds_no_secret() {
     let hidden = key[12..].to_string();
     if postgres_server().is_some() {
         // Everything the database holds, as a dump.
-        let dump = std::process::Command::new("pg_dump").arg(h.database_url()).output().unwrap();
+        let dump = std::process::Command::new("pg_dump")
+            .arg(h.database_url())
+            .output()
+            .unwrap();
         assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
         let dump = String::from_utf8_lossy(&dump.stdout);
         assert!(dump.contains("leaky"), "the dump holds the key's row");

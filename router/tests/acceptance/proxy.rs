@@ -192,7 +192,13 @@ async fn events_the_node_sent_together_reach_the_client_in_one_chunk() {
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(head.contains("transfer-encoding: chunked"), "{head}");
         assert_eq!(chunks.concat(), direct, "the bytes pass unchanged");
-        assert_eq!(chunks.len(), 1, "one chunk: {chunks:?}");
+        if postgres_server().is_some() && chunks.len() == 2 {
+            // A PostgreSQL commit is a round trip on the writer's thread: the held
+            // `[DONE]` may leave after the events, which still come in one piece.
+            assert_eq!(chunks[1], b"data: [DONE]\n\n", "{chunks:?}");
+        } else {
+            assert_eq!(chunks.len(), 1, "one chunk: {chunks:?}");
+        }
     }
 }
 

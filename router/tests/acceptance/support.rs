@@ -35,7 +35,11 @@ pub fn psql(url: &str, sql: &str) -> String {
         .args([url, "-X", "-Atq", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .output()
         .expect("psql is installed");
-    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -54,7 +58,9 @@ pub fn fresh_postgres_database(admin: &str) -> (String, String) {
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
     psql(admin, &format!("CREATE DATABASE {name}"));
-    let (server, _) = admin.rsplit_once('/').expect("LLM_ROUTER_TEST_DATABASE ends in /<database>");
+    let (server, _) = admin
+        .rsplit_once('/')
+        .expect("LLM_ROUTER_TEST_DATABASE ends in /<database>");
     (format!("{server}/{name}"), name)
 }
 

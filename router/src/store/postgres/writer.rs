@@ -142,7 +142,12 @@ async fn insert(conn: &mut PgConnection, records: &[RequestResponseRecord], uids
         .bind(text(|r| Some(r.token_source.as_str())))
         .bind(records.iter().map(|r| r.api_key_id).collect::<Vec<_>>())
         .bind(text(|r| r.api_key_name.as_deref()))
-        .bind(records.iter().map(|r| r.time_to_first_token_ms.map(to_i64)).collect::<Vec<_>>())
+        .bind(
+            records
+                .iter()
+                .map(|r| r.time_to_first_token_ms.map(to_i64))
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut *tx)
         .await?;
     // Rows a previous attempt of this batch inserted already are not returned.
@@ -179,7 +184,11 @@ async fn insert(conn: &mut PgConnection, records: &[RequestResponseRecord], uids
             q = q.bind(rows.keys().map(|k| k.3).collect::<Vec<&str>>());
         }
         for v in 0..9 {
-            q = q.bind(rows.values().map(|(t, _, _)| to_i64(t.values()[v])).collect::<Vec<i64>>());
+            q = q.bind(
+                rows.values()
+                    .map(|(t, _, _)| to_i64(t.values()[v]))
+                    .collect::<Vec<i64>>(),
+            );
         }
         if table.id_range {
             q = q.bind(rows.values().map(|s| s.1).collect::<Vec<i64>>());
@@ -235,7 +244,9 @@ mod tests {
         let mut writer = store.writer().unwrap();
         let records: Vec<_> = (1..=3).map(record).collect();
         let uids = [1u128 << 100, 2, 3];
-        writer.commit_once(&records[..2], &uids[..2], LockWait::Patient).unwrap();
+        writer
+            .commit_once(&records[..2], &uids[..2], LockWait::Patient)
+            .unwrap();
         // The first commit's outcome was unknown: the whole batch comes again.
         writer.commit_once(&records, &uids, LockWait::Patient).unwrap();
         writer.commit_once(&records, &uids, LockWait::Patient).unwrap();
@@ -246,7 +257,10 @@ mod tests {
             assert_eq!((rows[0].1.request_count, rows[0].1.input_tokens), (3, 6), "{group:?}");
         }
         let stored = store.history_record(1).await.unwrap().unwrap();
-        assert_eq!((stored.input_tokens, stored.api_key_id, stored.stream), (1, Some(3), true));
+        assert_eq!(
+            (stored.input_tokens, stored.api_key_id, stored.stream),
+            (1, Some(3), true)
+        );
         assert_eq!(stored.time_to_first_token_ms, Some(2));
     }
 }

@@ -113,10 +113,16 @@ impl SqliteWriter {
 
 /// Adds `records`, inserted as history rows `ids`, to every rollup table, inside the
 /// writer's transaction.
-fn add_to_rollups(tx: &rusqlite::Transaction<'_>, records: &[RequestResponseRecord], ids: &[i64]) -> rusqlite::Result<()> {
+fn add_to_rollups(
+    tx: &rusqlite::Transaction<'_>,
+    records: &[RequestResponseRecord],
+    ids: &[i64],
+) -> rusqlite::Result<()> {
     for (table, sql) in TABLES.iter().zip(UPSERTS.iter()) {
         let mut upsert = tx.prepare_cached(sql)?;
-        for ((hour, key, node, model), (totals, min_id, max_id)) in rows_to_add(table, records.iter().zip(ids.iter().copied())) {
+        for ((hour, key, node, model), (totals, min_id, max_id)) in
+            rows_to_add(table, records.iter().zip(ids.iter().copied()))
+        {
             let mut index = 0;
             let mut next = || {
                 index += 1;
