@@ -5,9 +5,11 @@
 //! `/v1/embeddings` and `/v1/responses`, plain or streamed, with deterministic text
 //! and usage so tests can assert exact token figures. Knobs in [`MockConfig`] make it
 //! behave like the various servers in the field (no usage, `"usage": null` in every
-//! chunk, rejecting `stream_options`, breaking mid-stream, failing at random), answer
-//! the probe routes of the server it imitates ([`Imitation`]) and serve over TLS
-//! ([`TlsIdentity`]). It must stay dumb: no routing or accounting logic lives here.
+//! chunk, rejecting `stream_options`, breaking mid-stream, failing at random, refusing
+//! with 429/503, serving a bounded number of requests at a time like llama-server's
+//! slots), answer the probe routes of the server it imitates ([`Imitation`]) and serve
+//! over TLS ([`TlsIdentity`]). It counts the requests it has in flight and their peak.
+//! It must stay dumb: no routing or accounting logic lives here.
 
 mod imitation;
 mod tls;
@@ -17,7 +19,7 @@ pub use tls::TlsIdentity;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,7 +32,7 @@ use axum::{Json, Router};
 use futures_util::stream;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// How a mock node behaves.
 #[derive(Debug, Clone)]
@@ -58,6 +60,20 @@ pub struct MockConfig {
     pub imitate: Imitation,
     /// Serve HTTPS with this certificate and key instead of plain HTTP.
     pub tls: Option<TlsIdentity>,
+    /// Requests generated at once; more wait inside the node (llama-server's slots,
+    /// told as `total_slots` by its `/props`). `None`: no limit.
+    pub slots: Option<usize>,
+    /// Refuse inference requests with this answer before generating anything.
+    pub refuse: Option<Refuse>,
+}
+
+/// A refusal: `status` (429 or 503) with `Retry-After: retry_after` when set, to the
+/// first `times` requests (`None`: all of them).
+#[derive(Debug, Clone, Copy)]
+pub struct Refuse {
+    pub status: u16,
+    pub retry_after: Option<u64>,
+    pub times: Option<usize>,
 }
 
 impl Default for MockConfig {
@@ -75,6 +91,8 @@ impl Default for MockConfig {
             failure_rate: 0.0,
             imitate: Imitation::OpenAi,
             tls: None,
+            slots: None,
+            refuse: None,
         }
     }
 }
@@ -96,6 +114,39 @@ struct Shared {
     received: Mutex<VecDeque<ReceivedRequest>>,
     probes: Mutex<VecDeque<String>>,
     tls_handshakes: Arc<AtomicU64>,
+    /// Inference requests accepted and not finished (a stream until its end).
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+    slots: Option<Arc<Semaphore>>,
+    refused: AtomicUsize,
+}
+
+/// An accepted inference request, counted in flight until dropped (with the stream
+/// it answers with), holding one of the node's slots once it has one.
+struct Busy {
+    shared: Arc<Shared>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Busy {
+    async fn start(shared: &Arc<Shared>) -> Busy {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        let slot = match &shared.slots {
+            Some(s) => s.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        Busy {
+            shared: shared.clone(),
+            _slot: slot,
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -129,10 +180,14 @@ impl MockNode {
         let addr = listener.local_addr().expect("bound listener has an address");
         let tls = config.tls.clone();
         let shared = Arc::new(Shared {
+            slots: config.slots.map(|n| Arc::new(Semaphore::new(n))),
             config,
             received: Mutex::new(VecDeque::new()),
             probes: Mutex::new(VecDeque::new()),
             tls_handshakes: Arc::default(),
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
         });
         let app = router(shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -171,6 +226,21 @@ impl MockNode {
     /// TLS connections accepted so far (each one a full handshake; 0 in plain mode).
     pub fn tls_handshakes(&self) -> u64 {
         self.shared.tls_handshakes.load(Ordering::Relaxed)
+    }
+
+    /// Inference requests in flight now (accepted, not finished).
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most inference requests it ever had in flight at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.peak_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Requests it refused (the [`Refuse`] knob).
+    pub fn refused(&self) -> usize {
+        self.shared.refused.load(Ordering::SeqCst)
     }
 
     /// The paths of the probes received (model lists and telltale routes), oldest first.
@@ -270,11 +340,16 @@ struct Rejection {
     status: StatusCode,
     message: String,
     usage: Option<Value>,
+    retry_after: Option<u64>,
 }
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
-        error(self.status, &self.message, self.usage)
+        let mut response = error(self.status, &self.message, self.usage);
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert("retry-after", secs.into());
+        }
+        response
     }
 }
 
@@ -283,6 +358,7 @@ fn reject(status: StatusCode, message: impl Into<String>) -> Rejection {
         status,
         message: message.into(),
         usage: None,
+        retry_after: None,
     }
 }
 
@@ -299,6 +375,18 @@ fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(C
         body: value.clone(),
     });
     drop(received);
+    if let Some(r) = s.config.refuse {
+        let n = s.refused.fetch_add(1, Ordering::SeqCst);
+        if r.times.is_none_or(|times| n < times) {
+            return Err(Rejection {
+                status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                message: "mock node busy".into(),
+                usage: None,
+                retry_after: r.retry_after,
+            });
+        }
+        s.refused.fetch_sub(1, Ordering::SeqCst);
+    }
     let model = value.get("model").and_then(Value::as_str).unwrap_or("").to_string();
     if !s.config.models.contains(&model) {
         return Err(reject(StatusCode::NOT_FOUND, format!("model {model} not found")));
@@ -323,6 +411,7 @@ fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(C
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: "mock failure".into(),
             usage: s.config.usage.then(|| usage_json(call.prompt_tokens, 0)),
+            retry_after: None,
         });
     }
     Ok((call, value))
@@ -367,10 +456,12 @@ async fn generate(s: Arc<Shared>, path: &str, headers: HeaderMap, body: Bytes, k
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
+    let busy = Busy::start(&s).await;
     pause(s.config.latency).await;
     let n = s.config.chunks;
     let name = s.config.name.clone();
     if !call.stream {
+        drop(busy);
         let text: String = (0..n).map(|i| chunk_text(&name, i)).collect();
         let mut out = match kind {
             Kind::Chat => json!({
@@ -391,6 +482,8 @@ async fn generate(s: Arc<Shared>, path: &str, headers: HeaderMap, body: Bytes, k
     }
     let cfg = s.config.clone();
     let events = stream::unfold(0usize, move |i| {
+        // Held by the stream: the request is in flight until the stream ends or is dropped.
+        let _busy = &busy;
         let cfg = cfg.clone();
         let call_model = call.model.clone();
         let include_usage = call.include_usage && cfg.usage;
@@ -487,6 +580,7 @@ async fn embeddings(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byte
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
+    let _busy = Busy::start(&s).await;
     pause(s.config.latency).await;
     let inputs = match value.get("input") {
         Some(Value::Array(a)) => a.len().max(1),
@@ -507,6 +601,7 @@ async fn responses(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
+    let busy = Busy::start(&s).await;
     pause(s.config.latency).await;
     let n = s.config.chunks;
     let name = s.config.name.clone();
@@ -543,10 +638,13 @@ async fn responses(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         json!({"type": "response.completed", "response": response("completed", &text)})
     ));
     let delay = s.config.chunk_delay;
-    let body = stream::unfold(events.into_iter(), move |mut it| async move {
-        let e = it.next()?;
-        pause(delay).await;
-        Some((Ok::<_, std::io::Error>(Bytes::from(e)), it))
+    let body = stream::unfold(events.into_iter(), move |mut it| {
+        let _busy = &busy;
+        async move {
+            let e = it.next()?;
+            pause(delay).await;
+            Some((Ok::<_, std::io::Error>(Bytes::from(e)), it))
+        }
     });
     Response::builder()
         .header("content-type", "text/event-stream")

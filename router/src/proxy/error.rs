@@ -28,6 +28,10 @@ pub enum ProxyError {
     UpstreamTimeout(String),
     #[error("the router cannot record more requests: {0} records wait for the store; retry later")]
     BacklogFull(u64),
+    #[error("every node serving '{0}' is busy and the queue is full; retry later")]
+    QueueFull(String),
+    #[error("every node serving '{model}' stayed busy for the {waited_secs} s this request waited; retry later")]
+    QueueTimeout { model: String, waited_secs: u64 },
     #[error("{0}")]
     InvalidApiKey(&'static str),
     #[error("this API key may not use the model '{0}'")]
@@ -79,7 +83,10 @@ impl ProxyError {
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyRead(_) | ProxyError::InvalidJson(_) | ProxyError::MissingModel => StatusCode::BAD_REQUEST,
             ProxyError::UnknownModel(_) => StatusCode::NOT_FOUND,
-            ProxyError::NoNodeAvailable(_) | ProxyError::BacklogFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoNodeAvailable(_)
+            | ProxyError::BacklogFull(_)
+            | ProxyError::QueueFull(_)
+            | ProxyError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::AllNodesFailed { .. } | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
@@ -94,6 +101,8 @@ impl ProxyError {
             ProxyError::RateLimited { retry_after, .. } | ProxyError::QuotaExceeded { retry_after, .. } => {
                 Some(*retry_after)
             }
+            // Slots free as requests finish: a second is a fair guess.
+            ProxyError::QueueFull(_) | ProxyError::QueueTimeout { .. } => Some(1),
             _ => None,
         }
     }
@@ -119,6 +128,8 @@ impl ProxyError {
             ProxyError::AllNodesFailed { .. } | ProxyError::Upstream(_) => "upstream_error",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::BacklogFull(_) => "store_unavailable",
+            ProxyError::QueueFull(_) => "queue_full",
+            ProxyError::QueueTimeout { .. } => "queue_timeout",
             ProxyError::InvalidApiKey(_) => "invalid_api_key",
             ProxyError::ModelNotAllowed(_) => "model_not_allowed",
             ProxyError::RateLimited { .. } => "rate_limit_exceeded",

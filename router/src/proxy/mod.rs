@@ -2,8 +2,9 @@
 //! forwarded to a node, and `GET /v1/models`.
 //!
 //! A request is read (size-limited) and parsed once for its model, then handed to the
-//! balancer; a connection error before any byte reached the client fails over to the
-//! next node. Plain responses are read whole (their usage is in the body) and released
+//! balancer, which admits it to a node (or queues it until one has a free slot); a
+//! connection error before any byte reached the client fails over to the next node,
+//! and so does a 429 or 503 answer of the node (`--retry-refused`). Plain responses are read whole (their usage is in the body) and released
 //! once their record is committed; streams go through `stream::TappedBody`. Every
 //! request ends in exactly one record: through its lease, or `record_unrouted` when no
 //! node took it. The proxy never writes SQL and never counts tokens itself: it hands
@@ -32,7 +33,7 @@ use serde_json::{json, Value};
 pub use error::ProxyError;
 
 use crate::app::AppState;
-use crate::balancer::{NoNode, RecordDraft, RequestLease, RequestOutcome};
+use crate::balancer::{session_key, NoNode, RecordDraft, Refusal, RequestLease, RequestOutcome, Unplaced, Wanted};
 use crate::nodes::NodeStatus;
 use crate::token::{self, include_usage, Prompt};
 use crate::upstream::UpstreamError;
@@ -49,6 +50,8 @@ pub struct ProxySettings {
     pub commit_wait: Duration,
     /// Records waiting for the store beyond which requests are refused.
     pub max_backlog: u64,
+    /// A node's 429 or 503 sends the request to the next candidate.
+    pub retry_refused: bool,
 }
 
 pub fn routes() -> Router<AppState> {
@@ -226,32 +229,46 @@ async fn proxy(st: AppState, kind: RequestType, peer: SocketAddr, headers: Heade
     response
 }
 
-/// Sends the request to the best node for its model, failing over to the next one
-/// while no byte has reached the client.
+/// Sends the request to the best node for its model (waiting in the queue while every
+/// one is full), failing over to the next one while no byte has reached the client.
 async fn route(st: &AppState, mut draft: RecordDraft, req: &Parsed, headers: &HeaderMap) -> Response {
     let mut tried = Vec::new();
     let mut last_failure: Option<String> = None;
+    let priority = draft.key.as_ref().map_or(0, |k| k.priority);
+    let wanted = Wanted {
+        model: &req.model,
+        session: session_key(headers.get("x-session-id").map(|v| v.as_bytes()), &req.json),
+    };
     loop {
-        let node = match st.balancer.select(&req.model, &tried) {
-            Ok(n) => n,
-            Err(no) => {
-                let err = match (no, last_failure) {
-                    (_, Some(reason)) => ProxyError::AllNodesFailed {
-                        model: req.model.clone(),
-                        reason,
+        let lease = match st.balancer.admit(draft, wanted, priority, &tried).await {
+            Ok(lease) => lease,
+            Err(Unplaced { draft, why }) => {
+                let model = req.model.clone();
+                let err = match (why, last_failure) {
+                    (Refusal::NoNode(_), Some(reason)) => ProxyError::AllNodesFailed { model, reason },
+                    (Refusal::NoNode(NoNode::UnknownModel), None) => ProxyError::UnknownModel(model),
+                    (Refusal::NoNode(NoNode::Unavailable), None) => ProxyError::NoNodeAvailable(model),
+                    (Refusal::QueueFull, _) => ProxyError::QueueFull(model),
+                    (Refusal::QueueTimeout(waited), _) => ProxyError::QueueTimeout {
+                        model,
+                        waited_secs: waited.as_secs(),
                     },
-                    (NoNode::UnknownModel, None) => ProxyError::UnknownModel(req.model.clone()),
-                    (NoNode::Unavailable, None) => ProxyError::NoNodeAvailable(req.model.clone()),
                 };
                 return reject(st, draft, err).await;
             }
         };
-        tried.push(node.id);
-        let lease = st.balancer.begin_request(node, draft);
-        match forward(st, lease, req, headers).await {
+        let node = lease.node().id;
+        tried.push(node);
+        // A refusal is passed on when no other node could take the request.
+        let may_retry = st.proxy.retry_refused && st.balancer.has_candidate(&req.model, &tried);
+        match forward(st, lease, req, headers, may_retry).await {
             Forwarded::Done(resp) => return resp,
             Forwarded::FailOver(lease, reason) => {
                 st.balancer.connection_failed(lease.node(), &reason);
+                draft = lease.abandon(&reason);
+                last_failure = Some(reason);
+            }
+            Forwarded::Refused(lease, reason) => {
                 draft = lease.abandon(&reason);
                 last_failure = Some(reason);
             }
@@ -273,9 +290,18 @@ enum Forwarded {
     Done(Response),
     /// The node could not be reached; the lease goes back for another node.
     FailOver(RequestLease, String),
+    /// The node answered 429 or 503 (and is left alone for its `Retry-After`); the
+    /// lease goes back for another node.
+    Refused(RequestLease, String),
 }
 
-async fn forward(st: &AppState, lease: RequestLease, req: &Parsed, client_headers: &HeaderMap) -> Forwarded {
+async fn forward(
+    st: &AppState,
+    lease: RequestLease,
+    req: &Parsed,
+    client_headers: &HeaderMap,
+    may_retry: bool,
+) -> Forwarded {
     let node = lease.node().clone();
     let (base_url, api_key, wants_usage, check) = node.with_info(|i| {
         (
@@ -324,6 +350,12 @@ async fn forward(st: &AppState, lease: RequestLease, req: &Parsed, client_header
     };
     let ttfb = sent_at.elapsed();
     let status = resp.status();
+    if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+        st.balancer.refused(&node, headers::retry_after(resp.headers()));
+        if may_retry {
+            return Forwarded::Refused(lease, format!("node answered {}", status.as_u16()));
+        }
+    }
     let is_sse = resp
         .headers()
         .get(http::header::CONTENT_TYPE)

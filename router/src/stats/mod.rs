@@ -13,12 +13,14 @@ mod series;
 use std::collections::HashMap;
 
 use common::protocol::{
-    DashboardNode, DashboardNodes, DashboardStats, KeyTokenStats, ModelTokenStats, NodeTokenStats, TokenStats,
+    DashboardNode, DashboardNodes, DashboardStats, KeyTokenStats, ModelTokenStats, NodeTokenStats, QueueFigures,
+    TokenStats,
 };
 
 pub use keys::{dashboard_keys, key_usage, KeyUsage};
 pub use series::{daily, monthly, DailyQuery, MonthlyQuery};
 
+use crate::balancer::QueueStats;
 use crate::keys::KeyRing;
 use crate::nodes::{NodeRegistry, NodeStatus};
 use crate::store::{GroupBy, RollupFilter, Store, StoreError, ANONYMOUS};
@@ -82,7 +84,7 @@ pub fn dashboard_nodes(registry: &NodeRegistry) -> DashboardNodes {
 }
 
 /// Router-wide figures (T-9, I-2): the sums over every node, deleted ones included.
-pub fn dashboard_stats(registry: &NodeRegistry) -> DashboardStats {
+pub fn dashboard_stats(registry: &NodeRegistry, queue: QueueStats) -> DashboardStats {
     let mut s = DashboardStats {
         total_nodes: 0,
         online_nodes: 0,
@@ -95,6 +97,14 @@ pub fn dashboard_stats(registry: &NodeRegistry) -> DashboardStats {
         total_input_tokens: 0,
         total_output_tokens: 0,
         total_tokens: 0,
+        queue: QueueFigures {
+            depth: queue.depth,
+            served: queue.served,
+            average_wait_ms: ratio(queue.wait_ms, queue.served),
+            full: queue.full,
+            timed_out: queue.timed_out,
+            cancelled: queue.cancelled,
+        },
     };
     let mut latency = 0u64;
     for n in registry.all() {
