@@ -100,6 +100,8 @@ impl Default for MockConfig {
 /// A request the mock node received, for tests to inspect.
 #[derive(Debug, Clone)]
 pub struct ReceivedRequest {
+    /// Arrival order among every mock node of the process (from 1).
+    pub seq: u64,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Value,
@@ -108,6 +110,9 @@ pub struct ReceivedRequest {
 /// Requests kept for [`MockNode::received`]: the oldest are dropped beyond it, so that
 /// a node under a long benchmark does not grow without bound (it once reached 24 GB).
 pub const KEPT_REQUESTS: usize = 10_000;
+
+/// Requests received by every mock node of the process: their order of arrival.
+static ARRIVALS: AtomicU64 = AtomicU64::new(0);
 
 struct Shared {
     config: MockConfig,
@@ -370,6 +375,7 @@ fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(C
         received.pop_front();
     }
     received.push_back(ReceivedRequest {
+        seq: ARRIVALS.fetch_add(1, Ordering::SeqCst) + 1,
         path: path.into(),
         headers,
         body: value.clone(),

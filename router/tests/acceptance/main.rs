@@ -3,6 +3,7 @@
 //! per area.
 
 mod accounting;
+mod admission;
 mod dashboard_api;
 mod dashboard_e2e;
 mod keys;
