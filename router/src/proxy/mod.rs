@@ -34,7 +34,7 @@ pub use error::ProxyError;
 
 use crate::app::AppState;
 use crate::balancer::{session_key, NoNode, RecordDraft, Refusal, RequestLease, RequestOutcome, Unplaced, Wanted};
-use crate::nodes::NodeStatus;
+use crate::nodes::{NodeId, NodeStatus};
 use crate::token::{self, include_usage, Prompt};
 use crate::upstream::UpstreamError;
 
@@ -257,11 +257,8 @@ async fn route(st: &AppState, mut draft: RecordDraft, req: &Parsed, headers: &He
                 return reject(st, draft, err).await;
             }
         };
-        let node = lease.node().id;
-        tried.push(node);
-        // A refusal is passed on when no other node could take the request.
-        let may_retry = st.proxy.retry_refused && st.balancer.has_candidate(&req.model, &tried);
-        match forward(st, lease, req, headers, may_retry).await {
+        tried.push(lease.node().id);
+        match forward(st, lease, req, headers, &tried).await {
             Forwarded::Done(resp) => return resp,
             Forwarded::FailOver(lease, reason) => {
                 st.balancer.connection_failed(lease.node(), &reason);
@@ -300,7 +297,7 @@ async fn forward(
     lease: RequestLease,
     req: &Parsed,
     client_headers: &HeaderMap,
-    may_retry: bool,
+    tried: &[NodeId],
 ) -> Forwarded {
     let node = lease.node().clone();
     let (base_url, api_key, wants_usage, check) = node.with_info(|i| {
@@ -352,7 +349,8 @@ async fn forward(
     let status = resp.status();
     if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
         st.balancer.refused(&node, headers::retry_after(resp.headers()));
-        if may_retry {
+        // Passed on to the client when no other node could take the request.
+        if st.proxy.retry_refused && st.balancer.has_candidate(&req.model, tried) {
             return Forwarded::Refused(lease, format!("node answered {}", status.as_u16()));
         }
     }
