@@ -236,8 +236,10 @@ pub fn session_key(session_id: Option<&[u8]>, request: &serde_json::Value) -> Op
     "prefix".hash(&mut h);
     request.get("model")?.as_str()?.hash(&mut h);
     for m in messages {
+        // Not a conversation (an embeddings batch, say): no key, and no time spent on it.
+        let role = m.get("role").and_then(serde_json::Value::as_str)?;
         hash_json(m, &mut h);
-        if m.get("role").and_then(serde_json::Value::as_str) == Some("user") {
+        if role == "user" {
             return Some(h.finish());
         }
     }
@@ -302,5 +304,6 @@ mod tests {
         assert_ne!(session_key(Some(b"abc"), &turn1), Some(k1), "the header wins");
         assert_eq!(session_key(Some(b"abc"), &other), session_key(Some(b"abc"), &turn1));
         assert_eq!(session_key(None, &json!({"model": "m", "prompt": "x"})), None);
+        assert_eq!(session_key(None, &json!({"model": "m", "input": ["a", "b"]})), None);
     }
 }
