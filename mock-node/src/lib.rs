@@ -11,9 +11,11 @@
 //! over TLS ([`TlsIdentity`]). It counts the requests it has in flight and their peak.
 //! It must stay dumb: no routing or accounting logic lives here.
 
+mod capacity;
 mod imitation;
 mod tls;
 
+pub use capacity::Refuse;
 pub use imitation::Imitation;
 pub use tls::TlsIdentity;
 
@@ -32,7 +34,9 @@ use axum::{Json, Router};
 use futures_util::stream;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
+
+use capacity::Busy;
 
 /// How a mock node behaves.
 #[derive(Debug, Clone)]
@@ -65,15 +69,6 @@ pub struct MockConfig {
     pub slots: Option<usize>,
     /// Refuse inference requests with this answer before generating anything.
     pub refuse: Option<Refuse>,
-}
-
-/// A refusal: `status` (429 or 503) with `Retry-After: retry_after` when set, to the
-/// first `times` requests (`None`: all of them).
-#[derive(Debug, Clone, Copy)]
-pub struct Refuse {
-    pub status: u16,
-    pub retry_after: Option<u64>,
-    pub times: Option<usize>,
 }
 
 impl Default for MockConfig {
@@ -124,34 +119,6 @@ struct Shared {
     peak_in_flight: AtomicUsize,
     slots: Option<Arc<Semaphore>>,
     refused: AtomicUsize,
-}
-
-/// An accepted inference request, counted in flight until dropped (with the stream
-/// it answers with), holding one of the node's slots once it has one.
-struct Busy {
-    shared: Arc<Shared>,
-    _slot: Option<OwnedSemaphorePermit>,
-}
-
-impl Busy {
-    async fn start(shared: &Arc<Shared>) -> Busy {
-        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        shared.peak_in_flight.fetch_max(now, Ordering::SeqCst);
-        let slot = match &shared.slots {
-            Some(s) => s.clone().acquire_owned().await.ok(),
-            None => None,
-        };
-        Busy {
-            shared: shared.clone(),
-            _slot: slot,
-        }
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 impl Shared {

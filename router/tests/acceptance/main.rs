@@ -4,6 +4,7 @@
 
 mod accounting;
 mod admission;
+mod config_file;
 mod dashboard_api;
 mod dashboard_e2e;
 mod keys;
