@@ -75,6 +75,16 @@ pub enum RequestType {
     Completions,
     Embeddings,
     Responses,
+    /// Ollama's `POST /api/chat`, under the router's `/ollama`.
+    OllamaChat,
+    /// Ollama's `POST /api/generate`.
+    OllamaGenerate,
+    /// Ollama's `POST /api/embed`.
+    OllamaEmbed,
+    /// Ollama's legacy `POST /api/embeddings`.
+    OllamaEmbeddings,
+    /// Anthropic's Messages API, `POST /v1/messages`.
+    Messages,
 }
 
 impl RequestType {
@@ -84,6 +94,11 @@ impl RequestType {
             RequestType::Completions => "completions",
             RequestType::Embeddings => "embeddings",
             RequestType::Responses => "responses",
+            RequestType::OllamaChat => "ollama_chat",
+            RequestType::OllamaGenerate => "ollama_generate",
+            RequestType::OllamaEmbed => "ollama_embed",
+            RequestType::OllamaEmbeddings => "ollama_embeddings",
+            RequestType::Messages => "messages",
         }
     }
 
@@ -93,17 +108,29 @@ impl RequestType {
             "completions" => Some(RequestType::Completions),
             "embeddings" => Some(RequestType::Embeddings),
             "responses" => Some(RequestType::Responses),
+            "ollama_chat" => Some(RequestType::OllamaChat),
+            "ollama_generate" => Some(RequestType::OllamaGenerate),
+            "ollama_embed" => Some(RequestType::OllamaEmbed),
+            "ollama_embeddings" => Some(RequestType::OllamaEmbeddings),
+            "messages" => Some(RequestType::Messages),
             _ => None,
         }
     }
 
-    /// The path of this endpoint below the node's base URL.
+    /// The path of this endpoint below the node's base URL (a Messages request to a
+    /// node that only speaks chat completions is translated and goes to
+    /// `/v1/chat/completions` instead).
     pub fn upstream_path(self) -> &'static str {
         match self {
             RequestType::ChatCompletions => "/v1/chat/completions",
             RequestType::Completions => "/v1/completions",
             RequestType::Embeddings => "/v1/embeddings",
             RequestType::Responses => "/v1/responses",
+            RequestType::OllamaChat => "/api/chat",
+            RequestType::OllamaGenerate => "/api/generate",
+            RequestType::OllamaEmbed => "/api/embed",
+            RequestType::OllamaEmbeddings => "/api/embeddings",
+            RequestType::Messages => "/v1/messages",
         }
     }
 }
@@ -152,6 +179,9 @@ pub struct RequestResponseRecord {
     pub http_status: u16,
     pub error_message: Option<String>,
     pub duration_ms: u64,
+    /// From the request's arrival to the first byte of the node's answer (the first
+    /// chunk of a stream); `None` when no byte came.
+    pub time_to_first_token_ms: Option<u64>,
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub total_tokens: u64,
@@ -327,6 +357,43 @@ pub struct MonthlyTokenSeries {
     pub months: Vec<MonthlyTokenStats>,
 }
 
+/// Speed of one node × model over the window of `GET /api/dashboard/stats/speed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeModelSpeed {
+    pub node_id: i64,
+    pub node_name: String,
+    pub model: String,
+    /// Requests that started in the window on this node and model, any status.
+    pub request_count: u64,
+    pub success_count: u64,
+    /// `request_count` / the window's minutes.
+    pub requests_per_minute: f64,
+    /// Requests with a time to first token (what the Prometheus histogram observed).
+    pub ttft_count: u64,
+    /// Time to first token, nearest-rank percentiles, in ms; null without requests.
+    pub ttft_p50_ms: Option<u64>,
+    pub ttft_p95_ms: Option<u64>,
+    /// Streamed successful requests whose first token came before their end.
+    pub generation_count: u64,
+    /// Their output tokens.
+    pub generation_output_tokens: u64,
+    /// Their generation time: Σ (duration − time to first token), in ms.
+    pub generation_ms: u64,
+    /// `generation_output_tokens` / (`generation_ms` / 1000); null when no generation.
+    pub output_tokens_per_second: Option<f64>,
+}
+
+/// Body of `GET /api/dashboard/stats/speed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SpeedStats {
+    pub window_minutes: u32,
+    /// The window: requests that started in `[from, to)`.
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Ordered by node id, then model.
+    pub by_node_model: Vec<NodeModelSpeed>,
+}
+
 /// A page of `GET /api/dashboard/request-history`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RequestHistoryPage {
@@ -360,6 +427,7 @@ mod tests {
             http_status: 200,
             error_message: None,
             duration_ms: 5,
+            time_to_first_token_ms: Some(2),
             input_tokens: 10,
             output_tokens: 20,
             total_tokens: 30,

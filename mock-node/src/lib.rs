@@ -7,13 +7,19 @@
 //! behave like the various servers in the field (no usage, `"usage": null` in every
 //! chunk, rejecting `stream_options`, breaking mid-stream, failing at random, refusing
 //! with 429/503, serving a bounded number of requests at a time like llama-server's
-//! slots), answer the probe routes of the server it imitates ([`Imitation`]) and serve
-//! over TLS ([`TlsIdentity`]). It counts the requests it has in flight and their peak.
-//! It must stay dumb: no routing or accounting logic lives here.
+//! slots), answer the probe routes of the server it imitates ([`Imitation`]), Ollama's
+//! own API when it imitates Ollama (`ollama`), Anthropic's Messages API when it
+//! imitates a server that speaks it (`messages`), and serve over TLS ([`TlsIdentity`]).
+//! A chat request with `tools` is answered with a call of the first tool unless its
+//! last message is a tool result. It counts the requests it has in flight and their
+//! peak. It must stay dumb: no routing or accounting logic lives here.
 
 mod capacity;
 mod imitation;
+mod messages;
+mod ollama;
 mod tls;
+mod tools;
 
 pub use capacity::Refuse;
 pub use imitation::Imitation;
@@ -58,6 +64,8 @@ pub struct MockConfig {
     pub reject_stream_options: bool,
     /// Abort the connection after this many content chunks of a stream.
     pub break_after_chunks: Option<usize>,
+    /// Answer streams with bytes that are not events (SSE) or not JSON (NDJSON).
+    pub garbage_stream: bool,
     /// Probability in [0, 1] of answering 500 (with usage of the prompt when `usage`).
     pub failure_rate: f64,
     /// The server whose probe routes it answers.
@@ -83,6 +91,7 @@ impl Default for MockConfig {
             usage_null_in_chunks: false,
             reject_stream_options: false,
             break_after_chunks: None,
+            garbage_stream: false,
             failure_rate: 0.0,
             imitate: Imitation::OpenAi,
             tls: None,
@@ -250,7 +259,13 @@ impl Drop for MockNode {
 }
 
 fn router(shared: Arc<Shared>) -> Router {
+    let native = match shared.config.imitate {
+        Imitation::Ollama => ollama::routes(),
+        Imitation::LlamaCpp | Imitation::Vllm => Router::new().route("/v1/messages", post(messages::messages)),
+        Imitation::OpenAi | Imitation::LmStudio => Router::new(),
+    };
     imitation::routes(shared.config.imitate)
+        .merge(native)
         .route("/v1/models", get(models))
         .route("/health", get(|| async { "ok" }))
         .route("/v1/chat/completions", post(chat))
@@ -334,9 +349,8 @@ fn reject(status: StatusCode, message: impl Into<String>) -> Rejection {
     }
 }
 
-fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(Call, Value), Rejection> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| reject(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))?;
+/// Keeps a request for the tests (the last `KEPT_REQUESTS`), numbered by arrival.
+fn keep_request(s: &Shared, path: &str, headers: HeaderMap, value: &Value) {
     let mut received = s.received.lock().unwrap();
     if received.len() == KEPT_REQUESTS {
         received.pop_front();
@@ -347,7 +361,12 @@ fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(C
         headers,
         body: value.clone(),
     });
-    drop(received);
+}
+
+fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(Call, Value), Rejection> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| reject(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))?;
+    keep_request(s, path, headers, &value);
     if let Some(r) = s.config.refuse {
         let n = s.refused.fetch_add(1, Ordering::SeqCst);
         if r.times.is_none_or(|times| n < times) {
@@ -425,7 +444,7 @@ enum Kind {
 }
 
 async fn generate(s: Arc<Shared>, path: &str, headers: HeaderMap, body: Bytes, kind: Kind) -> Response {
-    let (call, _) = match accept(&s, path, headers, &body) {
+    let (call, value) = match accept(&s, path, headers, &body) {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
@@ -433,6 +452,15 @@ async fn generate(s: Arc<Shared>, path: &str, headers: HeaderMap, body: Bytes, k
     pause(s.config.latency).await;
     let n = s.config.chunks;
     let name = s.config.name.clone();
+    if call.stream && s.config.garbage_stream {
+        return Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Body::from("data: {not json\n\n\u{1}garbage without events\n\n"))
+            .unwrap();
+    }
+    if let Some(tool) = tools::tool_to_call(&value) {
+        return tools::tool_call_answer(&s.config, &call, &tool);
+    }
     if !call.stream {
         drop(busy);
         let text: String = (0..n).map(|i| chunk_text(&name, i)).collect();

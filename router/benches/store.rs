@@ -40,6 +40,7 @@ fn record(i: u64) -> RequestResponseRecord {
         http_status: 200,
         error_message: None,
         duration_ms: 20,
+        time_to_first_token_ms: None,
         input_tokens: 40,
         output_tokens: 200,
         total_tokens: 240,

@@ -77,6 +77,7 @@ pub struct Services {
     pub clock: Clock,
     pub metrics_access: MetricsAccess,
     pub sessions: Arc<crate::dashboard::Sessions>,
+    pub login_throttle: Arc<crate::dashboard::LoginThrottle>,
 }
 
 /// A started router.
@@ -173,6 +174,7 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
         timeout: Duration::from_millis(args.health_timeout_ms),
         failures_before_offline: args.health_failures.max(1),
     };
+    crate::token::preload();
     health.probe_all().await;
 
     let state = AppState(Arc::new(Services {
@@ -195,31 +197,16 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
         clock,
         metrics_access: args.metrics,
         sessions: Arc::default(),
+        login_throttle: Arc::default(),
     }));
 
     let listener = TcpListener::bind((args.host, args.port))
         .await
         .map_err(StartError::Listen)?;
     let addr = listener.local_addr().map_err(StartError::Listen)?;
-    // Streams are many small writes: without TCP_NODELAY each waits for the client's
-    // delayed ACK (~40 ms).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let app = routes(state.clone());
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(listener, service)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "server failed");
-        }
+    let server = crate::server::spawn(listener, routes(state.clone()), (&args).into(), async move {
+        let _ = stopped.await;
     });
     let background = vec![
         tokio::spawn(health.run()),

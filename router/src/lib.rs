@@ -5,7 +5,8 @@
 //! (pick a node, lease) → `upstream` (talk to the node) → `token` (usage, estimates,
 //! the stream tap) → `balancer::finish_request` → `recorder` (group commit) → `store`
 //! (SQLite) → `stats` → `api` (JSON) → `dashboard` (web UI). `nodes` keeps the
-//! registry and health checks; `app` assembles everything; `demo` runs a showcase.
+//! registry and health checks; `server` accepts client connections and bounds
+//! them; `app` assembles everything; `demo` runs a showcase.
 
 pub mod api;
 pub mod app;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod proxy;
 pub mod recorder;
+pub mod server;
 pub mod stats;
 pub mod store;
 pub mod token;

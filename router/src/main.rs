@@ -47,7 +47,7 @@ fn main() {
     };
     init_tracing(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(args.worker_threads))
+        .worker_threads(args.worker_threads())
         .enable_all()
         .build();
     let result = match runtime {

@@ -8,9 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
@@ -24,8 +25,11 @@ impl AdminKey {
         AdminKey(Arc::new(key))
     }
 
+    /// Compares SHA-256 digests in constant time, so that neither the content nor the
+    /// length of a wrong candidate changes how long the answer takes.
     pub fn matches(&self, candidate: &str) -> bool {
-        self.0.as_bytes().ct_eq(candidate.as_bytes()).into()
+        let digest = |s: &str| Sha256::digest(s.as_bytes());
+        digest(&self.0).as_slice().ct_eq(digest(candidate).as_slice()).into()
     }
 
     pub fn expose(&self) -> &str {
@@ -81,11 +85,18 @@ pub fn bearer_token(req: &Request) -> Option<&str> {
         .map(str::trim)
 }
 
+/// The admin key as a Bearer token, or a dashboard session; a write made with the
+/// session must come from the dashboard's own origin (cross-site request forgery).
 pub async fn require_admin(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let authorized = bearer_token(&req).is_some_and(|k| st.admin_key.matches(k))
-        || crate::dashboard::session_is_valid(&st, req.headers());
-    if !authorized {
+    if bearer_token(&req).is_some_and(|k| st.admin_key.matches(k)) {
+        return next.run(req).await;
+    }
+    if !crate::dashboard::session_is_valid(&st, req.headers()) {
         return ApiError::Unauthorized.into_response();
+    }
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    if !reads && !crate::dashboard::same_origin(req.headers()) {
+        return ApiError::CrossSite.into_response();
     }
     next.run(req).await
 }

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use chrono::NaiveDate;
 use common::protocol::{
     DailyTokenSeries, DashboardKeys, DashboardNodes, DashboardStats, MonthlyTokenSeries, RequestHistoryPage,
-    RequestResponseRecord, RequestStatus, TokenStats,
+    RequestResponseRecord, RequestStatus, SpeedStats, TokenStats,
 };
 
 use super::ApiError;
@@ -29,22 +29,27 @@ pub fn routes() -> Router<AppState> {
         .route("/api/dashboard/request-history", get(history))
         .route("/api/dashboard/request-history/{id}", get(history_record))
         .route("/api/dashboard/keys", get(keys))
+        .route("/api/dashboard/stats/speed", get(speed))
+        .route("/api/dashboard/export.csv", get(super::export::export_csv))
 }
 
-type Params = Query<HashMap<String, String>>;
+pub(super) type Params = Query<HashMap<String, String>>;
 
-fn bad(param: &'static str, message: impl Into<String>) -> ApiError {
+pub(super) fn bad(param: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::BadParam {
         param,
         message: message.into(),
     }
 }
 
-fn param<'a>(p: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+pub(super) fn param<'a>(p: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
     p.get(name).map(String::as_str).filter(|v| !v.is_empty())
 }
 
-fn int<T: std::str::FromStr>(p: &HashMap<String, String>, name: &'static str) -> Result<Option<T>, ApiError> {
+pub(super) fn int<T: std::str::FromStr>(
+    p: &HashMap<String, String>,
+    name: &'static str,
+) -> Result<Option<T>, ApiError> {
     param(p, name)
         .map(|v| {
             v.parse::<T>()
@@ -53,7 +58,7 @@ fn int<T: std::str::FromStr>(p: &HashMap<String, String>, name: &'static str) ->
         .transpose()
 }
 
-fn date(p: &HashMap<String, String>, name: &'static str) -> Result<Option<NaiveDate>, ApiError> {
+pub(super) fn date(p: &HashMap<String, String>, name: &'static str) -> Result<Option<NaiveDate>, ApiError> {
     param(p, name)
         .map(|v| {
             NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| bad(name, format!("'{v}' is not a date (YYYY-MM-DD)")))
@@ -61,7 +66,7 @@ fn date(p: &HashMap<String, String>, name: &'static str) -> Result<Option<NaiveD
         .transpose()
 }
 
-fn month(p: &HashMap<String, String>, name: &'static str) -> Result<Option<NaiveDate>, ApiError> {
+pub(super) fn month(p: &HashMap<String, String>, name: &'static str) -> Result<Option<NaiveDate>, ApiError> {
     param(p, name)
         .map(|v| {
             NaiveDate::parse_from_str(&format!("{v}-01"), "%Y-%m-%d")
@@ -73,7 +78,7 @@ fn month(p: &HashMap<String, String>, name: &'static str) -> Result<Option<Naive
 }
 
 /// `key_id`: a key id, or `anonymous` for requests made without a key.
-fn key_id(p: &HashMap<String, String>) -> Result<Option<i64>, ApiError> {
+pub(super) fn key_id(p: &HashMap<String, String>) -> Result<Option<i64>, ApiError> {
     match param(p, "key_id") {
         None => Ok(None),
         Some("anonymous") => Ok(Some(ANONYMOUS)),
@@ -223,4 +228,16 @@ pub async fn history_record(
     responses((status = 200, body = DashboardKeys)))]
 pub async fn keys(State(st): State<AppState>) -> Result<Json<DashboardKeys>, ApiError> {
     Ok(Json(stats::dashboard_keys(&st.store, &st.keys, st.clock.now()).await?))
+}
+
+/// Speed per node × model over the last `minutes`: requests per minute, time to first
+/// token (p50, p95) and output tokens per second of generation.
+#[utoipa::path(get, path = "/api/dashboard/stats/speed", tag = "dashboard", security(("admin_key" = [])),
+    params(("minutes" = Option<u32>, Query, description = "The window, ending now: 1 to 10080 minutes (default 60)")),
+    responses((status = 200, body = SpeedStats), (status = 400, description = "Bad parameter")))]
+pub async fn speed(State(st): State<AppState>, Query(p): Params) -> Result<Json<SpeedStats>, ApiError> {
+    let minutes = int::<u32>(&p, "minutes")?;
+    Ok(Json(
+        stats::speed(&st.store, st.balancer.registry(), minutes, st.clock.now()).await?,
+    ))
 }

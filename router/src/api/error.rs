@@ -12,6 +12,12 @@ use crate::store::StoreError;
 pub enum ApiError {
     #[error("missing or invalid admin key (send Authorization: Bearer <key>)")]
     Unauthorized,
+    #[error(
+        "cross-site request refused: a write made with the dashboard session must come from the dashboard's own origin"
+    )]
+    CrossSite,
+    #[error("too many wrong admin keys from this address; try again in {0} s")]
+    TooManyAttempts(u64),
     #[error("invalid parameter '{param}': {message}")]
     BadParam { param: &'static str, message: String },
     #[error("invalid JSON body: {0}")]
@@ -62,6 +68,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, code) = match &self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_admin_key"),
+            ApiError::CrossSite => (StatusCode::FORBIDDEN, "invalid_request_error", "cross_site_request"),
+            ApiError::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "too_many_attempts"),
             ApiError::BadParam { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_parameter"),
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found"),

@@ -6,6 +6,7 @@
 mod auth;
 mod dashboard;
 mod error;
+mod export;
 mod keys;
 mod nodes;
 pub mod openapi;

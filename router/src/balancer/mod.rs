@@ -1,7 +1,8 @@
 //! The balancer: admits each request to a node and accounts for how it ended.
 //!
 //! [`Balancer::admit`] places a request on a node with a free slot ([`placement`]:
-//! least loaded relative to weight and capacity, conversation affinity) or, when every
+//! among the nodes of one kind when the request's protocol needs it, least loaded
+//! relative to weight and capacity, conversation affinity) or, when every
 //! candidate is full, waits in the bounded priority queue ([`queue`]) until a slot
 //! frees for it. It returns a [`RequestLease`]; every lease ends in exactly one
 //! `Balancer::finish_request` (explicitly, or from `Drop` when the handler's future or
@@ -191,7 +192,7 @@ impl Balancer {
             Placement::Full => {}
         }
         let q = &self.inner.queue;
-        let Ok((turn, slot)) = q.enqueue(priority, wanted.model, wanted.session, tried) else {
+        let Ok((turn, slot)) = q.enqueue(priority, wanted, tried) else {
             return Err(Unplaced {
                 draft,
                 why: Refusal::QueueFull,
@@ -224,10 +225,16 @@ impl Balancer {
         }
     }
 
-    /// Whether a node other than `tried` serves `model` now (busy or not): where a
+    /// Whether a node other than `tried` could take `wanted` now (busy or not): where a
     /// refused request may go next.
-    pub fn has_candidate(&self, model: &str, tried: &[NodeId]) -> bool {
-        self.inner.placer.has_candidate(model, tried)
+    pub fn has_candidate(&self, wanted: Wanted<'_>, tried: &[NodeId]) -> bool {
+        self.inner.placer.candidate(wanted, tried).is_ok()
+    }
+
+    /// A node that could take `wanted` (the least busy; no slot taken), for what is not
+    /// an inference request and needs no slot (Ollama's `/api/show`).
+    pub fn candidate(&self, wanted: Wanted<'_>) -> Result<Arc<Node>, NoNode> {
+        self.inner.placer.candidate(wanted, &[])
     }
 
     /// The node answered 429 or 503: it gets no new request for `retry_after`; the
@@ -267,6 +274,7 @@ impl Balancer {
         self.inner.queue.dispatch(|w| {
             let wanted = Wanted {
                 model: &w.model,
+                kind: w.kind,
                 session: w.session,
             };
             match self.place(wanted, &w.tried) {
@@ -447,6 +455,8 @@ fn build_record(
         http_status: o.http_status,
         error_message: o.error_message,
         duration_ms,
+        // The same measurement the time-to-first-token histogram observes.
+        time_to_first_token_ms: o.time_to_first_byte.map(|t| t.as_millis() as u64),
         input_tokens: o.usage.input_tokens,
         output_tokens: o.usage.output_tokens,
         total_tokens: o.usage.total_tokens,

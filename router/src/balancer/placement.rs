@@ -1,7 +1,8 @@
 //! Placement: which node with a free slot takes a request, and conversation affinity.
 //!
-//! Candidates are the online, enabled nodes that list the model and were not tried
-//! yet, that are not in a back-off they asked for (429/503 with `Retry-After`) and
+//! Candidates are the online, enabled nodes that list the model, are of the kind the
+//! request needs if it needs one (Ollama's API: `ollama` nodes only) and were not
+//! tried yet, that are not in a back-off they asked for (429/503 with `Retry-After`) and
 //! have a free slot (fewer requests in flight than their capacity). Among them the
 //! least loaded relative to its share wins: in flight ÷ (weight × capacity, 1 for a
 //! node without a capacity), compared without division; ties go round-robin (the
@@ -16,12 +17,15 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::nodes::{Node, NodeId, NodeRegistry};
+use crate::nodes::{Node, NodeId, NodeKind, NodeRegistry};
 
 /// What placing a request needs to know of it.
 #[derive(Debug, Clone, Copy)]
 pub struct Wanted<'a> {
     pub model: &'a str,
+    /// The only kind of node that may serve it (`None`: any); a model that only nodes
+    /// of other kinds serve is unknown to it.
+    pub kind: Option<NodeKind>,
     /// Its conversation's key (see [`session_key`]); `None`: no affinity.
     pub session: Option<u64>,
 }
@@ -131,7 +135,7 @@ impl Placer {
         let remembered = wanted.session.and_then(|k| self.affinity.get(k));
         // A slot may be taken by another thread between the scan and `try_enter`: scan again.
         for _ in 0..4 {
-            let (node, capacity) = match self.choose(wanted.model, tried, remembered) {
+            let (node, capacity) = match self.choose(wanted, tried, remembered) {
                 Ok(chosen) => chosen,
                 Err(placement) => return (placement, AffinityResult::None),
             };
@@ -152,19 +156,36 @@ impl Placer {
         (Placement::Full, AffinityResult::None)
     }
 
-    /// Whether a node other than `tried` could take `model` (whether or not it is busy).
-    pub fn has_candidate(&self, model: &str, tried: &[NodeId]) -> bool {
-        let mut found = false;
+    /// A node other than `tried` that could take `wanted`, whether or not it is busy
+    /// (no slot is taken): the least busy one, or why there is none.
+    pub fn candidate(&self, wanted: Wanted<'_>, tried: &[NodeId]) -> Result<Arc<Node>, NoNode> {
+        let mut listed = false;
+        let mut best: Option<(u64, Arc<Node>)> = None;
         self.registry.for_each(|n| {
-            found |= !tried.contains(&n.id) && n.with_info(|i| i.routable_for(model));
+            let (serves, routable) = n.with_info(|i| {
+                let fits = wanted.kind.is_none_or(|k| i.kind == k);
+                (
+                    fits && !i.deleted && i.serves(wanted.model),
+                    fits && i.routable_for(wanted.model),
+                )
+            });
+            listed |= serves;
+            let active = n.load.active();
+            if routable && !tried.contains(&n.id) && best.as_ref().is_none_or(|(a, _)| active < *a) {
+                best = Some((active, n.clone()));
+            }
         });
-        found
+        match (best, listed) {
+            (Some((_, node)), _) => Ok(node),
+            (None, true) => Err(NoNode::Unavailable),
+            (None, false) => Err(NoNode::UnknownModel),
+        }
     }
 
     /// One scan: the chosen node and its capacity, or why there is none.
     fn choose(
         &self,
-        model: &str,
+        wanted: Wanted<'_>,
         tried: &[NodeId],
         remembered: Option<NodeId>,
     ) -> Result<(Arc<Node>, Option<u64>), Placement> {
@@ -179,9 +200,10 @@ impl Placer {
         for i in 0..len {
             let node = &nodes[(start + i) % len];
             let (serves, routable, capacity, weight) = node.with_info(|i| {
+                let fits = wanted.kind.is_none_or(|k| i.kind == k);
                 (
-                    !i.deleted && i.serves(model),
-                    i.routable_for(model),
+                    fits && !i.deleted && i.serves(wanted.model),
+                    fits && i.routable_for(wanted.model),
                     i.capacity(),
                     i.weight,
                 )

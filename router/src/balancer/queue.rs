@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::NodeSlot;
+use super::{NodeSlot, Wanted};
 use crate::metrics::QueueMetrics;
-use crate::nodes::NodeId;
+use crate::nodes::{NodeId, NodeKind};
 
 /// A place in the queue: higher priority first, then arrival.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -32,6 +32,8 @@ pub(super) struct Turn {
 /// A request waiting for a slot.
 pub(super) struct Waiter {
     pub model: String,
+    /// The only kind of node that may take it (`None`: any).
+    pub kind: Option<NodeKind>,
     pub session: Option<u64>,
     /// Nodes it has already been refused by.
     pub tried: Vec<NodeId>,
@@ -122,8 +124,7 @@ impl AdmissionQueue {
     pub(super) fn enqueue(
         &self,
         priority: i64,
-        model: &str,
-        session: Option<u64>,
+        wanted: Wanted<'_>,
         tried: &[NodeId],
     ) -> Result<(Turn, oneshot::Receiver<NodeSlot>), QueueFull> {
         let mut w = self.waiters.lock().unwrap();
@@ -140,8 +141,9 @@ impl AdmissionQueue {
             arrival: w.arrivals,
         };
         let waiter = Waiter {
-            model: model.to_string(),
-            session,
+            model: wanted.model.to_string(),
+            kind: wanted.kind,
+            session: wanted.session,
             tried: tried.to_vec(),
             give,
         };
@@ -178,11 +180,12 @@ impl AdmissionQueue {
     pub(super) fn dispatch(&self, mut place: impl FnMut(&Waiter) -> Option<NodeSlot>) {
         while !self.is_empty() {
             let mut w = self.waiters.lock().unwrap();
-            // Models no node could take in this pass: later waiters for them are skipped.
-            let mut full_models: Vec<&str> = Vec::new();
+            // Models (of a node kind) no node could take in this pass: later waiters for
+            // them are skipped.
+            let mut full_models: Vec<(&str, Option<NodeKind>)> = Vec::new();
             let mut chosen = None;
             for (turn, waiter) in &w.by_turn {
-                if waiter.give.is_closed() || full_models.contains(&waiter.model.as_str()) {
+                if waiter.give.is_closed() || full_models.contains(&(waiter.model.as_str(), waiter.kind)) {
                     continue;
                 }
                 match place(waiter) {
@@ -190,7 +193,7 @@ impl AdmissionQueue {
                         chosen = Some((*turn, slot));
                         break;
                     }
-                    None if waiter.tried.is_empty() => full_models.push(&waiter.model),
+                    None if waiter.tried.is_empty() => full_models.push((&waiter.model, waiter.kind)),
                     None => {}
                 }
             }

@@ -205,7 +205,8 @@ mod tests {
     #[test]
     fn settings_become_flags_and_nodes_registrations() {
         let f = parse(
-            "port = 8080\nmetrics = \"admin\"\nretry_refused = false\nca_file = [\"a.pem\", \"b.pem\"]\n\n\
+            "port = 8080\nmetrics = \"admin\"\nretry_refused = false\nca_file = [\"a.pem\", \"b.pem\"]\n\
+             max_connections = 512\nclock_offset_secs = -3600\n\n\
              [[nodes]]\nurl = \"http://gpu-1:8080\"\nmax_concurrent = 4\nweight = 2\nkind = \"llamacpp\"\n\n\
              [[nodes]]\nbase_url = \"https://gpu-2:11434/v1\"\nname = \"gpu-2\"\ntls_insecure = true\n",
         )
@@ -216,6 +217,8 @@ mod tests {
             [
                 "--ca-file=a.pem",
                 "--ca-file=b.pem",
+                "--clock-offset-secs=-3600",
+                "--max-connections=512",
                 "--metrics=admin",
                 "--port=8080",
                 "--retry-refused=false"

@@ -131,14 +131,31 @@ pub struct ServeArgs {
         allow_negative_numbers = true
     )]
     pub clock_offset_secs: i64,
-    /// Threads that run the proxy (one serves ~15,000 requests/s; see the README).
-    #[arg(long, env = "LLM_ROUTER_WORKER_THREADS", default_value_t = 1,
-          value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub worker_threads: u16,
     /// A PEM file of CA certificates trusted for `https://` nodes besides the system's
     /// roots (repeatable; the env var takes a comma-separated list).
     #[arg(long = "ca-file", env = "LLM_ROUTER_CA_FILES", value_delimiter = ',')]
     pub ca_files: Vec<PathBuf>,
+    /// Threads that run the proxy [default: the cores this process may use].
+    #[arg(long, env = "LLM_ROUTER_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+    /// Longest time for a client to send a whole request head, from its connection or
+    /// from the head's first byte, in milliseconds; then the connection is closed.
+    #[arg(long, env = "LLM_ROUTER_REQUEST_HEAD_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_head_timeout_ms: u64,
+    /// Longest time for a client to send a whole request body, from the end of its head,
+    /// in milliseconds; then the request gets 408 and the connection is closed.
+    #[arg(long, env = "LLM_ROUTER_REQUEST_BODY_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_body_timeout_ms: u64,
+    /// Longest silence of a client connection between two requests, in milliseconds.
+    #[arg(long, env = "LLM_ROUTER_KEEP_ALIVE_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_alive_timeout_ms: u64,
+    /// Most client connections open at once; beyond it an idle one is closed to make room,
+    /// or the new one gets 503 [default: half the open-file limit, less a reserve].
+    #[arg(long, env = "LLM_ROUTER_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
     /// Most requests waiting for a node slot at once when every node serving their model
     /// is full (0: refuse at once).
     #[arg(long, env = "LLM_ROUTER_QUEUE_SIZE", default_value_t = 100)]
@@ -195,6 +212,14 @@ impl ServeArgs {
             queue_timeout: Duration::from_secs(self.queue_timeout_secs),
             affinity_margin: self.affinity_margin,
         }
+    }
+
+    /// Proxy threads: as asked, else one per core this process may run on
+    /// (`available_parallelism` follows CPU affinity and cgroup quotas).
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads
+            .map(usize::from)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
     }
 }
 

@@ -1,74 +1,44 @@
-//! The web dashboard at `/dashboard`: embedded static assets and a cookie session.
+//! The web dashboard at `/dashboard`, the operator's console: embedded static assets,
+//! the Content-Security-Policy they satisfy, and the cookie session (`session`,
+//! `throttle`).
 //!
-//! The assets (HTML, CSS, JS and Chart.js 4.6.1, vendored from npm, MIT) are compiled into the
-//! binary with `include_str!`, so `cargo build` needs no Node.js. Logging in with the
-//! admin key creates a session cookie (HttpOnly, SameSite=Strict, 12 h); the admin
-//! API accepts that cookie as well as the Bearer key. The page reads the same
-//! `/api/dashboard/*` JSON as any other client.
+//! The assets (HTML, CSS, one script per page and Chart.js 4.6.1, vendored from npm,
+//! MIT) are compiled into the binary with `include_str!`, so `cargo build` needs no
+//! Node.js. The page reads and writes through the same `/api/*` JSON as any other
+//! client; it computes no figure of its own. No inline script or style: the policy
+//! allows scripts and styles from this origin only.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+pub mod session;
+mod throttle;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::Path;
+use axum::http::{header, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use serde::Deserialize;
-use utoipa::ToSchema;
 
-use crate::api::ApiError;
+pub use session::{login, logout, same_origin, session_is_valid, Login, Sessions};
+pub use throttle::LoginThrottle;
+
 use crate::app::AppState;
 
-const COOKIE: &str = "llm_router_session";
-const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// What the page may load: its own scripts, styles and API, nothing inline, no frames.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    img-src 'self' data:; connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; \
+    frame-ancestors 'none'";
 
-/// Live dashboard sessions: random token → expiry.
-#[derive(Default)]
-pub struct Sessions {
-    tokens: Mutex<HashMap<String, Instant>>,
-}
-
-impl Sessions {
-    fn create(&self) -> String {
-        let token: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
-        let mut map = self.tokens.lock().unwrap();
-        let now = Instant::now();
-        map.retain(|_, exp| *exp > now);
-        map.insert(token.clone(), now + SESSION_TTL);
-        token
-    }
-
-    fn is_valid(&self, token: &str) -> bool {
-        self.tokens
-            .lock()
-            .unwrap()
-            .get(token)
-            .is_some_and(|exp| *exp > Instant::now())
-    }
-
-    fn remove(&self, token: &str) {
-        self.tokens.lock().unwrap().remove(token);
-    }
-}
-
-fn session_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v)
-}
-
-/// Whether the request carries a live dashboard session cookie.
-pub fn session_is_valid(st: &AppState, headers: &HeaderMap) -> bool {
-    session_token(headers).is_some_and(|t| st.sessions.is_valid(t))
-}
+/// The page's scripts, in the order `index.html` loads them.
+const SCRIPTS: [(&str, &str); 9] = [
+    ("core.js", include_str!("assets/js/core.js")),
+    ("overview.js", include_str!("assets/js/overview.js")),
+    ("nodes.js", include_str!("assets/js/nodes.js")),
+    ("keys.js", include_str!("assets/js/keys.js")),
+    ("usage.js", include_str!("assets/js/usage.js")),
+    ("speed.js", include_str!("assets/js/speed.js")),
+    ("history.js", include_str!("assets/js/history.js")),
+    ("main.js", include_str!("assets/js/main.js")),
+    ("chart.umd.min.js", include_str!("assets/vendor/chart.umd.min.js")),
+];
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -76,66 +46,36 @@ pub fn routes() -> Router<AppState> {
         .route("/dashboard", get(index))
         .route("/dashboard/", get(index))
         .route(
-            "/dashboard/app.js",
-            get(|| asset("text/javascript", include_str!("assets/app.js"))),
-        )
-        .route(
             "/dashboard/app.css",
-            get(|| asset("text/css", include_str!("assets/app.css"))),
+            get(|| async { asset("text/css", include_str!("assets/app.css")) }),
         )
-        .route(
-            "/dashboard/vendor/chart.umd.min.js",
-            get(|| asset("text/javascript", include_str!("assets/vendor/chart.umd.min.js"))),
-        )
+        .route("/dashboard/js/{file}", get(script))
         .route("/dashboard/login", post(login))
         .route("/dashboard/logout", post(logout))
 }
 
 async fn index() -> Response {
-    asset("text/html; charset=utf-8", include_str!("assets/index.html")).await
+    asset("text/html; charset=utf-8", include_str!("assets/index.html"))
 }
 
-async fn asset(content_type: &'static str, body: &'static str) -> Response {
+async fn script(Path(file): Path<String>) -> Response {
+    match SCRIPTS.iter().find(|(name, _)| *name == file) {
+        Some((_, body)) => asset("text/javascript", body),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "same-origin"),
+            (HeaderName::from_static("cross-origin-opener-policy"), "same-origin"),
         ],
         body,
     )
         .into_response()
-}
-
-#[derive(Deserialize, ToSchema)]
-pub struct Login {
-    /// The admin key.
-    pub key: String,
-}
-
-/// Exchanges the admin key for a session cookie.
-#[utoipa::path(post, path = "/dashboard/login", tag = "dashboard", request_body = Login,
-    responses((status = 204, description = "Logged in; Set-Cookie carries the session"), (status = 401, description = "Wrong admin key")))]
-pub async fn login(State(st): State<AppState>, body: Bytes) -> Response {
-    let Ok(req) = serde_json::from_slice::<Login>(&body) else {
-        return ApiError::BadBody("expected {\"key\": \"<admin key>\"}".into()).into_response();
-    };
-    if !st.admin_key.matches(req.key.trim()) {
-        return ApiError::Unauthorized.into_response();
-    }
-    let token = st.sessions.create();
-    let cookie = format!(
-        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        SESSION_TTL.as_secs()
-    );
-    (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
-}
-
-/// Ends the session.
-#[utoipa::path(post, path = "/dashboard/logout", tag = "dashboard", responses((status = 204, description = "Logged out")))]
-pub async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(t) = session_token(&headers) {
-        st.sessions.remove(t);
-    }
-    let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
-    (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
 }

@@ -1,8 +1,13 @@
-//! Errors of the inference API, with their HTTP status and OpenAI error type.
+//! Errors of the inference API, with their HTTP status, in the shape of the client's
+//! protocol: OpenAI's `{"error": {"message", "type", "code"}}`, Ollama's
+//! `{"error": "…"}` or Anthropic's `{"type": "error", "error": {"type", "message"}}`.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
 
+use super::protocol::Protocol;
 use crate::error::ErrorBody;
 use crate::keys::KeyRefusal;
 
@@ -12,6 +17,8 @@ pub enum ProxyError {
     BodyTooLarge(usize),
     #[error("could not read the request body: {0}")]
     BodyRead(String),
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("request body is not valid JSON: {0}")]
     InvalidJson(String),
     #[error("request body must be a JSON object with a string field 'model'")]
@@ -81,6 +88,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BodyRead(_) | ProxyError::InvalidJson(_) | ProxyError::MissingModel => StatusCode::BAD_REQUEST,
             ProxyError::UnknownModel(_) => StatusCode::NOT_FOUND,
             ProxyError::NoNodeAvailable(_)
@@ -121,6 +129,7 @@ impl ProxyError {
     fn code(&self) -> &'static str {
         match self {
             ProxyError::BodyTooLarge(_) => "request_too_large",
+            ProxyError::BodyTimeout => "request_timeout",
             ProxyError::BodyRead(_) | ProxyError::InvalidJson(_) => "invalid_json",
             ProxyError::MissingModel => "missing_model",
             ProxyError::UnknownModel(_) => "model_not_found",
@@ -140,16 +149,85 @@ impl ProxyError {
 
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
-        let mut response = ErrorBody {
-            status: self.status(),
-            message: self.to_string(),
-            kind: self.kind(),
-            code: self.code(),
-        }
-        .into_response();
+        self.into_response_for(Protocol::OpenAi)
+    }
+}
+
+impl ProxyError {
+    /// The error in the shape of `protocol`, with `Retry-After` when known.
+    pub fn into_response_for(self, protocol: Protocol) -> Response {
+        let status = self.status();
+        let mut response = match protocol {
+            Protocol::OpenAi => ErrorBody {
+                status,
+                message: self.to_string(),
+                kind: self.kind(),
+                code: self.code(),
+            }
+            .into_response(),
+            Protocol::Ollama => (status, Json(json!({"error": self.to_string()}))).into_response(),
+            Protocol::Anthropic => anthropic_error(status, &self.to_string()),
+        };
         if let Some(secs) = self.retry_after() {
             response.headers_mut().insert(http::header::RETRY_AFTER, secs.into());
         }
         response
+    }
+}
+
+/// Anthropic's error shape; the `type` follows the status as Anthropic's API does.
+pub fn anthropic_error(status: StatusCode, message: &str) -> Response {
+    let kind = match status.as_u16() {
+        400 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        _ if status.is_client_error() => "invalid_request_error",
+        _ => "api_error",
+    };
+    let body = json!({"type": "error", "error": {"type": kind, "message": message}});
+    (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+
+    use super::*;
+
+    async fn shape(err: ProxyError, protocol: Protocol) -> (u16, Option<String>, Value) {
+        let r = err.into_response_for(protocol);
+        let status = r.status().as_u16();
+        let retry = r
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, retry, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn queue_refusals_take_the_shape_of_each_protocol() {
+        let full = || ProxyError::QueueFull("m".into());
+        let (status, retry, body) = shape(full(), Protocol::OpenAi).await;
+        assert_eq!((status, retry.as_deref()), (503, Some("1")));
+        assert_eq!(body["error"]["code"], "queue_full");
+        assert_eq!(body["error"]["type"], "server_error");
+        let (status, retry, body) = shape(full(), Protocol::Ollama).await;
+        assert_eq!((status, retry.as_deref()), (503, Some("1")));
+        assert!(body["error"].as_str().unwrap().contains("queue is full"), "{body}");
+        let timeout = ProxyError::QueueTimeout {
+            model: "m".into(),
+            waited_secs: 30,
+        };
+        let (status, retry, body) = shape(timeout, Protocol::Anthropic).await;
+        assert_eq!((status, retry.as_deref()), (503, Some("1")));
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "overloaded_error");
+        assert!(body["error"]["message"].as_str().unwrap().contains("30 s"), "{body}");
     }
 }

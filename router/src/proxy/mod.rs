@@ -1,18 +1,26 @@
 //! The inference API: `POST /v1/{chat/completions,completions,embeddings,responses}`
-//! forwarded to a node, and `GET /v1/models`.
+//! forwarded to a node, and `GET /v1/models`; Ollama's API under `/ollama`
+//! (`ollama`) and Anthropic's Messages API (`anthropic`) over the same path.
 //!
 //! A request is read (size-limited) and parsed once for its model, then handed to the
-//! balancer, which admits it to a node (or queues it until one has a free slot); a
-//! connection error before any byte reached the client fails over to the next node,
-//! and so does a 429 or 503 answer of the node (`--retry-refused`). Plain responses are read whole (their usage is in the body) and released
-//! once their record is committed; streams go through `stream::TappedBody`. Every
-//! request ends in exactly one record: through its lease, or `record_unrouted` when no
-//! node took it. The proxy never writes SQL and never counts tokens itself: it hands
-//! texts and usage to the `token` module.
+//! balancer, which admits it to a node (or queues it until one has a free slot, among
+//! the nodes of the kind its protocol needs); a connection error before any byte
+//! reached the client fails over to the next node, and so does a 429 or 503 answer of
+//! the node (`--retry-refused`; both in `forward`). Plain responses are read whole
+//! (their usage is in the body) and released once their record is committed; streams
+//! go through `stream::TappedBody`. Every request ends in exactly one record: through
+//! its lease, or `record_unrouted` when no node took it. What differs between client
+//! protocols is in `protocol`; nothing of this path is copied per protocol. The proxy
+//! never writes SQL and never counts tokens itself: it hands texts and usage to the
+//! `token` module.
 
+pub mod anthropic;
 pub mod client_key;
 mod error;
+mod forward;
 mod headers;
+pub mod ollama;
+mod protocol;
 mod stream;
 
 use std::net::SocketAddr;
@@ -21,22 +29,22 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use common::protocol::{RequestStatus, RequestType, TokenUsage};
-use http_body_util::{BodyExt, Full, Limited};
+use common::protocol::RequestType;
+use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
 
 pub use error::ProxyError;
+pub use protocol::Protocol;
 
 use crate::app::AppState;
-use crate::balancer::{session_key, NoNode, RecordDraft, Refusal, RequestLease, RequestOutcome, Unplaced, Wanted};
-use crate::nodes::{NodeId, NodeStatus};
-use crate::token::{self, include_usage, Prompt};
-use crate::upstream::UpstreamError;
+use crate::balancer::{session_key, NoNode, RecordDraft, Refusal, RequestOutcome, Unplaced, Wanted};
+use crate::nodes::NodeStatus;
+use crate::token::Prompt;
 
 /// Limits and timeouts of the proxy path.
 #[derive(Debug, Clone)]
@@ -62,6 +70,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/responses", post(responses))
         .route("/v1/models", get(list_models))
         .route("/v1/key", get(client_key::key_info))
+        .merge(anthropic::routes())
+        .merge(ollama::routes())
 }
 
 /// Forwards a chat completion (plain or streamed) to a node serving the model.
@@ -156,13 +166,15 @@ struct Parsed {
     stream: bool,
 }
 
-async fn read_request(settings: &ProxySettings, body: Body) -> Result<Parsed, ProxyError> {
+async fn read_request(settings: &ProxySettings, kind: RequestType, body: Body) -> Result<Parsed, ProxyError> {
     let body = Limited::new(body, settings.max_body_bytes)
         .collect()
         .await
         .map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                 ProxyError::BodyTooLarge(settings.max_body_bytes)
+            } else if crate::server::is_body_timeout(&*e) {
+                ProxyError::BodyTimeout
             } else {
                 ProxyError::BodyRead(e.to_string())
             }
@@ -174,7 +186,10 @@ async fn read_request(settings: &ProxySettings, body: Body) -> Result<Parsed, Pr
         .and_then(Value::as_str)
         .ok_or(ProxyError::MissingModel)?
         .to_string();
-    let stream = json.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let stream = json
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or_else(|| Protocol::streams_by_default(kind));
     Ok(Parsed {
         body,
         json: Arc::new(json),
@@ -183,7 +198,15 @@ async fn read_request(settings: &ProxySettings, body: Body) -> Result<Parsed, Pr
     })
 }
 
-async fn proxy(st: AppState, kind: RequestType, peer: SocketAddr, headers: HeaderMap, body: Body) -> Response {
+/// The shared path of every inference request, whatever its protocol: backlog check,
+/// client key, body, admission, then `route`.
+pub(crate) async fn proxy(
+    st: AppState,
+    kind: RequestType,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let mut draft = RecordDraft {
         timestamp: st.clock.now(),
         started: Instant::now(),
@@ -199,7 +222,7 @@ async fn proxy(st: AppState, kind: RequestType, peer: SocketAddr, headers: Heade
     let backlog = st.balancer.recorder().backlog();
     if backlog >= st.proxy.max_backlog {
         tracing::debug!(backlog, "store unavailable and backlog full; request refused");
-        return ProxyError::BacklogFull(backlog).into_response();
+        return ProxyError::BacklogFull(backlog).into_response_for(Protocol::of(kind));
     }
     // Before the body is read: a refused client costs no more than its head.
     let key = match client_key::authenticate(&st, &headers) {
@@ -207,7 +230,7 @@ async fn proxy(st: AppState, kind: RequestType, peer: SocketAddr, headers: Heade
         Err(e) => return reject(&st, draft, e).await,
     };
     draft.client_key = key.as_ref().map(|k| (k.id, k.settings().name.clone()));
-    let req = match read_request(&st.proxy, body).await {
+    let req = match read_request(&st.proxy, kind, body).await {
         Ok(r) => r,
         Err(e) => return reject(&st, draft, e).await,
     };
@@ -237,6 +260,7 @@ async fn route(st: &AppState, mut draft: RecordDraft, req: &Parsed, headers: &He
     let priority = draft.key.as_ref().map_or(0, |k| k.priority);
     let wanted = Wanted {
         model: &req.model,
+        kind: Protocol::of(draft.request_type).node_kind(),
         session: session_key(headers.get("x-session-id").map(|v| v.as_bytes()), &req.json),
     };
     loop {
@@ -258,14 +282,14 @@ async fn route(st: &AppState, mut draft: RecordDraft, req: &Parsed, headers: &He
             }
         };
         tried.push(lease.node().id);
-        match forward(st, lease, req, headers, &tried).await {
-            Forwarded::Done(resp) => return resp,
-            Forwarded::FailOver(lease, reason) => {
+        match forward::forward(st, lease, req, headers, wanted, &tried).await {
+            forward::Forwarded::Done(resp) => return resp,
+            forward::Forwarded::FailOver(lease, reason) => {
                 st.balancer.connection_failed(lease.node(), &reason);
                 draft = lease.abandon(&reason);
                 last_failure = Some(reason);
             }
-            Forwarded::Refused(lease, reason) => {
+            forward::Forwarded::Refused(lease, reason) => {
                 draft = lease.abandon(&reason);
                 last_failure = Some(reason);
             }
@@ -273,175 +297,14 @@ async fn route(st: &AppState, mut draft: RecordDraft, req: &Parsed, headers: &He
     }
 }
 
-/// Answers with `err` and records the request, which no node took.
+/// Answers with `err` in the request's protocol and records the request, which no
+/// node took.
 async fn reject(st: &AppState, draft: RecordDraft, err: ProxyError) -> Response {
+    let protocol = Protocol::of(draft.request_type);
     let outcome = RequestOutcome::rejected(err.status().as_u16(), err.to_string());
     st.balancer
         .record_unrouted(draft, outcome)
         .wait(st.proxy.commit_wait)
         .await;
-    err.into_response()
-}
-
-enum Forwarded {
-    Done(Response),
-    /// The node could not be reached; the lease goes back for another node.
-    FailOver(RequestLease, String),
-    /// The node answered 429 or 503 (and is left alone for its `Retry-After`); the
-    /// lease goes back for another node.
-    Refused(RequestLease, String),
-}
-
-async fn forward(
-    st: &AppState,
-    lease: RequestLease,
-    req: &Parsed,
-    client_headers: &HeaderMap,
-    tried: &[NodeId],
-) -> Forwarded {
-    let node = lease.node().clone();
-    let (base_url, api_key, wants_usage, check) = node.with_info(|i| {
-        (
-            i.base_url.clone(),
-            i.api_key.clone(),
-            i.wants_include_usage(),
-            i.certificate_check(),
-        )
-    });
-    let kind = lease.draft().request_type;
-    let injected = match kind {
-        RequestType::ChatCompletions | RequestType::Completions if wants_usage => {
-            include_usage::request_with_include_usage(&req.body, &req.json)
-        }
-        _ => None,
-    };
-    let url = format!("{base_url}{}", kind.upstream_path());
-    let send = |body: Bytes| {
-        let request = headers::upstream_request(&url, client_headers, api_key.as_deref(), body);
-        let client = st.client.clone();
-        let timeout = st.proxy.first_byte_timeout;
-        async move { client.send(request?, check, timeout).await }
-    };
-    let sent_at = Instant::now();
-    let mut result = send(injected.clone().unwrap_or_else(|| req.body.clone())).await;
-    let mut hide_usage = injected.is_some();
-    if let (Ok(resp), true) = (&result, hide_usage) {
-        if matches!(
-            resp.status(),
-            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY
-        ) {
-            // The node may reject `stream_options`: ask once more as the client asked.
-            let retry = send(req.body.clone()).await;
-            if retry.as_ref().is_ok_and(|r| r.status().is_success()) {
-                node.update_info(|i| i.include_usage_rejected = true);
-                tracing::info!(node = %node.name(), "node rejects stream_options; include_usage disabled for it");
-            }
-            result = retry;
-            hide_usage = false;
-        }
-    }
-    let resp = match result {
-        Ok(r) => r,
-        Err(e) if e.may_fail_over() => return Forwarded::FailOver(lease, e.to_string()),
-        Err(e) => return Forwarded::Done(fail_after_send(st, lease, e).await),
-    };
-    let ttfb = sent_at.elapsed();
-    let status = resp.status();
-    if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
-        st.balancer.refused(&node, headers::retry_after(resp.headers()));
-        // Passed on to the client when no other node could take the request.
-        if st.proxy.retry_refused && st.balancer.has_candidate(&req.model, tried) {
-            return Forwarded::Refused(lease, format!("node answered {}", status.as_u16()));
-        }
-    }
-    let is_sse = resp
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    let out_headers = headers::client_response_headers(resp.headers());
-    if is_sse && status.is_success() {
-        let mut body = stream::TappedBody::new(st, lease, resp.into_body(), hide_usage, ttfb);
-        // What came with the response head leaves with it, in one write.
-        body.gather_ready_frames().await;
-        let mut response = Response::new(Body::from_stream(body.into_stream()));
-        *response.status_mut() = status;
-        *response.headers_mut() = out_headers;
-        return Forwarded::Done(response);
-    }
-    Forwarded::Done(complete_plain(st, lease, status, out_headers, resp.into_body(), ttfb).await)
-}
-
-/// A node that took the request but failed before answering (timeout, reset):
-/// an error, counted with the estimated prompt since the node received it.
-async fn fail_after_send(st: &AppState, lease: RequestLease, e: UpstreamError) -> Response {
-    let err = match e {
-        UpstreamError::Timeout(_) => ProxyError::UpstreamTimeout(e.to_string()),
-        _ => ProxyError::Upstream(e.to_string()),
-    };
-    let input = lease.draft().prompt.estimate().await;
-    let outcome = RequestOutcome {
-        status: RequestStatus::Error,
-        http_status: err.status().as_u16(),
-        error_message: Some(err.to_string()),
-        usage: TokenUsage::new(input, 0, None),
-        token_source: common::protocol::TokenSource::Estimated,
-        time_to_first_byte: None,
-    };
-    lease.finish(outcome).wait(st.proxy.commit_wait).await;
-    err.into_response()
-}
-
-/// Reads a whole (non-SSE) answer, accounts for it, and releases it after the commit.
-async fn complete_plain(
-    st: &AppState,
-    lease: RequestLease,
-    status: StatusCode,
-    headers: HeaderMap,
-    body: hyper::body::Incoming,
-    ttfb: Duration,
-) -> Response {
-    let collected = tokio::time::timeout(st.proxy.idle_timeout, body.collect()).await;
-    let bytes = match collected {
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) => return fail_after_send(st, lease, UpstreamError::Io(e.to_string())).await,
-        Err(_) => return fail_after_send(st, lease, UpstreamError::Timeout(st.proxy.idle_timeout)).await,
-    };
-    let reported = token::usage_in_body(&bytes);
-    // The whole answer is read only to estimate its output or quote its error.
-    let parsed: Option<Value> = if reported.is_none() || !status.is_success() {
-        serde_json::from_slice(&bytes).ok()
-    } else {
-        None
-    };
-    // The generated text is only needed to estimate, and an error produced none.
-    let generated = match (&parsed, reported, status.is_success()) {
-        (Some(v), None, true) => token::output_text(v),
-        _ => String::new(),
-    };
-    let counted = token::settle(reported, &lease.draft().prompt, generated).await;
-    let error_message = (!status.is_success()).then(|| {
-        let detail = parsed
-            .as_ref()
-            .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned());
-        format!("node answered {}: {detail}", status.as_u16())
-    });
-    let outcome = RequestOutcome {
-        status: if status.is_success() {
-            RequestStatus::Success
-        } else {
-            RequestStatus::Error
-        },
-        http_status: status.as_u16(),
-        error_message,
-        usage: counted.usage,
-        token_source: counted.source,
-        time_to_first_byte: Some(ttfb),
-    };
-    lease.finish(outcome).wait(st.proxy.commit_wait).await;
-    let mut response = Response::new(Body::new(Full::new(bytes)));
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    response
+    err.into_response_for(protocol)
 }

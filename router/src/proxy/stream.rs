@@ -1,5 +1,7 @@
-//! The body of a streamed answer: the node's SSE bytes, through the stream tap, to the
-//! client as they arrive. What arrived together leaves together, in one chunk.
+//! The body of a streamed answer: the node's SSE (or Ollama's NDJSON) bytes, through
+//! the stream tap, to the client as they arrive. What arrived together leaves
+//! together, in one chunk. A Messages request answered in chat completions goes
+//! through a transcoder after the tap, which reads the node's own chunks.
 //!
 //! The record is finished when the terminal event arrives (its bytes are held until
 //! the commit, the bytes before it are not), when the node ends or breaks the stream,
@@ -20,6 +22,7 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::anthropic::ChatToMessages;
 use crate::app::AppState;
 use crate::balancer::{RequestLease, RequestOutcome};
 use crate::token::{self, StreamTap};
@@ -50,6 +53,8 @@ type UpstreamFrame = Result<Option<Result<Frame<Bytes>, hyper::Error>>, tokio::t
 pub struct TappedBody {
     upstream: Incoming,
     tap: StreamTap,
+    /// Rewrites the node's chat chunks as Anthropic events, after the tap.
+    transcoder: Option<ChatToMessages>,
     /// `None` once the record is finished.
     lease: Option<RequestLease>,
     queue: VecDeque<Bytes>,
@@ -71,12 +76,14 @@ impl TappedBody {
         st: &AppState,
         lease: RequestLease,
         upstream: Incoming,
-        hide_injected_usage: bool,
+        tap: StreamTap,
+        transcoder: Option<ChatToMessages>,
         head_time: Duration,
     ) -> Self {
         TappedBody {
             upstream,
-            tap: StreamTap::new(hide_injected_usage),
+            tap,
+            transcoder,
             lease: Some(lease),
             queue: VecDeque::new(),
             settle: None,
@@ -173,7 +180,11 @@ impl TappedBody {
                 if self.first_chunk.is_none() {
                     self.first_chunk = self.lease.as_ref().map(|l| l.draft().started.elapsed());
                 }
-                let out = self.tap.on_chunk(data);
+                let mut out = self.tap.on_chunk(data);
+                if let Some(t) = self.transcoder.as_mut() {
+                    out.now = t.push(&out.now);
+                    out.held = out.held.map(|held| t.push(&held));
+                }
                 if self.settle.is_some() {
                     // After the terminal event: everything waits for the commit.
                     self.settle_with(None, out.now);
@@ -185,12 +196,25 @@ impl TappedBody {
                 }
             }
             Ok(None) => {
-                let tail = self.tap.on_end();
+                let tail = self.end_of_stream();
                 self.settle_with(None, tail);
                 self.ended = true;
             }
             Ok(Some(Err(e))) => self.fail(format!("node broke the stream: {e}")),
             Err(_) => self.fail(format!("node sent nothing for {:?}", self.idle_timeout)),
+        }
+    }
+
+    /// What the framers still held at the end of the node's stream, for the client.
+    fn end_of_stream(&mut self) -> Bytes {
+        let tail = self.tap.on_end();
+        match self.transcoder.as_mut() {
+            None => tail,
+            Some(t) => {
+                let mut all = BytesMut::from(&t.push(&tail)[..]);
+                all.extend_from_slice(&t.finish());
+                all.freeze()
+            }
         }
     }
 
@@ -222,7 +246,7 @@ impl TappedBody {
     /// break the client's stream too, so it cannot mistake it for a complete one.
     fn fail(&mut self, reason: String) {
         self.failure = Some(io::Error::other(reason.clone()));
-        let tail = self.tap.on_end();
+        let tail = self.end_of_stream();
         self.settle_with(Some(reason), tail);
         self.ended = true;
     }
@@ -247,11 +271,14 @@ impl TappedBody {
         let Some(lease) = self.lease.take() else {
             return Box::pin(std::future::ready(()));
         };
-        let error_message = failure.or_else(|| {
-            self.tap
-                .error()
-                .map(|e| format!("node reported an error in the stream: {e}"))
-        });
+        let incomplete = self.tap.incomplete() || self.transcoder.as_ref().is_some_and(ChatToMessages::incomplete);
+        let error_message = failure
+            .or_else(|| {
+                self.tap
+                    .error()
+                    .map(|e| format!("node reported an error in the stream: {e}"))
+            })
+            .or_else(|| incomplete.then(|| "node ended the stream before its final event".to_string()));
         let reported = self.tap.reported_usage();
         let generated = self.tap.take_generated();
         let time_to_first_byte = Some(self.first_chunk.unwrap_or(self.head_time));

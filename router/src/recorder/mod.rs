@@ -347,6 +347,7 @@ mod tests {
             http_status: 200,
             error_message: None,
             duration_ms: 1,
+            time_to_first_token_ms: None,
             input_tokens: i,
             output_tokens: 1,
             total_tokens: i + 1,

@@ -6,9 +6,13 @@
 //! month) of its start in the requested IANA time zone. That is exact for every zone
 //! whose offset is a whole number of hours (DST included); for zones with a :30 or :45
 //! offset, the hour that straddles local midnight counts in the day it starts in.
+//! The usage export (`export`) splits those days by key, node and model; the speed
+//! figures (`speed`) come from the history of a recent window.
 
+mod export;
 mod keys;
 mod series;
+mod speed;
 
 use std::collections::HashMap;
 
@@ -17,8 +21,10 @@ use common::protocol::{
     TokenStats,
 };
 
+pub use export::{usage_export, ExportQuery, Period, UsageExport, UsageRow};
 pub use keys::{dashboard_keys, key_usage, KeyUsage};
 pub use series::{daily, monthly, DailyQuery, MonthlyQuery};
+pub use speed::{speed, DEFAULT_WINDOW_MINUTES, MAX_WINDOW_MINUTES};
 
 use crate::balancer::QueueStats;
 use crate::keys::KeyRing;

@@ -84,7 +84,7 @@ fn offset_at(tz: Tz, t: i64) -> i32 {
 /// Splits the hours of `[start, end)` into runs over which the zone's offset is
 /// constant: one run per DST period, found by checking each day and then the hours of
 /// a day whose offset changed.
-fn offset_runs(tz: Tz, start: i64, end: i64) -> Vec<(i64, i64, i32)> {
+pub(super) fn offset_runs(tz: Tz, start: i64, end: i64) -> Vec<(i64, i64, i32)> {
     let mut runs = Vec::new();
     let (mut run_start, mut offset) = (start, offset_at(tz, start));
     let mut t = start;
@@ -147,13 +147,18 @@ fn today(tz: Tz) -> NaiveDate {
     Utc::now().with_timezone(&tz).date_naive()
 }
 
-pub async fn daily(store: &Store, q: DailyQuery) -> Result<DailyTokenSeries, StatsError> {
-    let tz = parse_tz(q.tz.as_deref())?;
-    if q.days.is_some() && (q.from.is_some() || q.to.is_some()) {
+/// The inclusive local dates of a daily query: `from`/`to`, or `days` ending today.
+pub(super) fn day_range(
+    tz: Tz,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+    days: Option<u32>,
+) -> Result<(NaiveDate, NaiveDate), StatsError> {
+    if days.is_some() && (from.is_some() || to.is_some()) {
         return Err(bad("days", "give either days or from/to, not both"));
     }
-    let to = q.to.unwrap_or_else(|| today(tz));
-    let from = match (q.from, q.days) {
+    let to = to.unwrap_or_else(|| today(tz));
+    let from = match (from, days) {
         (Some(f), _) => f,
         (None, days) => {
             let days = days.unwrap_or(30);
@@ -170,6 +175,50 @@ pub async fn daily(store: &Store, q: DailyQuery) -> Result<DailyTokenSeries, Sta
     if span > MAX_DAYS as i64 {
         return Err(bad("to", format!("range of {span} days is longer than {MAX_DAYS}")));
     }
+    Ok((from, to))
+}
+
+/// The first days of the first and last months of a monthly query: `from`/`to`, or
+/// `months` ending this month.
+pub(super) fn month_range(
+    tz: Tz,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+    months: Option<u32>,
+) -> Result<(NaiveDate, NaiveDate), StatsError> {
+    if months.is_some() && (from.is_some() || to.is_some()) {
+        return Err(bad("months", "give either months or from/to, not both"));
+    }
+    let to = first_of_month(to.unwrap_or_else(|| today(tz)));
+    let from = match (from, months) {
+        (Some(f), _) => first_of_month(f),
+        (None, months) => {
+            let months = months.unwrap_or(12);
+            if months == 0 || months > MAX_MONTHS {
+                return Err(bad("months", format!("must be between 1 and {MAX_MONTHS}")));
+            }
+            to - Months::new(months - 1)
+        }
+    };
+    if from > to {
+        return Err(bad("from", "from is after to"));
+    }
+    let span = month_span(from, to);
+    if span > MAX_MONTHS as i32 {
+        return Err(bad("to", format!("range of {span} months is longer than {MAX_MONTHS}")));
+    }
+    Ok((from, to))
+}
+
+/// The number of months from `from` to `to`, both included.
+fn month_span(from: NaiveDate, to: NaiveDate) -> i32 {
+    (to.year() - from.year()) * 12 + to.month() as i32 - from.month() as i32 + 1
+}
+
+pub async fn daily(store: &Store, q: DailyQuery) -> Result<DailyTokenSeries, StatsError> {
+    let tz = parse_tz(q.tz.as_deref())?;
+    let (from, to) = day_range(tz, q.from, q.to, q.days)?;
+    let span = (to - from).num_days() + 1;
     let start = local_midnight(tz, from);
     let end = local_midnight(tz, to + Days::new(1));
     let mut buckets: BTreeMap<NaiveDate, RollupTotals> = BTreeMap::new();
@@ -200,27 +249,8 @@ pub async fn daily(store: &Store, q: DailyQuery) -> Result<DailyTokenSeries, Sta
 
 pub async fn monthly(store: &Store, q: MonthlyQuery) -> Result<MonthlyTokenSeries, StatsError> {
     let tz = parse_tz(q.tz.as_deref())?;
-    if q.months.is_some() && (q.from.is_some() || q.to.is_some()) {
-        return Err(bad("months", "give either months or from/to, not both"));
-    }
-    let to = first_of_month(q.to.unwrap_or_else(|| today(tz)));
-    let from = match (q.from, q.months) {
-        (Some(f), _) => first_of_month(f),
-        (None, months) => {
-            let months = months.unwrap_or(12);
-            if months == 0 || months > MAX_MONTHS {
-                return Err(bad("months", format!("must be between 1 and {MAX_MONTHS}")));
-            }
-            to - Months::new(months - 1)
-        }
-    };
-    if from > to {
-        return Err(bad("from", "from is after to"));
-    }
-    let span = (to.year() - from.year()) * 12 + to.month() as i32 - from.month() as i32 + 1;
-    if span > MAX_MONTHS as i32 {
-        return Err(bad("to", format!("range of {span} months is longer than {MAX_MONTHS}")));
-    }
+    let (from, to) = month_range(tz, q.from, q.to, q.months)?;
+    let span = month_span(from, to);
     let start = local_midnight(tz, from);
     let end = local_midnight(tz, to + Months::new(1));
     let mut buckets: BTreeMap<NaiveDate, RollupTotals> = BTreeMap::new();

@@ -119,19 +119,13 @@ fn models_json(models: &Option<Vec<String>>) -> Option<String> {
         .map(|m| serde_json::to_string(m).expect("a list of strings serializes"))
 }
 
-impl Store {
-    pub async fn insert_key(&self, new: &NewKey) -> StoreResult<StoredKey> {
-        let l = &new.limits;
-        let row = sqlx::query(
-            "INSERT INTO api_keys (name, prefix, secret_hash, created_at, expires_at, allowed_models,
-             rpm_limit, tpm_limit, max_concurrent, daily_token_budget, monthly_token_budget, budget_tz, priority)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
-        )
-        .bind(&new.name)
-        .bind(&new.prefix)
-        .bind(&new.secret_hash[..])
-        .bind(to_millis(Utc::now()))
-        .bind(l.expires_at.map(to_millis))
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds a key's limits in the order both statements list them: `expires_at`,
+/// `allowed_models`, `rpm_limit`, `tpm_limit`, `max_concurrent`, `daily_token_budget`,
+/// `monthly_token_budget`, `budget_tz`, `priority`.
+fn bind_limits<'q>(q: SqliteQuery<'q>, l: &'q KeyLimits) -> SqliteQuery<'q> {
+    q.bind(l.expires_at.map(to_millis))
         .bind(models_json(&l.allowed_models))
         .bind(l.rpm_limit.map(to_i64))
         .bind(l.tpm_limit.map(to_i64))
@@ -140,6 +134,22 @@ impl Store {
         .bind(l.monthly_token_budget.map(to_i64))
         .bind(&l.budget_tz)
         .bind(l.priority)
+}
+
+impl Store {
+    pub async fn insert_key(&self, new: &NewKey) -> StoreResult<StoredKey> {
+        let row = bind_limits(
+            sqlx::query(
+                "INSERT INTO api_keys (name, prefix, secret_hash, created_at, expires_at, allowed_models,
+             rpm_limit, tpm_limit, max_concurrent, daily_token_budget, monthly_token_budget, budget_tz, priority)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+            )
+            .bind(&new.name)
+            .bind(&new.prefix)
+            .bind(&new.secret_hash[..])
+            .bind(to_millis(Utc::now())),
+            &new.limits,
+        )
         .fetch_one(&self.pool)
         .await?;
         Ok(row_to_key(&row))
@@ -165,23 +175,17 @@ impl Store {
     pub async fn update_key(&self, id: i64, changes: &KeyChanges) -> StoreResult<StoredKey> {
         let current = self.key(id).await?;
         let l = changes.apply(&current.limits);
-        let row = sqlx::query(
-            "UPDATE api_keys SET name = ?, enabled = ?, expires_at = ?, allowed_models = ?, rpm_limit = ?,
-             tpm_limit = ?, max_concurrent = ?, daily_token_budget = ?, monthly_token_budget = ?, budget_tz = ?,
-             priority = ?
-             WHERE id = ? RETURNING *",
+        let row = bind_limits(
+            sqlx::query(
+                "UPDATE api_keys SET name = ?, enabled = ?, expires_at = ?, allowed_models = ?, rpm_limit = ?,
+                 tpm_limit = ?, max_concurrent = ?, daily_token_budget = ?, monthly_token_budget = ?, budget_tz = ?,
+                 priority = ?
+                 WHERE id = ? RETURNING *",
+            )
+            .bind(changes.name.as_ref().unwrap_or(&current.name))
+            .bind(changes.enabled.unwrap_or(current.enabled) as i64),
+            &l,
         )
-        .bind(changes.name.as_ref().unwrap_or(&current.name))
-        .bind(changes.enabled.unwrap_or(current.enabled) as i64)
-        .bind(l.expires_at.map(to_millis))
-        .bind(models_json(&l.allowed_models))
-        .bind(l.rpm_limit.map(to_i64))
-        .bind(l.tpm_limit.map(to_i64))
-        .bind(l.max_concurrent.map(to_i64))
-        .bind(l.daily_token_budget.map(to_i64))
-        .bind(l.monthly_token_budget.map(to_i64))
-        .bind(&l.budget_tz)
-        .bind(l.priority)
         .bind(id)
         .fetch_optional(&self.pool)
         .await?

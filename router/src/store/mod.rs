@@ -5,14 +5,18 @@
 //! about HTTP, balancing or tokenizers. One concern per file: `nodes` (the node
 //! registry's rows), `writer` (request records, committed in batches together with
 //! their rollups), `checkpoint` (the WAL, copied into the database file in the
-//! background), `history` (reading and pruning records) and `rollup` (the
-//! aggregation queries the statistics are built from).
+//! background), `history` (reading and pruning records), `rollup` (the
+//! aggregation queries the statistics are built from), `export` (the usage export's
+//! rows per day × key × node × model) and `speed` (generation speed and time to first
+//! token over a recent window of the history).
 
 pub mod checkpoint;
+mod export;
 mod history;
 mod keys;
 mod nodes;
 mod rollup;
+mod speed;
 mod writer;
 
 use std::path::PathBuf;
@@ -23,10 +27,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use checkpoint::Checkpointer;
+pub use export::ExportRow;
 pub use history::{HistoryFilter, HistoryPage};
 pub use keys::{KeyChanges, KeyLimits, NewKey, StoredKey};
 pub use nodes::{NewNode, NodeChanges, StoredNode};
 pub use rollup::{GroupBy, RollupFilter, RollupKey, RollupTotals, ANONYMOUS};
+pub use speed::SpeedSums;
 pub use writer::{HistoryWriter, LockWait};
 
 /// Errors of the persistence layer.

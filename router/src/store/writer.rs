@@ -22,8 +22,8 @@ use super::{rollup, to_i64, to_millis, Store, StoreResult};
 
 const INSERT_HISTORY: &str = "INSERT INTO request_history (timestamp, completed_at, request_type, model,
     node_id, node_name, client_ip, stream, status, http_status, error_message, duration_ms,
-    input_tokens, output_tokens, total_tokens, token_source, api_key_id, api_key_name)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
+    input_tokens, output_tokens, total_tokens, token_source, api_key_id, api_key_name, time_to_first_token_ms)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
 
 /// Whether a commit waits for another connection's write lock (a checkpoint,
 /// pruning, a node update, another process).
@@ -115,6 +115,7 @@ impl HistoryWriter {
                     r.token_source.as_str(),
                     r.api_key_id,
                     r.api_key_name,
+                    r.time_to_first_token_ms.map(to_i64),
                 ])?);
             }
         }

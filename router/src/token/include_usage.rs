@@ -5,40 +5,52 @@
 //! node reports exact usage in a last, usage-only chunk. On the way back that chunk is
 //! dropped and the `"usage":null` field some servers (vLLM, OpenAI) add to every chunk
 //! is cut out of the bytes, so the client receives what the node would have sent it
-//! without the router. Edits are byte-level: chunks are never re-serialized.
+//! without the router. Edits are byte-level (`json_members` finds the bytes to change):
+//! neither the request nor the chunks are re-serialized, so what is not edited reaches
+//! the node or the client byte for byte.
 
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 
+use super::json_members::{self, Member};
+
 /// The body to send upstream with `include_usage` requested, or `None` when the
-/// request already asks for it (or is not a stream).
+/// request already asks for it (or is not a stream, or `stream_options` is not an
+/// object). Only the bytes of `stream_options` change.
 pub fn request_with_include_usage(body: &[u8], request: &Value) -> Option<Bytes> {
     if request.get("stream").and_then(Value::as_bool) != Some(true) {
         return None;
     }
-    match request.get("stream_options") {
-        None => {
-            // Insert the field right after the opening brace: the client's bytes are
-            // otherwise unchanged.
-            let open = body.iter().position(|&b| b == b'{')?;
-            let mut out = BytesMut::with_capacity(body.len() + 48);
-            out.extend_from_slice(&body[..=open]);
-            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
-            out.extend_from_slice(&body[open + 1..]);
-            Some(out.freeze())
-        }
-        Some(opts) if opts.get("include_usage").and_then(Value::as_bool) == Some(true) => None,
-        Some(Value::Object(_)) | Some(Value::Null) => {
-            let mut v = request.clone();
-            let opts = v.get_mut("stream_options").expect("present");
-            if opts.is_null() {
-                *opts = Value::Object(Default::default());
+    let open = body.iter().position(|&b| b == b'{')?;
+    let members = json_members::members(body, open)?;
+    let Some(options) = json_members::last(&members, "stream_options") else {
+        // Right after the opening brace: `stream` follows, so a comma goes with it.
+        return Some(splice(
+            body,
+            open + 1..open + 1,
+            br#""stream_options":{"include_usage":true},"#,
+        ));
+    };
+    match request.get("stream_options")? {
+        Value::Null => Some(splice(body, options.value.clone(), br#"{"include_usage":true}"#)),
+        Value::Object(o) if o.get("include_usage") == Some(&Value::Bool(true)) => None,
+        Value::Object(o) => {
+            let inner = json_members::members(body, options.value.start)?;
+            match json_members::last(&inner, "include_usage") {
+                Some(Member { value, .. }) => Some(splice(body, value.clone(), b"true")),
+                None => {
+                    let at = options.value.start + 1;
+                    let member: &[u8] = if o.is_empty() {
+                        br#""include_usage":true"#
+                    } else {
+                        br#""include_usage":true,"#
+                    };
+                    Some(splice(body, at..at, member))
+                }
             }
-            opts["include_usage"] = Value::Bool(true);
-            serde_json::to_vec(&v).ok().map(Bytes::from)
         }
         // A malformed stream_options is the node's to reject, as the client sent it.
-        Some(_) => None,
+        _ => None,
     }
 }
 
@@ -51,61 +63,55 @@ pub fn is_usage_only_chunk(chunk: &Value) -> bool {
         && chunk.get("usage").is_some_and(Value::is_object)
 }
 
-/// `raw` with its `"usage": null` member removed, or `None` if it has none.
-/// Only a member preceded by `,` or `{` is a key (inside a JSON string a quote is
-/// escaped), and the comma that joined it to its neighbour goes with it.
+/// The SSE event `raw` with the `"usage": null` member of its JSON removed (with the
+/// comma that joined it to a neighbour), or `None` if it has none. Only a member of
+/// the top-level object counts (the last one, as serde_json reads repeated keys), and
+/// only in an event whose data is on one line (nodes write each chunk on one).
 pub fn strip_usage_null(raw: &[u8]) -> Option<Bytes> {
-    const KEY: &[u8] = b"\"usage\"";
-    let mut from = 0;
-    while let Some(pos) = find(&raw[from..], KEY).map(|p| p + from) {
-        from = pos + KEY.len();
-        let after = skip_ws(raw, pos + KEY.len());
-        if raw.get(after) != Some(&b':') {
-            continue;
-        }
-        let value = skip_ws(raw, after + 1);
-        if !raw[value..].starts_with(b"null") {
-            continue;
-        }
-        let value_end = value + 4;
-        let before = skip_ws_back(raw, pos);
-        let (cut_start, cut_end) = match before.checked_sub(1).map(|i| raw[i]) {
-            Some(b',') => (before - 1, value_end),
-            Some(b'{') => {
-                // First member: remove the comma after it instead, if any.
-                let next = skip_ws(raw, value_end);
-                if raw.get(next) == Some(&b',') {
-                    (pos, skip_ws(raw, next + 1))
-                } else {
-                    (pos, value_end)
-                }
+    let payload = single_data_line(raw)?;
+    let open = payload.start + raw[payload.clone()].iter().position(|b| !b.is_ascii_whitespace())?;
+    let members = json_members::members(&raw[..payload.end], open)?;
+    let i = members
+        .iter()
+        .rposition(|m| m.key == "usage")
+        .filter(|&i| &raw[members[i].value.clone()] == b"null")?;
+    let cut = match (i.checked_sub(1), members.get(i + 1)) {
+        // From the end of the value before it: its comma goes too.
+        (Some(before), _) => members[before].value.end..members[i].value.end,
+        // The first member: up to the key after it.
+        (None, Some(after)) => members[i].start..after.start,
+        (None, None) => members[i].start..members[i].value.end,
+    };
+    Some(splice(raw, cut, b""))
+}
+
+/// Where the value of the event's only `data:` line is (after `data:` and one space).
+fn single_data_line(raw: &[u8]) -> Option<std::ops::Range<usize>> {
+    let mut found = None;
+    let mut start = 0;
+    while start < raw.len() {
+        let end = raw[start..]
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+            .map_or(raw.len(), |p| start + p);
+        if let Some(value) = raw[start..end].strip_prefix(b"data:") {
+            if found.is_some() {
+                return None;
             }
-            _ => continue,
-        };
-        let mut out = BytesMut::with_capacity(raw.len());
-        out.extend_from_slice(&raw[..cut_start]);
-        out.extend_from_slice(&raw[cut_end..]);
-        return Some(out.freeze());
+            let skip = usize::from(value.first() == Some(&b' '));
+            found = Some(end - value.len() + skip..end);
+        }
+        start = end + 1;
     }
-    None
+    found
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn skip_ws(raw: &[u8], mut i: usize) -> usize {
-    while raw.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
-        i += 1;
-    }
-    i
-}
-
-fn skip_ws_back(raw: &[u8], mut i: usize) -> usize {
-    while i > 0 && raw[i - 1].is_ascii_whitespace() {
-        i -= 1;
-    }
-    i
+fn splice(bytes: &[u8], range: std::ops::Range<usize>, with: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(bytes.len() + with.len());
+    out.extend_from_slice(&bytes[..range.start]);
+    out.extend_from_slice(with);
+    out.extend_from_slice(&bytes[range.end..]);
+    out.freeze()
 }
 
 #[cfg(test)]
@@ -127,7 +133,28 @@ mod tests {
     }
 
     #[test]
-    fn existing_stream_options_are_merged_and_true_is_left_alone() {
+    fn existing_stream_options_are_edited_in_place_and_true_is_left_alone() {
+        let edit = |body: &str| {
+            let v: Value = serde_json::from_str(body).unwrap();
+            request_with_include_usage(body.as_bytes(), &v).map(|b| String::from_utf8(b.to_vec()).unwrap())
+        };
+        // The float serde_json would have rewritten (it parses it one ulp off) stays as sent.
+        assert_eq!(
+            edit(r#"{"temperature": -1.7071772791241587e-143, "stream":true, "stream_options": {"include_usage": false}}"#).unwrap(),
+            r#"{"temperature": -1.7071772791241587e-143, "stream":true, "stream_options": {"include_usage": true}}"#
+        );
+        assert_eq!(
+            edit(r#"{"stream":true,"stream_options":null}"#).unwrap(),
+            r#"{"stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(
+            edit(r#"{"stream":true,"stream_options":{ }}"#).unwrap(),
+            r#"{"stream":true,"stream_options":{"include_usage":true }}"#
+        );
+        assert_eq!(
+            edit(r#"{"stream":true,"stream_options":{"x":1}}"#).unwrap(),
+            r#"{"stream":true,"stream_options":{"include_usage":true,"x":1}}"#
+        );
         let v = json!({"stream": true, "stream_options": {"include_usage": false}});
         let out = request_with_include_usage(v.to_string().as_bytes(), &v).unwrap();
         let parsed: Value = serde_json::from_slice(&out).unwrap();
@@ -146,9 +173,16 @@ mod tests {
             &out[..],
             br#"data: {"id":"x","choices":[{"delta":{"content":"\"usage\":null"}}]}"#
         );
-        let out = strip_usage_null(br#"{"usage": null, "a":1}"#).unwrap();
-        assert_eq!(&out[..], br#"{"a":1}"#);
-        assert_eq!(strip_usage_null(br#"{"usage":{"prompt_tokens":1}}"#), None);
+        let out = strip_usage_null(b"data: {\"usage\": null, \"a\":1}\n\n").unwrap();
+        assert_eq!(&out[..], b"data: {\"a\":1}\n\n");
+        assert_eq!(strip_usage_null(br#"data: {"usage":{"prompt_tokens":1}}"#), None);
+        // A nested member is the chunk's content, not the router's doing.
+        let raw = br#"data: {"choices":[{"usage":null}],"usage":null}"#;
+        assert_eq!(
+            &strip_usage_null(raw).unwrap()[..],
+            br#"data: {"choices":[{"usage":null}]}"#
+        );
+        assert_eq!(strip_usage_null(br#"data: {"choices":{"usage":null}}"#), None);
     }
 
     #[test]

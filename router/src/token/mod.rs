@@ -1,17 +1,23 @@
 //! Token accounting: where a request's token figures come from.
 //!
 //! Usage extraction (SPEC T-3/C-4): a node's `usage` field, in the OpenAI shape
-//! (`prompt_tokens`, `completion_tokens`, `total_tokens`) or the Responses API shape
-//! (`input_tokens`, `output_tokens`). Estimation (T-4/T-5/C-5): when a node reports
+//! (`prompt_tokens`, `completion_tokens`, `total_tokens`) or the Responses and
+//! Messages APIs' shape (`input_tokens`, `output_tokens`); Ollama's top-level
+//! `prompt_eval_count` and `eval_count`. Estimation (T-4/T-5/C-5): when a node reports
 //! nothing, the request text and the generated text are counted with the `cl100k_base`
 //! BPE of `bpe-openai` (the same counts as `tiktoken`, linear time on hostile input).
 //! Counting never panics, runs large texts on the blocking pool, and caps its input:
 //! beyond [`MAX_COUNTED_BYTES`] the count is extrapolated from the counted prefix.
 //!
-//! The stream side lives in `sse` (framing), `tap` (per-event accumulation) and
-//! `include_usage` (asking nodes for usage and hiding the answer from the client).
+//! The stream side lives in `sse` and `ndjson` (framing), `tap` (per-event
+//! accumulation) and `include_usage` (asking nodes for usage and hiding the answer
+//! from the client).
 
+#[cfg(test)]
+mod fuzz;
 pub mod include_usage;
+mod json_members;
+pub mod ndjson;
 pub mod sse;
 pub mod tap;
 
@@ -20,7 +26,7 @@ use std::sync::Arc;
 use common::protocol::{TokenSource, TokenUsage};
 use serde_json::Value;
 
-pub use tap::{StreamTap, TapOutput};
+pub use tap::{StreamTap, TapMode, TapOutput};
 
 /// Texts longer than this are counted on tokio's blocking pool.
 const INLINE_COUNT_BYTES: usize = 16 * 1024;
@@ -51,6 +57,15 @@ pub fn count_tokens(text: &str) -> u64 {
     let counted = bpe.count(&text[..cut]) as u64;
     // Scale by bytes: the prefix's tokens-per-byte stands for the whole text.
     ((counted as u128 * text.len() as u128) / cut as u128) as u64
+}
+
+/// Loads the BPE tables on the blocking pool, so that the first request that needs an
+/// estimate does not wait for them (0.75 s in a debug build, where the wait pushed a
+/// 1 s timeout's answer past 1.7 s).
+pub fn preload() {
+    tokio::task::spawn_blocking(|| {
+        bpe_openai::cl100k_base();
+    });
 }
 
 /// [`count_tokens`] without blocking the async runtime on large texts.
@@ -89,7 +104,40 @@ pub fn usage_in_body(body: &[u8]) -> Option<TokenUsage> {
     usage_object(answer.usage.as_ref()?)
 }
 
-fn usage_object(u: &Value) -> Option<TokenUsage> {
+/// Ollama's counts in an answer or a stream's final object: `prompt_eval_count`
+/// (input) and `eval_count` (output). Ollama leaves out a count that is zero.
+pub fn usage_from_ollama(v: &Value) -> Option<TokenUsage> {
+    let input = as_count(v.get("prompt_eval_count"));
+    let output = as_count(v.get("eval_count"));
+    if input.is_none() && output.is_none() {
+        return None;
+    }
+    Some(TokenUsage::new(input.unwrap_or(0), output.unwrap_or(0), None))
+}
+
+/// [`usage_from_ollama`] of a whole answer, read without building the rest of it
+/// (an embedding is mostly numbers).
+pub fn ollama_usage_in_body(body: &[u8]) -> Option<TokenUsage> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        prompt_eval_count: Option<u64>,
+        eval_count: Option<u64>,
+    }
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
+    let a: Answer = serde_json::from_slice(body).ok()?;
+    if a.prompt_eval_count.is_none() && a.eval_count.is_none() {
+        return None;
+    }
+    Some(TokenUsage::new(
+        a.prompt_eval_count.unwrap_or(0),
+        a.eval_count.unwrap_or(0),
+        None,
+    ))
+}
+
+pub(crate) fn usage_object(u: &Value) -> Option<TokenUsage> {
     if !u.is_object() {
         return None;
     }
@@ -156,6 +204,8 @@ pub fn prompt_text(request: &Value) -> PromptText {
     if let Some(instructions) = request.get("instructions").and_then(Value::as_str) {
         push_text(&mut p.text, instructions);
     }
+    // Anthropic's and Ollama's system prompt: a string or text blocks.
+    collect_content(request.get("system"), &mut p.text);
     for key in ["prompt", "input"] {
         match request.get(key) {
             Some(Value::String(s)) => push_text(&mut p.text, s),
@@ -194,6 +244,22 @@ pub fn output_text(response: &Value) -> String {
             if let Some(t) = c.get("text").and_then(Value::as_str) {
                 push_text(&mut out, t);
             }
+        }
+    }
+    // Ollama's chat (`message`) and generate (`response`) answers.
+    if let Some(m) = response.get("message") {
+        collect_content(m.get("content"), &mut out);
+    }
+    if let Some(r) = response.get("response").and_then(Value::as_str) {
+        push_text(&mut out, r);
+    }
+    // Anthropic's `content` blocks: text, and the input of tool calls.
+    for block in response.get("content").and_then(Value::as_array).into_iter().flatten() {
+        if let Some(t) = block.get("text").and_then(Value::as_str) {
+            push_text(&mut out, t);
+        }
+        if let Some(input) = block.get("input") {
+            push_text(&mut out, &input.to_string());
         }
     }
     if let Some(items) = response.get("output").and_then(Value::as_array) {
@@ -309,6 +375,16 @@ mod tests {
                 total_tokens: 8
             })
         );
+    }
+
+    #[test]
+    fn ollama_counts_are_read_from_the_final_object() {
+        let done = json!({"done": true, "prompt_eval_count": 26, "eval_count": 290, "total_duration": 1});
+        assert_eq!(usage_from_ollama(&done), Some(TokenUsage::new(26, 290, Some(316))));
+        assert_eq!(usage_from_ollama(&json!({"done": true})), None);
+        let body = br#"{"embeddings": [[0.1, 0.2]], "prompt_eval_count": 8}"#;
+        assert_eq!(ollama_usage_in_body(body), Some(TokenUsage::new(8, 0, Some(8))));
+        assert_eq!(ollama_usage_in_body(br#"{"embedding": [0.1]}"#), None);
     }
 
     #[test]

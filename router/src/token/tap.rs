@@ -1,11 +1,17 @@
 //! The stream tap: watches a streamed response go by and accounts for its tokens.
 //!
 //! Every chunk from the node passes through [`StreamTap::on_chunk`], which frames it
-//! into SSE events, accumulates the generated text and any usage the node reports
-//! (T-11), and tells the proxy which bytes to forward now and which to hold until the
-//! record is committed (the terminal event: `data: [DONE]` or the Responses API's
-//! `response.completed`). Finalizing (T-12) takes the reported usage if a chunk
+//! into SSE events (or NDJSON lines for Ollama), accumulates the generated text and any
+//! usage the node reports (T-11), and tells the proxy which bytes to forward now and
+//! which to hold until the record is committed (the terminal event: `data: [DONE]`,
+//! the Responses API's `response.completed`, Anthropic's `message_stop`, Ollama's
+//! `"done": true` object). Finalizing (T-12) takes the reported usage if a chunk
 //! carried one, else the estimate of the accumulated text.
+//!
+//! Usage is read in every protocol's fields: OpenAI's `usage`, the Responses API's
+//! `response.usage`, Anthropic's `message_start` / `message_delta` usage, Ollama's
+//! `prompt_eval_count` / `eval_count`. Ollama and Anthropic streams end with a final
+//! event by definition: one that ends without it is incomplete (an error).
 //!
 //! Bytes are forwarded unchanged, except, when the router itself asked the node for
 //! usage, the usage-only chunk and the `"usage":null` members (`include_usage`).
@@ -17,8 +23,11 @@ use common::protocol::TokenUsage;
 use serde_json::Value;
 
 use super::include_usage::{is_usage_only_chunk, strip_usage_null};
+use super::ndjson::NdjsonParser;
 use super::sse::{SseEvent, SseParser};
-use super::usage_from_json;
+use super::{usage_from_json, usage_object};
+
+mod ollama;
 
 /// Generated text kept for estimation; beyond it the text is not accumulated.
 const MAX_GENERATED_BYTES: usize = 8 * 1024 * 1024;
@@ -35,9 +44,23 @@ pub struct TapOutput {
     pub held: Option<Bytes>,
 }
 
+/// How a stream is framed and whether it must end with a terminal event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TapMode {
+    /// OpenAI's SSE (chat, completions, Responses): `[DONE]` may be missing.
+    #[default]
+    OpenAi,
+    /// Anthropic's SSE: must end with `message_stop`.
+    Anthropic,
+    /// Ollama's NDJSON: must end with a `"done": true` object.
+    Ollama,
+}
+
 #[derive(Debug, Default)]
 pub struct StreamTap {
+    mode: TapMode,
     parser: SseParser,
+    lines: NdjsonParser,
     /// The router added `include_usage`: hide its effects from the client.
     hide_injected_usage: bool,
     offset: u64,
@@ -66,9 +89,20 @@ impl StreamTap {
         }
     }
 
+    /// A pass-through tap for another protocol's stream.
+    pub fn for_mode(mode: TapMode) -> Self {
+        StreamTap {
+            mode,
+            ..Default::default()
+        }
+    }
+
     pub fn on_chunk(&mut self, chunk: Bytes) -> TapOutput {
         let chunk_start = self.offset;
         self.offset += chunk.len() as u64;
+        if self.mode == TapMode::Ollama {
+            return self.on_ndjson_chunk(chunk, chunk_start);
+        }
         let events = self.parser.push(&chunk);
         if !self.hide_injected_usage {
             // Pass-through: the chunk goes out as it came, split only before a
@@ -111,6 +145,12 @@ impl StreamTap {
     /// The stream ended: returns bytes still held by the framer (an unterminated last
     /// event), to forward as they are.
     pub fn on_end(&mut self) -> Bytes {
+        if self.mode == TapMode::Ollama {
+            if let Some(line) = self.lines.finish() {
+                self.observe_line(line.json());
+            }
+            return Bytes::new();
+        }
         match self.parser.finish() {
             Some(e) => {
                 self.observe(&e);
@@ -138,6 +178,11 @@ impl StreamTap {
         self.terminal_seen
     }
 
+    /// The stream ended without the final event its protocol always sends.
+    pub fn incomplete(&self) -> bool {
+        self.mode != TapMode::OpenAi && !self.terminal_seen
+    }
+
     /// The text generated so far, for estimation when the node reported no usage
     /// (once it has, the text is not decoded and this may be partial).
     pub fn take_generated(&mut self) -> String {
@@ -147,7 +192,7 @@ impl StreamTap {
         std::mem::take(&mut self.generated)
     }
 
-    fn defer(&mut self, data: &str) {
+    pub(super) fn defer(&mut self, data: &str) {
         self.deferred_bytes += data.len();
         self.deferred.push(data.to_string());
         if self.deferred_bytes > MAX_DEFERRED_BYTES {
@@ -159,7 +204,7 @@ impl StreamTap {
         self.deferred_bytes = 0;
         for data in std::mem::take(&mut self.deferred) {
             if let Ok(v) = serde_json::from_str::<Value>(&data) {
-                self.collect_choices_text(&v);
+                self.collect_text(&v);
             }
         }
     }
@@ -185,7 +230,7 @@ impl StreamTap {
         if let Some(err) = v.get("error") {
             self.error = Some(error_message(err));
         }
-        self.collect_choices_text(&v);
+        self.collect_text(&v);
         if let Some(u) = usage_from_json(&v) {
             self.usage = Some(u);
         }
@@ -203,7 +248,28 @@ impl StreamTap {
         (Disposition::Forward, false)
     }
 
-    /// The generated text of a chat or completions chunk.
+    /// The generated text of a chat or completions chunk, or of an Ollama object.
+    pub(super) fn collect_text(&mut self, v: &Value) {
+        if let Some(m) = v.get("message") {
+            for k in ["content", "thinking"] {
+                if let Some(s) = m.get(k).and_then(Value::as_str) {
+                    self.push_generated(s);
+                }
+            }
+            for call in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(a) = call.pointer("/function/arguments").filter(|a| !a.is_null()) {
+                    self.push_generated(&a.to_string());
+                }
+            }
+        }
+        for k in ["response", "thinking"] {
+            if let Some(s) = v.get(k).and_then(Value::as_str) {
+                self.push_generated(s);
+            }
+        }
+        self.collect_choices_text(v);
+    }
+
     fn collect_choices_text(&mut self, v: &Value) {
         for c in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
             if let Some(d) = c.get("delta") {
@@ -224,8 +290,46 @@ impl StreamTap {
         }
     }
 
-    /// Responses API events; returns whether the event ends the response.
+    /// Responses API and Anthropic events; returns whether the event ends the response.
     fn observe_responses_event(&mut self, kind: &str, v: &Value) -> bool {
+        match kind {
+            "message_start" => {
+                self.usage = v.pointer("/message/usage").and_then(usage_object);
+                return false;
+            }
+            "content_block_delta" => {
+                let delta = v.get("delta");
+                for k in ["text", "partial_json", "thinking"] {
+                    if let Some(s) = delta.and_then(|d| d.get(k)).and_then(Value::as_str) {
+                        self.push_generated(s);
+                    }
+                }
+                return false;
+            }
+            "content_block_start" => {
+                if let Some(s) = v.pointer("/content_block/text").and_then(Value::as_str) {
+                    self.push_generated(s);
+                }
+                return false;
+            }
+            "message_delta" => {
+                // The final counts: output always, input when the server repeats it.
+                if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                    let count = |k: &str| u.get(k).and_then(Value::as_u64);
+                    let input = count("input_tokens").or(self.usage.map(|u| u.input_tokens));
+                    let output = count("output_tokens").or(self.usage.map(|u| u.output_tokens));
+                    if input.is_some() || output.is_some() {
+                        self.usage = Some(TokenUsage::new(input.unwrap_or(0), output.unwrap_or(0), None));
+                    }
+                }
+                return false;
+            }
+            "message_stop" => {
+                self.terminal_seen = true;
+                return true;
+            }
+            _ => {}
+        }
         if kind.ends_with(".delta") {
             if let Some(d) = v.get("delta").and_then(Value::as_str) {
                 self.push_generated(d);
@@ -245,7 +349,8 @@ impl StreamTap {
                 true
             }
             "error" => {
-                self.error = Some(error_message(v));
+                // Anthropic nests it: `{"type": "error", "error": {"type", "message"}}`.
+                self.error = Some(error_message(v.get("error").filter(|e| e.is_object()).unwrap_or(v)));
                 false
             }
             _ => false,
@@ -277,7 +382,11 @@ fn is_plain_delta(data: &str) -> bool {
     KEYS.iter().all(|k| k.find(data.as_bytes()).is_none())
 }
 
-fn error_message(err: &Value) -> String {
+/// The message of an error: `{"message": …}`, Ollama's plain string, or the JSON.
+pub(super) fn error_message(err: &Value) -> String {
+    if let Some(s) = err.as_str() {
+        return s.to_string();
+    }
     err.get("message")
         .and_then(Value::as_str)
         .map(str::to_string)
@@ -384,5 +493,61 @@ mod tests {
         assert_eq!(held, "");
         assert_eq!(tap.reported_usage(), None);
         assert_eq!(tap.take_generated(), "");
+    }
+
+    #[test]
+    fn ollama_ndjson_passes_through_and_its_final_object_is_held_and_counted() {
+        let mut tap = StreamTap::for_mode(TapMode::Ollama);
+        let (now, held) = run(
+            &mut tap,
+            &[
+                "{\"message\":{\"role\":\"assistant\",\"content\":\"Hel\"},\"done\":false}\n{\"message\":{\"con",
+                "tent\":\"lo\"},\"done\":false}\n{\"message\":{\"content\":\"\"},\"done\":true,",
+                "\"prompt_eval_count\":4,\"eval_count\":2}\n",
+            ],
+        );
+        // The final object is known once whole: what came of it before stays sent.
+        assert!(now.ends_with("\"done\":true,"), "{now}");
+        assert_eq!(held, "\"prompt_eval_count\":4,\"eval_count\":2}\n");
+        assert_eq!(tap.reported_usage(), Some(TokenUsage::new(4, 2, None)));
+        assert!(!tap.incomplete());
+        assert_eq!(tap.error(), None);
+    }
+
+    #[test]
+    fn ollama_without_counts_is_estimated_and_garbage_is_an_error() {
+        let mut tap = StreamTap::for_mode(TapMode::Ollama);
+        run(
+            &mut tap,
+            &["{\"response\":\"a \",\"done\":false}\n{\"response\":\"b\",\"done\":true}\n"],
+        );
+        assert_eq!(tap.reported_usage(), None);
+        assert_eq!(tap.take_generated(), "a b");
+        let mut garbage = StreamTap::for_mode(TapMode::Ollama);
+        let (now, _) = run(&mut garbage, &["not json\n{\"done\":"]);
+        assert_eq!(now, "not json\n{\"done\":");
+        assert!(garbage.error().is_some());
+        assert!(garbage.incomplete());
+    }
+
+    #[test]
+    fn anthropic_events_carry_usage_and_message_stop_is_held() {
+        let mut tap = StreamTap::for_mode(TapMode::Anthropic);
+        let (now, held) = run(
+            &mut tap,
+            &[
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n",
+                "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n",
+                "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":3}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+            ],
+        );
+        assert!(now.ends_with("\"output_tokens\":3}}\n\n"), "{now}");
+        assert_eq!(held, "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+        assert_eq!(tap.reported_usage(), Some(TokenUsage::new(9, 3, None)));
+        assert_eq!(tap.take_generated(), "hi");
+        let mut cut = StreamTap::for_mode(TapMode::Anthropic);
+        run(&mut cut, &["event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n"]);
+        assert_eq!(cut.error(), Some("busy"));
+        assert!(cut.incomplete());
     }
 }

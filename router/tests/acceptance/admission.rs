@@ -43,7 +43,7 @@ async fn queue(h: &Harness) -> Value {
 }
 
 /// Waits (5 s at most) until `check` holds.
-async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+pub async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
     for _ in 0..1000 {
         if check().await {
             return;

@@ -36,7 +36,8 @@ async fn a_configuration_file_declares_nodes_and_settings_that_flags_override_an
     let dir = tempfile::TempDir::new().unwrap();
     let file = dir.path().join("llm-router.toml");
     let text = format!(
-        "# the router's settings\nport = 0\nqueue_size = 7\nqueue_timeout_secs = 3\nmetrics = \"admin\"\n\n\
+        "# the router's settings\nport = 0\nqueue_size = 7\nqueue_timeout_secs = 3\nmetrics = \"admin\"\n\
+         max_connections = 64\nrequest_head_timeout_ms = 2500\nworker_threads = 2\n\n\
          [[nodes]]\nurl = \"{}\"\nname = \"gpu-a\"\nmax_concurrent = 4\nweight = 3\n\n\
          [[nodes]]\nbase_url = \"{}/v1\"\nkind = \"openai\"\n",
         a.base_url(),
@@ -47,10 +48,23 @@ async fn a_configuration_file_declares_nodes_and_settings_that_flags_override_an
     let args = parse(&file, &dir, &[]);
     assert_eq!((args.queue_size, args.queue_timeout_secs), (7, 3));
     assert_eq!(args.metrics, llm_router::config::MetricsAccess::Admin);
+    // The server's limits (issue 17) are settings like any other.
+    assert_eq!(
+        (args.max_connections, args.request_head_timeout_ms, args.worker_threads),
+        (Some(64), 2500, Some(2))
+    );
     // A flag wins over the file.
-    let overridden = parse(&file, &dir, &["--queue-size", "9", "--metrics", "open"]);
+    let overridden = parse(
+        &file,
+        &dir,
+        &["--queue-size", "9", "--metrics", "open", "--max-connections", "128"],
+    );
     assert_eq!((overridden.queue_size, overridden.queue_timeout_secs), (9, 3));
     assert_eq!(overridden.metrics, llm_router::config::MetricsAccess::Open);
+    assert_eq!(
+        (overridden.max_connections, overridden.worker_threads),
+        (Some(128), Some(2))
+    );
 
     let router = llm_router::app::start(args.clone()).await.unwrap();
     let h = Harness::from_router(router, dir, args);

@@ -11,14 +11,16 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-struct Browser {
-    client: Client,
+pub(crate) struct Browser {
+    pub client: Client,
     driver: tokio::process::Child,
     _profile: tempfile::TempDir,
+    /// Where the browser saves downloads.
+    pub downloads: tempfile::TempDir,
 }
 
 impl Browser {
-    async fn start() -> Browser {
+    pub async fn start() -> Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -32,10 +34,15 @@ impl Browser {
             .spawn()
             .expect("chromedriver must be installed (Debian package chromium-driver)");
         let profile = tempfile::TempDir::new().unwrap();
+        let downloads = tempfile::TempDir::new().unwrap();
         let caps = json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
+                "prefs": {
+                    "download.default_directory": downloads.path().display().to_string(),
+                    "download.prompt_for_download": false,
+                },
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                     "--disable-dev-shm-usage", "--disable-quic", "--no-first-run", "--disable-component-update",
                     "--disable-sync", "--window-size=1280,1000",
@@ -55,6 +62,7 @@ impl Browser {
                         client,
                         driver,
                         _profile: profile,
+                        downloads,
                     }
                 }
                 Err(e) => last_err = Some(e),
@@ -64,7 +72,7 @@ impl Browser {
         panic!("cannot start Chromium through chromedriver: {last_err:?}");
     }
 
-    async fn js(&self, script: &str) -> Value {
+    pub async fn js(&self, script: &str) -> Value {
         self.client
             .execute(script, vec![])
             .await
@@ -72,7 +80,7 @@ impl Browser {
     }
 
     /// Polls `script` until it returns something truthy (10 s at most).
-    async fn wait(&self, what: &str, script: &str) -> Value {
+    pub async fn wait(&self, what: &str, script: &str) -> Value {
         for _ in 0..200 {
             let v = self.js(script).await;
             if !(v.is_null() || v == false || v == "" || v == 0) {
@@ -84,18 +92,18 @@ impl Browser {
         panic!("timed out waiting for {what}");
     }
 
-    async fn screenshot(&self, name: &str) {
+    pub async fn screenshot(&self, name: &str) {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-artifacts");
         std::fs::create_dir_all(&dir).unwrap();
         let png = self.client.screenshot().await.unwrap();
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
-    async fn click(&self, locator: Locator<'_>) {
+    pub async fn click(&self, locator: Locator<'_>) {
         self.client.find(locator).await.unwrap().click().await.unwrap();
     }
 
-    async fn number(&self, selector: &str) -> u64 {
+    pub async fn number(&self, selector: &str) -> u64 {
         let v = self
             .js(&format!(
                 "const e = document.querySelector('{selector}'); return e ? e.dataset.value : null;"
@@ -107,7 +115,7 @@ impl Browser {
             .unwrap()
     }
 
-    async fn close(mut self) {
+    pub async fn close(mut self) {
         let errors = self.js("return window.__dashboardErrors").await;
         let _ = self.client.close().await;
         let _ = self.driver.kill().await;
@@ -129,7 +137,7 @@ async fn workload(h: &Harness) {
 }
 
 /// Opens the dashboard and submits `key` in the login form.
-async fn submit_key(b: &Browser, h: &Harness, key: &str) {
+pub(crate) async fn submit_key(b: &Browser, h: &Harness, key: &str) {
     b.client.goto(&h.url("/dashboard")).await.unwrap();
     b.wait("login form", "return !document.getElementById('login').hidden")
         .await;
@@ -138,7 +146,7 @@ async fn submit_key(b: &Browser, h: &Harness, key: &str) {
     b.click(Locator::Css("#login-form button")).await;
 }
 
-async fn sign_in(b: &Browser, h: &Harness) {
+pub(crate) async fn sign_in(b: &Browser, h: &Harness) {
     submit_key(b, h, ADMIN_KEY).await;
     b.wait("overview", "return document.getElementById('card-total').dataset.value")
         .await;
@@ -332,7 +340,7 @@ async fn figures_refresh_by_themselves() {
 }
 
 /// Sets a `<select>` or `<input>` and fires `change`, as a user's choice would.
-async fn choose(b: &Browser, id: &str, value: &str) {
+pub(crate) async fn choose(b: &Browser, id: &str, value: &str) {
     b.js(&format!(
         "const e = document.getElementById('{id}'); e.value = '{value}'; e.dispatchEvent(new Event('change'));"
     ))

@@ -617,19 +617,8 @@ except openai.AuthenticationError as e:
     print("401", e.code)
 "#
     );
-    let out = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .await
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "SDK failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
+        python(&script).await,
         "7\n6\n429 rate_limit_exceeded\n401 invalid_api_key\n"
     );
     let tokens = h.get(&format!("/api/dashboard/stats/tokens?key_id={id}")).await;

@@ -4,10 +4,18 @@
 
 mod accounting;
 mod admission;
+mod anthropic;
 mod config_file;
+mod console_api;
+mod console_e2e;
+mod console_usage_e2e;
 mod dashboard_api;
 mod dashboard_e2e;
+mod fuzz_bodies;
+mod hostile;
 mod keys;
+mod ollama;
+mod open_files;
 mod persistence;
 mod proxy;
 mod support;

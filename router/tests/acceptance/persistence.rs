@@ -402,8 +402,14 @@ async fn first_line(args: &[&str], env: &[(&str, &str)]) -> Result<String, (i32,
 
 #[tokio::test]
 async fn the_runtime_has_the_worker_threads_asked_for() {
+    // By default, one per core the process may use.
+    let cores = std::thread::available_parallelism().unwrap().get();
     let default = first_line(&[], &[]).await.unwrap();
-    assert!(default.contains(" with 1 worker thread "), "{default}");
+    let plural = if cores == 1 { "" } else { "s" };
+    assert!(
+        default.contains(&format!(" with {cores} worker thread{plural} ")),
+        "{default}"
+    );
     let flag = first_line(&["--worker-threads", "3"], &[]).await.unwrap();
     assert!(flag.contains(" with 3 worker threads "), "{flag}");
     let env = first_line(&[], &[("LLM_ROUTER_WORKER_THREADS", "2")]).await.unwrap();

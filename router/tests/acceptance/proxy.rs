@@ -453,18 +453,7 @@ print([m.id for m in c.models.list().data])
 "#,
         h.router.base_url()
     );
-    let out = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .await
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "SDK failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = python(&script).await;
     assert_eq!(
         text,
         "alpha0 alpha1 alpha2 alpha3 alpha4 7\nalpha0 alpha1 alpha2 alpha3 alpha4\n2\n['m']\n"

@@ -224,3 +224,43 @@ pub async fn direct_stream(node: &MockNode, body: &Value) -> Vec<u8> {
 pub fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
 }
+
+/// Runs a Python script (the official SDKs: `openai`, `ollama`, `anthropic`); returns
+/// its standard output, or fails with its standard error.
+pub async fn python(script: &str) -> String {
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `/stats/tokens` after checking that Σ by_node = Σ by_model = Σ by_key = totals;
+/// returns (input, output, total, requests).
+pub async fn token_totals(h: &Harness) -> (u64, u64, u64, u64) {
+    let t = h.get("/api/dashboard/stats/tokens").await;
+    let totals = (
+        u(&t["total_input_tokens"]),
+        u(&t["total_output_tokens"]),
+        u(&t["total_tokens"]),
+        u(&t["request_count"]),
+    );
+    for list in ["by_node", "by_model", "by_key"] {
+        let sum = |k: &str| t[list].as_array().unwrap().iter().map(|e| u(&e[k])).sum::<u64>();
+        let sums = (
+            sum("input_tokens"),
+            sum("output_tokens"),
+            sum("total_tokens"),
+            sum("request_count"),
+        );
+        assert_eq!(sums, totals, "{list}: {t}");
+    }
+    totals
+}

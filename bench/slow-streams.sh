@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Many concurrent slow streams: STREAMS clients (default 4,000) each read a stream of 20
+# chunks sent 50 ms apart (about a second per request) through nginx, vllm-router (when
+# installed) and llm-router, and directly from the mock node. Each proxy is pinned to
+# one core with all its threads; the mock node and wrk share the other (bench/lib.sh).
+#
+# Per target: requests/s, errors, p50/p99, resident memory idle, at its peak during the
+# load (sampled every 0.2 s), the memory per open stream ((peak - idle) / STREAMS), and
+# what is left 30 s after the load ended.
+#
+# Usage: [STREAMS=n] [ROUNDS=n] bench/slow-streams.sh [seconds per run, default 20]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+DURATION=${1:-20}
+STREAMS=${STREAMS:-4000}
+ROUNDS=${ROUNDS:-1}
+SETTLE=${SETTLE:-30}
+need nginx wrk
+ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+cargo build --release -q -p llm-router -p mock-node
+WORK=$(mktemp -d)
+NGINX_PORT=$(free_port)
+cleanup() { kill $(jobs -p) 2>/dev/null || true; stop_nginx "$NGINX_PORT" "$WORK"; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+MOCK_PORT=$(free_port); ROUTER_PORT=$(free_port); VLLM_PORT=$(free_port)
+spawn_load ./target/release/mock-node --listen 127.0.0.1:$MOCK_PORT --name slow --chunks 20 --chunk-delay-ms 50 \
+  --worker-threads 1 >/dev/null
+declare -A PIDS URLS
+PIDS[direct]=$!; URLS[direct]=http://127.0.0.1:$MOCK_PORT
+wait_http "${URLS[direct]}/v1/models"
+PIDS[nginx]=$(start_nginx "$NGINX_PORT" "$MOCK_PORT" "$WORK"); URLS[nginx]=http://127.0.0.1:$NGINX_PORT
+spawn_proxy ./target/release/llm-router --host 127.0.0.1 --port "$ROUTER_PORT" --data-dir "$WORK/router" \
+  --admin-key bench --node http://127.0.0.1:$MOCK_PORT >/dev/null
+PIDS[router]=$!; URLS[router]=http://127.0.0.1:$ROUTER_PORT
+wait_http "${URLS[router]}/health"
+TARGETS="direct nginx router"
+if have_vllm_router; then
+  spawn_proxy vllm-router --host 127.0.0.1 --port "$VLLM_PORT" --worker-urls "http://127.0.0.1:$MOCK_PORT" \
+    --policy round_robin --prometheus-port "$(free_port)" >"$WORK/vllm-router.log" 2>&1
+  PIDS[vllm-router]=$!; URLS[vllm-router]=http://127.0.0.1:$VLLM_PORT
+  for _ in $(seq 100); do
+    curl -sf -o /dev/null -X POST -H 'content-type: application/json' "${URLS[vllm-router]}/v1/chat/completions" \
+      -d '{"model":"mock-model","messages":[{"role":"user","content":"hi"}]}' && break
+    sleep 0.2
+  done
+  TARGETS="$TARGETS vllm-router"
+fi
+wrk_script "$WORK/stream.lua" true
+
+echo "$STREAMS concurrent streams of 20 chunks 50 ms apart, ${DURATION}s per run, $ROUNDS round(s);"
+echo "proxies pinned to core $CORE_PROXY, mock node and wrk to core $CORE_LOAD; memory in KiB"
+printf "%-12s %9s %8s %9s %9s %9s %9s %9s %11s %11s\n" target req/s errors p50_ms p99_ms idle peak \
+  per_stream "end" "after_${SETTLE}s"
+for round in $(seq "$ROUNDS"); do
+  for t in $TARGETS; do
+    idle=$(rss_kb ${PIDS[$t]})
+    pin_load wrk -t2 -c"$STREAMS" -d"${DURATION}s" --timeout 30s --latency -s "$WORK/stream.lua" \
+      "${URLS[$t]}/v1/chat/completions" >"$WORK/wrk.out" &
+    wrk_pid=$!
+    peak=$idle
+    while kill -0 $wrk_pid 2>/dev/null; do
+      now=$(rss_kb ${PIDS[$t]}); [ "$now" -gt "$peak" ] && peak=$now
+      sleep 0.2
+    done
+    end=$(rss_kb ${PIDS[$t]})
+    sleep "$SETTLE"
+    after=$(rss_kb ${PIDS[$t]})
+    out=$(cat "$WORK/wrk.out")
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    errors=$(echo "$out" | awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(",", ""); n += $4 + $6 + $8 + $10} END {print n + 0}')
+    p50=$(echo "$out" | awk '$1=="50%" {print $2}' | to_us)
+    p99=$(echo "$out" | awk '$1=="99%" {print $2}' | to_us)
+    per=$(( (peak - idle) / STREAMS ))
+    printf "%-12s %9.0f %8d %9.0f %9.0f %9d %9d %9d %11d %11d\n" "$t" "$rps" "$errors" "$(echo "$p50 / 1000" | bc -l)" \
+      "$(echo "$p99 / 1000" | bc -l)" "$idle" "$peak" "$per" "$end" "$after"
+    echo "$t $rps $peak $after $idle" >>"$WORK/results"
+  done
+done
+awk '{rps[$1] = $2; peak[$1] = $3; after[$1] = $4; idle[$1] = $5}
+  END { if ("nginx" in rps) for (t in rps) if (t != "direct" && t != "nginx")
+    printf "%-12s %.2fx nginx requests/s, peak memory %.2fx nginx, %.2fx its idle figure %s s after the load\n",
+      t, rps[t] / rps["nginx"], peak[t] / peak["nginx"], after[t] / idle[t], "'"$SETTLE"'" }' "$WORK/results"

@@ -1,0 +1,277 @@
+//! Slow and hostile clients, over raw sockets: half request heads, bodies that stop
+//! short, idle keep-alive connections, more connections than the cap. The open-file
+//! limit tests are in `open_files`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Connects to the router.
+pub async fn connect(h: &Harness) -> TcpStream {
+    TcpStream::connect(h.router.addr).await.unwrap()
+}
+
+/// Reads until the router closes the connection (10 s at most); returns what it sent.
+pub async fn read_to_close(tcp: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the router kept the connection open; it sent {out:?}");
+    out
+}
+
+/// Reads one response with a `content-length` body; returns its head and body.
+pub async fn read_response(tcp: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(p) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "connection closed mid-response: {:?}",
+            String::from_utf8_lossy(&data)
+        );
+        data.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8(data[..head_end].to_vec()).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("content-length");
+    while data.len() < head_end + length {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed mid-body");
+        data.extend_from_slice(&buf[..n]);
+    }
+    (head, data[head_end..].to_vec())
+}
+
+/// Whether the router still holds the connection open (nothing to read, no EOF).
+pub fn is_open(tcp: &TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(tcp.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+fn split_response(raw: &[u8]) -> (String, Value) {
+    let text = String::from_utf8(raw.to_vec()).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    (
+        head.to_ascii_lowercase(),
+        serde_json::from_str(body).expect("a JSON body"),
+    )
+}
+
+const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: router\r\n\r\n";
+
+#[tokio::test]
+async fn a_request_head_that_does_not_arrive_in_time_closes_the_connection_unanswered() {
+    let node = mock("n", &["m"]).await;
+    let h = Harness::start_with(&[&node], |a| a.request_head_timeout_ms = 300).await;
+
+    // Half a head, then silence.
+    let started = Instant::now();
+    let mut half = connect(&h).await;
+    half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Le")
+        .await
+        .unwrap();
+    assert_eq!(read_to_close(&mut half).await, b"");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(2000),
+        "{waited:?}"
+    );
+
+    // Not a byte.
+    let started = Instant::now();
+    let mut silent = connect(&h).await;
+    assert_eq!(read_to_close(&mut silent).await, b"");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(2000),
+        "{waited:?}"
+    );
+
+    // A head sent slowly but within the time is served.
+    let mut slow = connect(&h).await;
+    for piece in HEALTH.chunks(10) {
+        slow.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let (head, body) = read_response(&mut slow).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["status"], "ok");
+    assert_eq!(node.received().len(), 0);
+}
+
+#[tokio::test]
+async fn a_body_that_stops_short_gets_408_and_the_connection_is_closed() {
+    let node = mock("n", &["m"]).await;
+    let h = Harness::start_with(&[&node], |a| a.request_body_timeout_ms = 300).await;
+    let expected_error = json!({"error": {
+        "message": "the request body did not arrive in time",
+        "type": "invalid_request_error",
+        "code": "request_timeout"}});
+
+    // Declares 100 bytes, sends 13.
+    let started = Instant::now();
+    let mut short = connect(&h).await;
+    short
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":\"m\",")
+        .await
+        .unwrap();
+    let (head, body) = split_response(&read_to_close(&mut short).await);
+    let waited = started.elapsed();
+    assert!(head.starts_with("http/1.1 408 request timeout\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    assert_eq!(body, expected_error);
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(2000),
+        "{waited:?}"
+    );
+
+    // A chunked body whose last chunk never comes.
+    let mut chunked = connect(&h).await;
+    chunked
+        .write_all(
+            b"POST /v1/completions HTTP/1.1\r\nHost: router\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"mod\r\n",
+        )
+        .await
+        .unwrap();
+    let (head, body) = split_response(&read_to_close(&mut chunked).await);
+    assert!(head.starts_with("http/1.1 408 request timeout\r\n"), "{head}");
+    assert_eq!(body, expected_error);
+
+    // The same on an admin route, answered by the server layer.
+    let mut admin = connect(&h).await;
+    admin
+        .write_all(format!("POST /api/nodes HTTP/1.1\r\nHost: router\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Length: 100\r\n\r\n{{\"base_url\":").as_bytes())
+        .await
+        .unwrap();
+    let (head, body) = split_response(&read_to_close(&mut admin).await);
+    assert!(head.starts_with("http/1.1 408 request timeout\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    assert_eq!(
+        body,
+        json!({"error": {"message": "the request body did not arrive within 300ms",
+            "type": "invalid_request_error", "code": "request_timeout"}})
+    );
+
+    // No node saw them; both inference requests are recorded as 408s.
+    assert_eq!(node.received().len(), 0);
+    let records = h.wait_history(2).await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    for r in &records {
+        assert_eq!(r["http_status"], 408, "{r}");
+        assert_eq!(r["status"], "error", "{r}");
+        assert_eq!(r["node_id"], Value::Null, "{r}");
+    }
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout() {
+    let node = mock("n", &["m"]).await;
+    let h = Harness::start_with(&[&node], |a| a.keep_alive_timeout_ms = 400).await;
+    let mut tcp = connect(&h).await;
+    tcp.write_all(HEALTH).await.unwrap();
+    let (head, _) = read_response(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    // Within the keep-alive time the connection serves the next request.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    tcp.write_all(HEALTH).await.unwrap();
+    let (head, _) = read_response(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let idle_from = Instant::now();
+    assert_eq!(read_to_close(&mut tcp).await, b"");
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_millis(390) && idle < Duration::from_millis(2000),
+        "{idle:?}"
+    );
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_the_connection_idle_the_longest_makes_room() {
+    let node = mock("n", &["m"]).await;
+    let h = Harness::start_with(&[&node], |a| a.max_connections = Some(4)).await;
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = connect(&h).await;
+        tcp.write_all(HEALTH).await.unwrap();
+        read_response(&mut tcp).await;
+        idle.push(tcp);
+    }
+    let (status, v) = h.chat("m", "hello").await;
+    assert_eq!(status, 200, "{v}");
+    let mut open: Vec<bool> = Vec::new();
+    for _ in 0..40 {
+        open = idle.iter().map(is_open).collect();
+        if open == [false, true, true, true] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open, [false, true, true, true]);
+}
+
+#[tokio::test]
+async fn when_every_connection_is_busy_a_new_client_gets_503_at_once() {
+    let node = mock_with("n", &["m"], |c| c.latency = Duration::from_millis(1500)).await;
+    let h = Harness::start_with(&[&node], |a| a.max_connections = Some(2)).await;
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, url) = (reqwest::Client::new(), h.url("/v1/chat/completions"));
+            tokio::spawn(async move {
+                let resp = http.post(url).json(&chat_body("m", "x", false)).send().await.unwrap();
+                resp.status().as_u16()
+            })
+        })
+        .collect();
+    while node.received().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let started = Instant::now();
+    let mut refused = connect(&h).await;
+    refused.write_all(HEALTH).await.unwrap();
+    let (head, body) = split_response(&read_to_close(&mut refused).await);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(head.starts_with("http/1.1 503 service unavailable\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    assert!(head.contains("\r\nretry-after: 1"), "{head}");
+    assert_eq!(
+        body,
+        json!({"error": {"message": "the router has too many open connections; retry later",
+            "type": "server_error", "code": "too_many_connections"}})
+    );
+
+    for b in busy {
+        assert_eq!(b.await.unwrap(), 200);
+    }
+    // Once they are idle, a new client takes the place of one of them.
+    let (status, v) = h.chat("m", "again").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(node.received().len(), 3);
+}
