@@ -20,6 +20,8 @@ pub struct KeyLimits {
     pub monthly_token_budget: Option<u64>,
     /// An IANA zone name, validated by the caller.
     pub budget_tz: String,
+    /// Place in the admission queue: higher first (anonymous requests have 0).
+    pub priority: i64,
 }
 
 /// A key as persisted.
@@ -57,6 +59,7 @@ pub struct KeyChanges {
     pub daily_token_budget: Option<Option<u64>>,
     pub monthly_token_budget: Option<Option<u64>>,
     pub budget_tz: Option<String>,
+    pub priority: Option<i64>,
 }
 
 impl KeyChanges {
@@ -74,6 +77,7 @@ impl KeyChanges {
             daily_token_budget: pick(&self.daily_token_budget, &limits.daily_token_budget),
             monthly_token_budget: pick(&self.monthly_token_budget, &limits.monthly_token_budget),
             budget_tz: pick(&self.budget_tz, &limits.budget_tz),
+            priority: pick(&self.priority, &limits.priority),
         }
     }
 }
@@ -104,6 +108,7 @@ fn row_to_key(r: &sqlx::sqlite::SqliteRow) -> StoredKey {
             daily_token_budget: opt_u64(r, "daily_token_budget"),
             monthly_token_budget: opt_u64(r, "monthly_token_budget"),
             budget_tz: r.get("budget_tz"),
+            priority: r.get("priority"),
         },
     }
 }
@@ -118,7 +123,7 @@ type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::Sqlite
 
 /// Binds a key's limits in the order both statements list them: `expires_at`,
 /// `allowed_models`, `rpm_limit`, `tpm_limit`, `max_concurrent`, `daily_token_budget`,
-/// `monthly_token_budget`, `budget_tz`.
+/// `monthly_token_budget`, `budget_tz`, `priority`.
 fn bind_limits<'q>(q: SqliteQuery<'q>, l: &'q KeyLimits) -> SqliteQuery<'q> {
     q.bind(l.expires_at.map(to_millis))
         .bind(models_json(&l.allowed_models))
@@ -128,6 +133,7 @@ fn bind_limits<'q>(q: SqliteQuery<'q>, l: &'q KeyLimits) -> SqliteQuery<'q> {
         .bind(l.daily_token_budget.map(to_i64))
         .bind(l.monthly_token_budget.map(to_i64))
         .bind(&l.budget_tz)
+        .bind(l.priority)
 }
 
 impl Store {
@@ -135,8 +141,8 @@ impl Store {
         let row = bind_limits(
             sqlx::query(
                 "INSERT INTO api_keys (name, prefix, secret_hash, created_at, expires_at, allowed_models,
-             rpm_limit, tpm_limit, max_concurrent, daily_token_budget, monthly_token_budget, budget_tz)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+             rpm_limit, tpm_limit, max_concurrent, daily_token_budget, monthly_token_budget, budget_tz, priority)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
             )
             .bind(&new.name)
             .bind(&new.prefix)
@@ -172,7 +178,8 @@ impl Store {
         let row = bind_limits(
             sqlx::query(
                 "UPDATE api_keys SET name = ?, enabled = ?, expires_at = ?, allowed_models = ?, rpm_limit = ?,
-                 tpm_limit = ?, max_concurrent = ?, daily_token_budget = ?, monthly_token_budget = ?, budget_tz = ?
+                 tpm_limit = ?, max_concurrent = ?, daily_token_budget = ?, monthly_token_budget = ?, budget_tz = ?,
+                 priority = ?
                  WHERE id = ? RETURNING *",
             )
             .bind(changes.name.as_ref().unwrap_or(&current.name))

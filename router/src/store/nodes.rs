@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{from_millis, to_millis, Store, StoreError, StoreResult};
+use super::{from_millis, to_i64, to_millis, to_u64, Store, StoreError, StoreResult};
 
 /// A node as persisted.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,7 +15,7 @@ pub struct StoredNode {
     pub enabled: bool,
     /// Ask the node for `stream_options.include_usage` on streams (the per-node switch).
     pub include_usage: bool,
-    /// `api` or `static` (from `--node`).
+    /// `api`, `static` (from `--node`) or `config` (the configuration file).
     pub source: String,
     /// `openai`, `ollama`, `vllm`, `llamacpp` or `lmstudio`.
     pub kind: String,
@@ -23,6 +23,10 @@ pub struct StoredNode {
     pub kind_explicit: bool,
     /// Do not verify the node's TLS certificate (the operator's choice).
     pub tls_insecure: bool,
+    /// Requests in flight the operator allows (`None`: the node's own slots, or no limit).
+    pub max_concurrent: Option<u64>,
+    /// Share of the load (1 by default).
+    pub weight: u64,
     pub created_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
 }
@@ -37,6 +41,8 @@ pub struct NewNode {
     pub kind: &'static str,
     pub kind_explicit: bool,
     pub tls_insecure: bool,
+    pub max_concurrent: Option<u64>,
+    pub weight: u64,
 }
 
 /// A partial update; `None` leaves the field as it is.
@@ -49,6 +55,10 @@ pub struct NodeChanges {
     /// `Some(Some(kind))`: set by the operator; `Some(None)`: told by the health checker again.
     pub kind: Option<Option<&'static str>>,
     pub tls_insecure: Option<bool>,
+    /// `Some(None)`: no limit of the operator's.
+    pub max_concurrent: Option<Option<u64>>,
+    pub weight: Option<u64>,
+    pub source: Option<&'static str>,
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -67,6 +77,8 @@ fn row_to_node(r: &sqlx::sqlite::SqliteRow) -> StoredNode {
         kind: r.get("kind"),
         kind_explicit: r.get::<i64, _>("kind_explicit") != 0,
         tls_insecure: r.get::<i64, _>("tls_insecure") != 0,
+        max_concurrent: r.get::<Option<i64>, _>("max_concurrent").map(to_u64),
+        weight: to_u64(r.get("weight")),
         created_at: from_millis(r.get("created_at")),
         deleted_at: r.get::<Option<i64>, _>("deleted_at").map(from_millis),
     }
@@ -76,8 +88,8 @@ impl Store {
     pub async fn insert_node(&self, new: &NewNode) -> StoreResult<StoredNode> {
         let row = sqlx::query(
             "INSERT INTO nodes (name, base_url, api_key, include_usage, source, kind, kind_explicit, tls_insecure,
-                                created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                                max_concurrent, weight, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
         )
         .bind(&new.name)
         .bind(&new.base_url)
@@ -87,6 +99,8 @@ impl Store {
         .bind(new.kind)
         .bind(new.kind_explicit as i64)
         .bind(new.tls_insecure as i64)
+        .bind(new.max_concurrent.map(to_i64))
+        .bind(to_i64(new.weight))
         .bind(to_millis(Utc::now()))
         .fetch_one(&self.pool)
         .await
@@ -104,7 +118,7 @@ impl Store {
         let current = self.node(id).await?;
         let row = sqlx::query(
             "UPDATE nodes SET name = ?, api_key = ?, enabled = ?, include_usage = ?, kind = ?, kind_explicit = ?,
-                              tls_insecure = ?
+                              tls_insecure = ?, max_concurrent = ?, weight = ?, source = ?
              WHERE id = ? AND deleted_at IS NULL RETURNING *",
         )
         .bind(changes.name.as_ref().unwrap_or(&current.name))
@@ -114,6 +128,9 @@ impl Store {
         .bind(changes.kind.flatten().unwrap_or(&current.kind))
         .bind(changes.kind.map_or(current.kind_explicit, |k| k.is_some()) as i64)
         .bind(changes.tls_insecure.unwrap_or(current.tls_insecure) as i64)
+        .bind(changes.max_concurrent.unwrap_or(current.max_concurrent).map(to_i64))
+        .bind(to_i64(changes.weight.unwrap_or(current.weight)))
+        .bind(changes.source.unwrap_or(&current.source))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?

@@ -45,6 +45,16 @@ impl Harness {
         }
     }
 
+    /// A harness over a router started by the test itself.
+    pub fn from_router(router: RunningRouter, dir: TempDir, args: ServeArgs) -> Harness {
+        Harness {
+            router,
+            dir,
+            http: reqwest::Client::new(),
+            args,
+        }
+    }
+
     /// Stops the router gracefully and starts it again on the same database.
     pub async fn restart(self) -> Harness {
         let Harness {
