@@ -174,7 +174,6 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
         timeout: Duration::from_millis(args.health_timeout_ms),
         failures_before_offline: args.health_failures.max(1),
     };
-    crate::token::preload();
     health.probe_all().await;
 
     let state = AppState(Arc::new(Services {

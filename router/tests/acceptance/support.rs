@@ -32,6 +32,7 @@ impl Harness {
     }
 
     pub async fn start_with(nodes: &[&MockNode], tweak: impl FnOnce(&mut ServeArgs)) -> Harness {
+        warm_tokenizer();
         let dir = TempDir::new().unwrap();
         let mut args = base_args(&dir);
         args.nodes = nodes.iter().map(|n| n.base_url()).collect();
@@ -169,6 +170,17 @@ impl Harness {
         }
         panic!("node {base_url} never became {what}: {}", self.node(base_url).await);
     }
+}
+
+/// Loads the BPE tables once per test process. The router loads them on the first
+/// estimate (they take ~50 MB that a router whose nodes report usage never needs); in
+/// a debug build that first load takes ~0.75 s, which would count in the timing of
+/// whichever test estimates first.
+fn warm_tokenizer() {
+    static WARM: std::sync::Once = std::sync::Once::new();
+    WARM.call_once(|| {
+        llm_router::token::count_tokens("warm");
+    });
 }
 
 pub fn chat_body(model: &str, content: &str, stream: bool) -> Value {
