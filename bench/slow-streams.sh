@@ -52,6 +52,8 @@ if have_vllm_router; then
   TARGETS="$TARGETS vllm-router"
 fi
 wrk_script "$WORK/stream.lua" true
+# ONLY="router nginx" measures a subset (quicker A/B runs).
+if [ -n "${ONLY:-}" ]; then TARGETS=$ONLY; fi
 
 echo "$STREAMS concurrent streams of 20 chunks 50 ms apart, ${DURATION}s per run, $ROUNDS round(s);"
 echo "proxies pinned to core $CORE_PROXY, mock node and wrk to core $CORE_LOAD; memory in KiB"

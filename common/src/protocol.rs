@@ -235,6 +235,25 @@ pub struct DashboardStats {
     pub total_input_tokens: u64,
     pub total_output_tokens: u64,
     pub total_tokens: u64,
+    /// The admission queue (requests waiting for a node slot), since start-up.
+    pub queue: QueueFigures,
+}
+
+/// The admission queue's figures since start-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueueFigures {
+    /// Requests waiting now.
+    pub depth: u64,
+    /// Requests that waited, then went to a node.
+    pub served: u64,
+    /// Their average wait, in milliseconds.
+    pub average_wait_ms: f64,
+    /// Refused at once: the queue was full (503 `queue_full`).
+    pub full: u64,
+    /// Refused after waiting the whole timeout (503 `queue_timeout`).
+    pub timed_out: u64,
+    /// Clients that left while queued (recorded `cancelled`, without a node).
+    pub cancelled: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

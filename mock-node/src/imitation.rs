@@ -86,7 +86,7 @@ async fn llamacpp_props(State(s): State<Arc<Shared>>) -> Json<Value> {
     s.note_probe("/props");
     Json(json!({
         "default_generation_settings": {"n_ctx": 4096, "params": {}},
-        "total_slots": 1,
+        "total_slots": s.config.slots.unwrap_or(1),
         "model_path": format!("/models/{}.gguf", s.config.models.first().map_or("mock", String::as_str)),
         "build_info": "b0-mock",
     }))
@@ -94,7 +94,10 @@ async fn llamacpp_props(State(s): State<Arc<Shared>>) -> Json<Value> {
 
 async fn llamacpp_slots(State(s): State<Arc<Shared>>) -> Json<Value> {
     s.note_probe("/slots");
-    Json(json!([{"id": 0, "n_ctx": 4096, "is_processing": false}]))
+    let slots: Vec<Value> = (0..s.config.slots.unwrap_or(1))
+        .map(|id| json!({"id": id, "n_ctx": 4096, "is_processing": false}))
+        .collect();
+    Json(Value::Array(slots))
 }
 
 async fn lmstudio_models(State(s): State<Arc<Shared>>) -> Json<Value> {

@@ -5,25 +5,29 @@
 //! `/v1/embeddings` and `/v1/responses`, plain or streamed, with deterministic text
 //! and usage so tests can assert exact token figures. Knobs in [`MockConfig`] make it
 //! behave like the various servers in the field (no usage, `"usage": null` in every
-//! chunk, rejecting `stream_options`, breaking mid-stream, failing at random), answer
-//! the probe routes of the server it imitates ([`Imitation`]), Ollama's own API when
-//! it imitates Ollama (`ollama`), Anthropic's Messages API when it imitates a server
-//! that speaks it (`messages`), and serve over TLS ([`TlsIdentity`]). A chat request
-//! with `tools` is answered with a call of the first tool unless its last message is
-//! a tool result. It must stay dumb: no routing or accounting logic lives here.
+//! chunk, rejecting `stream_options`, breaking mid-stream, failing at random, refusing
+//! with 429/503, serving a bounded number of requests at a time like llama-server's
+//! slots), answer the probe routes of the server it imitates ([`Imitation`]), Ollama's
+//! own API when it imitates Ollama (`ollama`), Anthropic's Messages API when it
+//! imitates a server that speaks it (`messages`), and serve over TLS ([`TlsIdentity`]).
+//! A chat request with `tools` is answered with a call of the first tool unless its
+//! last message is a tool result. It counts the requests it has in flight and their
+//! peak. It must stay dumb: no routing or accounting logic lives here.
 
+mod capacity;
 mod imitation;
 mod messages;
 mod ollama;
 mod tls;
 mod tools;
 
+pub use capacity::Refuse;
 pub use imitation::Imitation;
 pub use tls::TlsIdentity;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,7 +40,9 @@ use axum::{Json, Router};
 use futures_util::stream;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
+
+use capacity::Busy;
 
 /// How a mock node behaves.
 #[derive(Debug, Clone)]
@@ -66,6 +72,11 @@ pub struct MockConfig {
     pub imitate: Imitation,
     /// Serve HTTPS with this certificate and key instead of plain HTTP.
     pub tls: Option<TlsIdentity>,
+    /// Requests generated at once; more wait inside the node (llama-server's slots,
+    /// told as `total_slots` by its `/props`). `None`: no limit.
+    pub slots: Option<usize>,
+    /// Refuse inference requests with this answer before generating anything.
+    pub refuse: Option<Refuse>,
 }
 
 impl Default for MockConfig {
@@ -84,6 +95,8 @@ impl Default for MockConfig {
             failure_rate: 0.0,
             imitate: Imitation::OpenAi,
             tls: None,
+            slots: None,
+            refuse: None,
         }
     }
 }
@@ -91,6 +104,8 @@ impl Default for MockConfig {
 /// A request the mock node received, for tests to inspect.
 #[derive(Debug, Clone)]
 pub struct ReceivedRequest {
+    /// Arrival order among every mock node of the process (from 1).
+    pub seq: u64,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Value,
@@ -100,11 +115,19 @@ pub struct ReceivedRequest {
 /// a node under a long benchmark does not grow without bound (it once reached 24 GB).
 pub const KEPT_REQUESTS: usize = 10_000;
 
+/// Requests received by every mock node of the process: their order of arrival.
+static ARRIVALS: AtomicU64 = AtomicU64::new(0);
+
 struct Shared {
     config: MockConfig,
     received: Mutex<VecDeque<ReceivedRequest>>,
     probes: Mutex<VecDeque<String>>,
     tls_handshakes: Arc<AtomicU64>,
+    /// Inference requests accepted and not finished (a stream until its end).
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+    slots: Option<Arc<Semaphore>>,
+    refused: AtomicUsize,
 }
 
 impl Shared {
@@ -138,10 +161,14 @@ impl MockNode {
         let addr = listener.local_addr().expect("bound listener has an address");
         let tls = config.tls.clone();
         let shared = Arc::new(Shared {
+            slots: config.slots.map(|n| Arc::new(Semaphore::new(n))),
             config,
             received: Mutex::new(VecDeque::new()),
             probes: Mutex::new(VecDeque::new()),
             tls_handshakes: Arc::default(),
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
         });
         let app = router(shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -180,6 +207,21 @@ impl MockNode {
     /// TLS connections accepted so far (each one a full handshake; 0 in plain mode).
     pub fn tls_handshakes(&self) -> u64 {
         self.shared.tls_handshakes.load(Ordering::Relaxed)
+    }
+
+    /// Inference requests in flight now (accepted, not finished).
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most inference requests it ever had in flight at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.peak_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Requests it refused (the [`Refuse`] knob).
+    pub fn refused(&self) -> usize {
+        self.shared.refused.load(Ordering::SeqCst)
     }
 
     /// The paths of the probes received (model lists and telltale routes), oldest first.
@@ -285,11 +327,16 @@ struct Rejection {
     status: StatusCode,
     message: String,
     usage: Option<Value>,
+    retry_after: Option<u64>,
 }
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
-        error(self.status, &self.message, self.usage)
+        let mut response = error(self.status, &self.message, self.usage);
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert("retry-after", secs.into());
+        }
+        response
     }
 }
 
@@ -298,22 +345,40 @@ fn reject(status: StatusCode, message: impl Into<String>) -> Rejection {
         status,
         message: message.into(),
         usage: None,
+        retry_after: None,
     }
 }
 
-fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(Call, Value), Rejection> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| reject(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))?;
+/// Keeps a request for the tests (the last `KEPT_REQUESTS`), numbered by arrival.
+fn keep_request(s: &Shared, path: &str, headers: HeaderMap, value: &Value) {
     let mut received = s.received.lock().unwrap();
     if received.len() == KEPT_REQUESTS {
         received.pop_front();
     }
     received.push_back(ReceivedRequest {
+        seq: ARRIVALS.fetch_add(1, Ordering::SeqCst) + 1,
         path: path.into(),
         headers,
         body: value.clone(),
     });
-    drop(received);
+}
+
+fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(Call, Value), Rejection> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| reject(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))?;
+    keep_request(s, path, headers, &value);
+    if let Some(r) = s.config.refuse {
+        let n = s.refused.fetch_add(1, Ordering::SeqCst);
+        if r.times.is_none_or(|times| n < times) {
+            return Err(Rejection {
+                status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                message: "mock node busy".into(),
+                usage: None,
+                retry_after: r.retry_after,
+            });
+        }
+        s.refused.fetch_sub(1, Ordering::SeqCst);
+    }
     let model = value.get("model").and_then(Value::as_str).unwrap_or("").to_string();
     if !s.config.models.contains(&model) {
         return Err(reject(StatusCode::NOT_FOUND, format!("model {model} not found")));
@@ -338,6 +403,7 @@ fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(C
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: "mock failure".into(),
             usage: s.config.usage.then(|| usage_json(call.prompt_tokens, 0)),
+            retry_after: None,
         });
     }
     Ok((call, value))
@@ -382,6 +448,7 @@ async fn generate(s: Arc<Shared>, path: &str, headers: HeaderMap, body: Bytes, k
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
+    let busy = Busy::start(&s).await;
     pause(s.config.latency).await;
     let n = s.config.chunks;
     let name = s.config.name.clone();
@@ -395,6 +462,7 @@ async fn generate(s: Arc<Shared>, path: &str, headers: HeaderMap, body: Bytes, k
         return tools::tool_call_answer(&s.config, &call, &tool);
     }
     if !call.stream {
+        drop(busy);
         let text: String = (0..n).map(|i| chunk_text(&name, i)).collect();
         let mut out = match kind {
             Kind::Chat => json!({
@@ -415,6 +483,8 @@ async fn generate(s: Arc<Shared>, path: &str, headers: HeaderMap, body: Bytes, k
     }
     let cfg = s.config.clone();
     let events = stream::unfold(0usize, move |i| {
+        // Held by the stream: the request is in flight until the stream ends or is dropped.
+        let _busy = &busy;
         let cfg = cfg.clone();
         let call_model = call.model.clone();
         let include_usage = call.include_usage && cfg.usage;
@@ -511,6 +581,7 @@ async fn embeddings(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byte
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
+    let _busy = Busy::start(&s).await;
     pause(s.config.latency).await;
     let inputs = match value.get("input") {
         Some(Value::Array(a)) => a.len().max(1),
@@ -531,6 +602,7 @@ async fn responses(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
+    let busy = Busy::start(&s).await;
     pause(s.config.latency).await;
     let n = s.config.chunks;
     let name = s.config.name.clone();
@@ -567,10 +639,13 @@ async fn responses(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         json!({"type": "response.completed", "response": response("completed", &text)})
     ));
     let delay = s.config.chunk_delay;
-    let body = stream::unfold(events.into_iter(), move |mut it| async move {
-        let e = it.next()?;
-        pause(delay).await;
-        Some((Ok::<_, std::io::Error>(Bytes::from(e)), it))
+    let body = stream::unfold(events.into_iter(), move |mut it| {
+        let _busy = &busy;
+        async move {
+            let e = it.next()?;
+            pause(delay).await;
+            Some((Ok::<_, std::io::Error>(Bytes::from(e)), it))
+        }
     });
     Response::builder()
         .header("content-type", "text/event-stream")

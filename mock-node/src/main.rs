@@ -40,6 +40,9 @@ struct Args {
     /// The PEM private key of `--tls-cert`.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Requests generated at once; more wait inside the node (like llama-server's slots).
+    #[arg(long)]
+    slots: Option<usize>,
 }
 
 fn main() -> std::io::Result<()> {
@@ -70,6 +73,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
         failure_rate: args.failure_rate,
         imitate: args.imitate,
         tls,
+        slots: args.slots,
         ..MockConfig::default()
     };
     let node = MockNode::serve(listener, config);

@@ -13,24 +13,14 @@ use axum::Json;
 use futures_util::stream;
 use serde_json::{json, Value};
 
-use crate::{chunk_text, pause, prompt_words, ReceivedRequest, Shared, KEPT_REQUESTS};
+use crate::{chunk_text, keep_request, pause, prompt_words, Shared};
 
 pub(crate) async fn messages(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let Ok(value) = serde_json::from_slice::<Value>(&body) else {
         let e = json!({"type": "error", "error": {"type": "invalid_request_error", "message": "invalid JSON"}});
         return (StatusCode::BAD_REQUEST, Json(e)).into_response();
     };
-    {
-        let mut received = s.received.lock().unwrap();
-        if received.len() == KEPT_REQUESTS {
-            received.pop_front();
-        }
-        received.push_back(ReceivedRequest {
-            path: "/v1/messages".into(),
-            headers,
-            body: value.clone(),
-        });
-    }
+    keep_request(&s, "/v1/messages", headers, &value);
     let model = value.get("model").and_then(Value::as_str).unwrap_or("").to_string();
     let n = s.config.chunks;
     let name = s.config.name.clone();

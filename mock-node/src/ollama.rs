@@ -20,7 +20,7 @@ use axum::{Json, Router};
 use futures_util::stream;
 use serde_json::{json, Value};
 
-use crate::{chunk_text, pause, prompt_words, ReceivedRequest, Shared, KEPT_REQUESTS};
+use crate::{chunk_text, keep_request, pause, prompt_words, Shared};
 
 const CREATED_AT: &str = "2025-01-01T00:00:00Z";
 
@@ -50,16 +50,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> OllamaError {
 /// Parses and keeps the request; refuses unknown models as Ollama does.
 fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(String, Value), OllamaError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let mut received = s.received.lock().unwrap();
-    if received.len() == KEPT_REQUESTS {
-        received.pop_front();
-    }
-    received.push_back(ReceivedRequest {
-        path: path.into(),
-        headers,
-        body: value.clone(),
-    });
-    drop(received);
+    keep_request(s, path, headers, &value);
     let model = value.get("model").and_then(Value::as_str).unwrap_or("").to_string();
     if !s.config.models.contains(&model) {
         return Err(error(StatusCode::NOT_FOUND, format!("model '{model}' not found")));

@@ -18,13 +18,14 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AdminKey};
-use crate::balancer::{publish_node_up, Balancer, NodeLoadState};
+use crate::balancer::Balancer;
 use crate::clock::Clock;
+use crate::config::file::ConfigFile;
 use crate::config::{MetricsAccess, ServeArgs};
 use crate::keys::{ClientAuth, KeyRing};
 use crate::metrics::{Metrics, NodeModelLabels};
 use crate::nodes::health::HealthChecker;
-use crate::nodes::{Node, NodeRegistry};
+use crate::nodes::{publish_node_up, Node, NodeLoadState, NodeRegistry};
 use crate::proxy::{self, ProxySettings};
 use crate::recorder::Recorder;
 use crate::store::{GroupBy, RollupFilter, Store, StoreError};
@@ -41,6 +42,8 @@ pub enum StartError {
     Keys(#[from] crate::keys::KeyError),
     #[error("invalid static node: {0}")]
     Node(#[from] crate::nodes::NodeError),
+    #[error("{0}")]
+    Config(#[from] crate::config::file::FileError),
     #[error("cannot prepare TLS to nodes: {0}")]
     Tls(#[from] crate::upstream::UpstreamError),
     #[error("cannot listen: {0}")]
@@ -159,10 +162,8 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
     let keys = Arc::new(KeyRing::load(store.clone(), metrics.clone(), clock).await?);
     seed_key_metrics(&store, &keys, &metrics).await?;
     let recorder = Recorder::start(store.clone(), args.durability)?;
-    let balancer = Balancer::new(registry.clone(), recorder, metrics.clone());
-    for url in &args.nodes {
-        registry.ensure_static(url).await?;
-    }
+    let balancer = Balancer::new(registry.clone(), recorder, metrics.clone(), args.admission());
+    declare_nodes(&registry, &args).await?;
 
     let client = UpstreamClient::new(Duration::from_millis(args.connect_timeout_ms), &args.ca_files)?;
     let health = HealthChecker {
@@ -173,7 +174,6 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
         timeout: Duration::from_millis(args.health_timeout_ms),
         failures_before_offline: args.health_failures.max(1),
     };
-    crate::token::preload();
     health.probe_all().await;
 
     let state = AppState(Arc::new(Services {
@@ -188,6 +188,7 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
             idle_timeout: Duration::from_secs(args.idle_timeout_secs),
             commit_wait: Duration::from_millis(args.commit_wait_ms),
             max_backlog: args.max_backlog,
+            retry_refused: args.retry_refused,
         }),
         admin_key,
         keys: keys.clone(),
@@ -221,6 +222,25 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
         background,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
     })
+}
+
+/// The nodes of `--node` and of the configuration file. The file is read at every
+/// start: its nodes take its settings, and nodes it no longer declares become
+/// ordinary (deletable) nodes.
+async fn declare_nodes(registry: &NodeRegistry, args: &ServeArgs) -> Result<(), StartError> {
+    for url in &args.nodes {
+        registry.ensure_static(url).await?;
+    }
+    let mut declared = Vec::new();
+    if let Some(path) = &args.config {
+        let file = ConfigFile::read(path)?;
+        for node in file.nodes {
+            declared.push(registry.ensure_declared(node).await?.id);
+        }
+    }
+    registry.release_undeclared(&declared).await?;
+    registry.set_config_file(args.config.clone());
+    Ok(())
 }
 
 /// Nodes from the store with their totals from the rollups (T-14/I-7), and the

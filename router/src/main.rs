@@ -1,7 +1,6 @@
 //! The `llm-router` binary: parses the command line and runs `serve` or `demo`.
 
-use clap::Parser;
-use llm_router::config::{Cli, Command, LogFormat, ServeArgs};
+use llm_router::config::{self, ConfigError, LogFormat, ServeArgs};
 
 /// The proxy path makes many small short-lived allocations per request and per SSE
 /// chunk; glibc's allocator spent about 9 % of the router's CPU on them under load.
@@ -38,11 +37,13 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let (args, demo) = match cli.command {
-        None => (cli.serve, false),
-        Some(Command::Serve(a)) => (a, false),
-        Some(Command::Demo(a)) => (a, true),
+    let (args, demo) = match config::parse_from(std::env::args_os()) {
+        Ok(parsed) => parsed,
+        Err(ConfigError::Cli(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("llm-router: {e}");
+            std::process::exit(2);
+        }
     };
     init_tracing(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()

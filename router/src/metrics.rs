@@ -52,7 +52,34 @@ pub struct NodeLabels {
     pub node: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 type HistogramFamily = Family<NodeModelLabels, Histogram, fn() -> Histogram>;
+
+/// The admission queue's metrics, resolved once.
+#[derive(Clone)]
+pub struct QueueMetrics {
+    pub depth: Gauge,
+    pub wait: Histogram,
+    pub refused_full: Counter,
+    pub refused_timeout: Counter,
+    pub cancelled: Counter,
+}
+
+/// Affinity hits and misses, resolved once.
+#[derive(Clone)]
+pub struct AffinityMetrics {
+    pub hits: Counter,
+    pub misses: Counter,
+}
 
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 16))
@@ -131,6 +158,8 @@ pub struct Metrics {
     pub key_tokens: Family<KeyLabels, Counter>,
     /// The counters of requests made without a key.
     pub anonymous: Arc<KeyMetrics>,
+    pub queue: QueueMetrics,
+    pub affinity: AffinityMetrics,
 }
 
 impl Default for Metrics {
@@ -142,6 +171,21 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("llm_router");
+        let queue_left: Family<ReasonLabels, Counter> = Family::default();
+        let left = |reason: &str| {
+            queue_left
+                .get_or_create(&ReasonLabels { reason: reason.into() })
+                .clone()
+        };
+        let queue = QueueMetrics {
+            depth: Gauge::default(),
+            wait: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            refused_full: left("full"),
+            refused_timeout: left("timeout"),
+            cancelled: left("cancelled"),
+        };
+        let affinity: Family<ResultLabels, Counter> = Family::default();
+        let result = |r: &str| affinity.get_or_create(&ResultLabels { result: r.into() }).clone();
         let m = Metrics {
             registry: Registry::default(),
             request_metrics: Mutex::default(),
@@ -164,6 +208,11 @@ impl Metrics {
                 output_tokens: Counter::default(),
                 total_tokens: Counter::default(),
             }),
+            queue,
+            affinity: AffinityMetrics {
+                hits: result("hit"),
+                misses: result("miss"),
+            },
         };
         let m = Metrics {
             anonymous: m.for_key_labels(KeyLabels {
@@ -172,6 +221,26 @@ impl Metrics {
             }),
             ..m
         };
+        registry.register(
+            "queue_depth",
+            "Requests waiting in the admission queue for a node slot",
+            m.queue.depth.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time a request waited in the admission queue before a node took it",
+            m.queue.wait.clone(),
+        );
+        registry.register(
+            "queue_refused",
+            "Requests that left the admission queue without a node: full (refused at once), timeout, cancelled (client left)",
+            queue_left,
+        );
+        registry.register(
+            "affinity",
+            "Requests of a known conversation (x-session-id or prompt prefix): hit = sent back to its node, miss = to another",
+            affinity,
+        );
         registry.register(
             "requests",
             "Requests finished, by node, model and status",

@@ -102,7 +102,10 @@ pub async fn nodes(State(st): State<AppState>) -> Json<DashboardNodes> {
 #[utoipa::path(get, path = "/api/dashboard/stats", tag = "dashboard", security(("admin_key" = [])),
     responses((status = 200, body = DashboardStats)))]
 pub async fn stats_overview(State(st): State<AppState>) -> Json<DashboardStats> {
-    Json(stats::dashboard_stats(st.balancer.registry()))
+    Json(stats::dashboard_stats(
+        st.balancer.registry(),
+        st.balancer.queue_stats(),
+    ))
 }
 
 /// Token totals, by node and by model, optionally filtered.

@@ -41,7 +41,8 @@ impl From<NodeError> for ApiError {
                 param: "kind",
                 message: m,
             },
-            NodeError::Duplicate(_) => ApiError::Conflict(e.to_string()),
+            NodeError::InvalidValue { field, message } => ApiError::BadParam { param: field, message },
+            NodeError::Duplicate(_) | NodeError::Declared { .. } => ApiError::Conflict(e.to_string()),
             NodeError::NotFound(id) => ApiError::NotFound(format!("node {id}")),
             NodeError::Store(s) => ApiError::Internal(s.to_string()),
         }

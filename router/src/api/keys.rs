@@ -28,6 +28,8 @@ pub fn routes() -> Router<AppState> {
 
 /// Longest key name, in characters.
 const MAX_NAME_CHARS: usize = 100;
+/// Largest priority, either way.
+const MAX_PRIORITY: i64 = 1_000_000;
 
 /// A client key as the admin API shows it (never its secret).
 #[derive(Debug, Serialize, ToSchema)]
@@ -49,6 +51,8 @@ pub struct KeyView {
     pub daily_token_budget: Option<u64>,
     pub monthly_token_budget: Option<u64>,
     pub budget_tz: String,
+    /// Place in the admission queue when every node is full: higher first (anonymous: 0).
+    pub priority: i64,
 }
 
 /// The answer to `POST /api/keys`: the key and, this once, its secret.
@@ -84,6 +88,7 @@ fn view(k: &ClientKey) -> KeyView {
         daily_token_budget: l.daily_token_budget,
         monthly_token_budget: l.monthly_token_budget,
         budget_tz: l.budget_tz.clone(),
+        priority: l.priority,
     }
 }
 
@@ -190,6 +195,14 @@ fn changes(body: &Map<String, Value>) -> Result<KeyChanges, ApiError> {
             "daily_token_budget" => c.daily_token_budget = Some(limit("daily_token_budget", v)?),
             "monthly_token_budget" => c.monthly_token_budget = Some(limit("monthly_token_budget", v)?),
             "budget_tz" => c.budget_tz = Some(zone(v)?),
+            "priority" => {
+                c.priority = Some(v.as_i64().filter(|p| p.abs() <= MAX_PRIORITY).ok_or_else(|| {
+                    bad(
+                        "priority",
+                        format!("must be an integer from -{MAX_PRIORITY} to {MAX_PRIORITY}, not {v}"),
+                    )
+                })?)
+            }
             _ => {
                 return Err(ApiError::BadParam {
                     param: "body",
@@ -212,7 +225,7 @@ pub async fn list_keys(State(st): State<AppState>) -> Json<KeyList> {
 
 /// Creates a key. The answer holds its secret, which no later answer shows.
 #[utoipa::path(post, path = "/api/keys", tag = "keys", security(("admin_key" = [])),
-    request_body(content = Object, description = "name (required), allowed_models, expires_at, rpm_limit, tpm_limit, max_concurrent, daily_token_budget, monthly_token_budget, budget_tz"),
+    request_body(content = Object, description = "name (required), allowed_models, expires_at, rpm_limit, tpm_limit, max_concurrent, daily_token_budget, monthly_token_budget, budget_tz, priority"),
     responses((status = 201, body = CreatedKey), (status = 400, description = "A bad field, named in the message")))]
 pub async fn create_key(State(st): State<AppState>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
     let body = object(&body)?;

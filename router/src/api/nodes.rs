@@ -38,7 +38,7 @@ pub struct NodeView {
     pub status: String,
     pub models: Vec<String>,
     pub last_seen: Option<DateTime<Utc>>,
-    /// `api` or `static`.
+    /// `api`, `static` (`--node`) or `config` (the configuration file: cannot be deleted).
     pub source: String,
     pub active_requests: u64,
     /// `openai`, `ollama`, `vllm`, `llamacpp` or `lmstudio`.
@@ -49,10 +49,19 @@ pub struct NodeView {
     pub tls_insecure: bool,
     /// Why the node is offline (connection refused, certificate error, HTTP status); null when online.
     pub last_error: Option<String>,
+    /// The operator's limit of requests in flight; null: the node's own slots, if it tells them.
+    pub max_concurrent: Option<u64>,
+    /// Slots the node told (llama-server's `total_slots`).
+    pub detected_slots: Option<u64>,
+    /// Requests it may have in flight: `max_concurrent`, else `detected_slots`; null: no limit.
+    pub capacity: Option<u64>,
+    /// Its share of the load relative to other nodes.
+    pub weight: u64,
 }
 
 fn view(n: &Node) -> NodeView {
     let i = n.info();
+    let capacity = i.capacity();
     NodeView {
         id: n.id,
         name: i.name,
@@ -69,7 +78,11 @@ fn view(n: &Node) -> NodeView {
         kind: i.kind.as_str().to_string(),
         kind_explicit: i.kind_explicit,
         tls_insecure: i.tls_insecure,
+        capacity,
         last_error: i.last_error,
+        max_concurrent: i.max_concurrent,
+        detected_slots: i.detected_slots,
+        weight: i.weight,
     }
 }
 
@@ -84,10 +97,14 @@ pub struct CreateNode {
     /// Do not verify the node's TLS certificate (logged as a warning).
     #[serde(default)]
     pub tls_insecure: bool,
+    /// Requests it may have in flight (at least 1); absent: the node's own slots, if it tells them.
+    pub max_concurrent: Option<u64>,
+    /// Its share of the load, 1 to 1000 (default 1).
+    pub weight: Option<u64>,
 }
 
 /// Fields to change; `api_key: null` removes the key, `kind: null` has the kind told
-/// from the node's routes again.
+/// from the node's routes again, `max_concurrent: null` removes the operator's limit.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateNode {
     pub name: Option<String>,
@@ -96,6 +113,8 @@ pub struct UpdateNode {
     pub include_usage: Option<bool>,
     pub kind: Option<String>,
     pub tls_insecure: Option<bool>,
+    pub max_concurrent: Option<u64>,
+    pub weight: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -129,7 +148,7 @@ pub async fn list_nodes(State(st): State<AppState>) -> Json<NodeList> {
 
 /// Registers a node and probes it at once.
 #[utoipa::path(post, path = "/api/nodes", tag = "nodes", security(("admin_key" = [])), request_body = CreateNode,
-    responses((status = 201, body = NodeView), (status = 400, description = "Bad URL, kind or body"),
+    responses((status = 201, body = NodeView), (status = 400, description = "Bad URL, kind, max_concurrent, weight or body"),
         (status = 409, description = "A live node has this base_url")))]
 pub async fn create_node(State(st): State<AppState>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
     let req: CreateNode = parse_body(&body)?;
@@ -139,6 +158,8 @@ pub async fn create_node(State(st): State<AppState>, body: Bytes) -> Result<impl
         api_key: req.api_key,
         kind: req.kind.as_deref().map(parse_kind).transpose()?,
         tls_insecure: req.tls_insecure,
+        max_concurrent: req.max_concurrent,
+        weight: req.weight,
     };
     let node = st.balancer.registry().add(registration, "api").await?;
     st.health.probe(&node).await;
@@ -178,6 +199,10 @@ pub async fn update_node(
             Some(_) => Some(req.kind.as_deref().map(parse_kind).transpose()?.map(NodeKind::as_str)),
         },
         tls_insecure: req.tls_insecure,
+        // Present and null: no limit of the operator's.
+        max_concurrent: raw.get("max_concurrent").map(|_| req.max_concurrent),
+        weight: req.weight,
+        source: None,
     };
     let reprobe = changes.kind.is_some() || changes.tls_insecure.is_some();
     let node = st.balancer.registry().update(id, changes).await?;
@@ -190,12 +215,13 @@ pub async fn update_node(
 /// Removes the node from routing at once; its statistics stay.
 #[utoipa::path(delete, path = "/api/nodes/{id}", tag = "nodes", security(("admin_key" = [])),
     params(("id" = i64, Path, description = "Node id")),
-    responses((status = 204, description = "Deleted"), (status = 404, description = "No such live node")))]
+    responses((status = 204, description = "Deleted"), (status = 404, description = "No such live node"),
+        (status = 409, description = "Declared in the configuration file (it can be disabled)")))]
 pub async fn delete_node(State(st): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
     st.balancer.registry().delete(id).await?;
     if let Some(n) = st.balancer.registry().get(id) {
-        crate::balancer::publish_node_up(&st.metrics, &n);
+        crate::nodes::publish_node_up(&st.metrics, &n);
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,118 +1,77 @@
-//! The balancer: picks a node for each request and accounts for how it ended.
+//! The balancer: admits each request to a node and accounts for how it ended.
 //!
-//! Selection: online, enabled nodes that serve the model (of one kind, for protocols
-//! only that kind speaks); least active requests first; round-robin among ties. [`Balancer::begin_request`] returns a
-//! [`RequestLease`]; every lease ends in exactly one `Balancer::finish_request`
-//! (explicitly, or from `Drop` when the handler's future or the response body is
-//! dropped: the client went away), which updates the node's [`NodeLoadState`] and
-//! the Prometheus counters and queues the request's one record. A failed connection
-//! attempt is [`RequestLease::abandon`]ed instead: it produces no record.
+//! [`Balancer::admit`] places a request on a node with a free slot ([`placement`]:
+//! among the nodes of one kind when the request's protocol needs it, least loaded
+//! relative to weight and capacity, conversation affinity) or, when every
+//! candidate is full, waits in the bounded priority queue ([`queue`]) until a slot
+//! frees for it. It returns a [`RequestLease`]; every lease ends in exactly one
+//! `Balancer::finish_request` (explicitly, or from `Drop` when the handler's future or
+//! the response body is dropped: the client went away), which gives the slot back
+//! (handing it to the next waiter), updates the node's [`NodeLoadState`] and the
+//! Prometheus counters and queues the request's one record. A failed attempt is
+//! [`RequestLease::abandon`]ed instead: it produces no record. A request that leaves
+//! the queue without a node is recorded through [`Balancer::record_unrouted`].
+//! It knows nothing of HTTP.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+pub mod placement;
+pub mod queue;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource, TokenUsage};
 
+pub use crate::nodes::{publish_node_up, LoadSnapshot, NodeLoadState};
+pub use placement::{session_key, NoNode, Wanted};
+pub use queue::QueueStats;
+
 use crate::keys::KeyPermit;
-use crate::metrics::{Metrics, NodeLabels, RequestMetrics};
-use crate::nodes::{Node, NodeId, NodeKind, NodeRegistry, NodeStatus};
+use crate::metrics::{Metrics, RequestMetrics};
+use crate::nodes::{Node, NodeId, NodeRegistry, NodeStatus};
 use crate::recorder::{CommitTicket, Recorder};
-use crate::store::RollupTotals;
 use crate::token::Prompt;
+use placement::{AffinityResult, Placement, Placer};
+use queue::{AdmissionQueue, Left, Turn};
 
-/// Per-node counters (SPEC T-2/C-2/C-7). Loaded from the store at start-up, so a
-/// restart changes no figure; updated only by `finish_request`.
-#[derive(Debug, Default)]
-pub struct NodeLoadState {
-    active_requests: AtomicU64,
-    total_requests: AtomicU64,
-    successful_requests: AtomicU64,
-    failed_requests: AtomicU64,
-    cancelled_requests: AtomicU64,
-    total_latency_ms: AtomicU64,
-    total_input_tokens: AtomicU64,
-    total_output_tokens: AtomicU64,
-    total_tokens: AtomicU64,
+/// How requests wait for and are spread over nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmissionSettings {
+    /// Most requests waiting for a slot at once (0: a request that finds every node
+    /// full is refused at once).
+    pub queue_size: usize,
+    /// Longest wait in the queue.
+    pub queue_timeout: Duration,
+    /// Requests in flight a conversation's node may have beyond the least busy
+    /// candidate and still take the conversation's next request.
+    pub affinity_margin: u64,
 }
 
-/// A consistent-enough copy of a [`NodeLoadState`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LoadSnapshot {
-    pub active_requests: u64,
-    pub total_requests: u64,
-    pub successful_requests: u64,
-    /// Errors and cancellations.
-    pub failed_requests: u64,
-    pub cancelled_requests: u64,
-    pub total_latency_ms: u64,
-    pub total_input_tokens: u64,
-    pub total_output_tokens: u64,
-    pub total_tokens: u64,
+impl Default for AdmissionSettings {
+    fn default() -> Self {
+        AdmissionSettings {
+            queue_size: 100,
+            queue_timeout: Duration::from_secs(30),
+            affinity_margin: 2,
+        }
+    }
 }
 
-fn saturating_add(a: &AtomicU64, v: u64) {
-    let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(x.saturating_add(v)));
+/// Why a request got no node; its draft comes back to be recorded.
+#[derive(Debug)]
+pub struct Unplaced {
+    pub draft: RecordDraft,
+    pub why: Refusal,
 }
 
-impl NodeLoadState {
-    /// State of a node whose stored totals are `t`.
-    pub fn from_totals(t: &RollupTotals) -> Self {
-        NodeLoadState {
-            active_requests: AtomicU64::new(0),
-            total_requests: AtomicU64::new(t.request_count),
-            successful_requests: AtomicU64::new(t.success_count),
-            failed_requests: AtomicU64::new(t.error_count + t.cancelled_count),
-            cancelled_requests: AtomicU64::new(t.cancelled_count),
-            total_latency_ms: AtomicU64::new(t.duration_ms_sum),
-            total_input_tokens: AtomicU64::new(t.input_tokens),
-            total_output_tokens: AtomicU64::new(t.output_tokens),
-            total_tokens: AtomicU64::new(t.total_tokens),
-        }
-    }
-
-    pub fn active(&self) -> u64 {
-        self.active_requests.load(Ordering::Relaxed)
-    }
-
-    pub fn snapshot(&self) -> LoadSnapshot {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        LoadSnapshot {
-            active_requests: l(&self.active_requests),
-            total_requests: l(&self.total_requests),
-            successful_requests: l(&self.successful_requests),
-            failed_requests: l(&self.failed_requests),
-            cancelled_requests: l(&self.cancelled_requests),
-            total_latency_ms: l(&self.total_latency_ms),
-            total_input_tokens: l(&self.total_input_tokens),
-            total_output_tokens: l(&self.total_output_tokens),
-            total_tokens: l(&self.total_tokens),
-        }
-    }
-
-    /// Accounts for one finished request (C-7): counts, latency and tokens.
-    fn add_finished(&self, status: RequestStatus, duration_ms: u64, usage: &TokenUsage) {
-        saturating_add(&self.total_requests, 1);
-        match status {
-            RequestStatus::Success => saturating_add(&self.successful_requests, 1),
-            RequestStatus::Error => saturating_add(&self.failed_requests, 1),
-            RequestStatus::Cancelled => {
-                saturating_add(&self.failed_requests, 1);
-                saturating_add(&self.cancelled_requests, 1);
-            }
-        }
-        saturating_add(&self.total_latency_ms, duration_ms);
-        saturating_add(&self.total_input_tokens, usage.input_tokens);
-        saturating_add(&self.total_output_tokens, usage.output_tokens);
-        saturating_add(&self.total_tokens, usage.total_tokens);
-    }
-
-    fn leave(&self) {
-        let _ = self
-            .active_requests
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(x.saturating_sub(1)));
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NoNode(NoNode),
+    /// Every candidate was full and so was the queue.
+    QueueFull,
+    /// Every candidate stayed full for the whole queue timeout.
+    QueueTimeout(Duration),
 }
 
 /// What is known of a request before it ends.
@@ -157,15 +116,6 @@ impl RequestOutcome {
     }
 }
 
-/// Why no node was chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoNode {
-    /// No live node lists the model.
-    UnknownModel,
-    /// Some node lists it, but none is online, enabled and untried.
-    Unavailable,
-}
-
 #[derive(Clone)]
 pub struct Balancer {
     inner: Arc<Inner>,
@@ -175,22 +125,38 @@ struct Inner {
     registry: Arc<NodeRegistry>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
-    next: AtomicUsize,
+    placer: Placer,
+    queue: AdmissionQueue,
     /// Leases not ended yet, on every node: the recorder's measure of load.
     in_flight: AtomicUsize,
 }
 
 impl Balancer {
-    pub fn new(registry: Arc<NodeRegistry>, recorder: Recorder, metrics: Arc<Metrics>) -> Self {
-        Balancer {
+    pub fn new(
+        registry: Arc<NodeRegistry>,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        settings: AdmissionSettings,
+    ) -> Self {
+        let queue = AdmissionQueue::new(settings.queue_size, settings.queue_timeout, metrics.queue.clone());
+        let balancer = Balancer {
             inner: Arc::new(Inner {
+                placer: Placer::new(registry.clone(), settings.affinity_margin),
                 registry,
                 recorder,
                 metrics,
-                next: AtomicUsize::new(0),
+                queue,
                 in_flight: AtomicUsize::new(0),
             }),
-        }
+        };
+        // A node that changes (capacity raised, back online, enabled) may take waiters.
+        let weak = Arc::downgrade(&balancer.inner);
+        balancer.inner.registry.on_change(Box::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                Balancer { inner }.dispatch();
+            }
+        }));
+        balancer
     }
 
     pub fn registry(&self) -> &Arc<NodeRegistry> {
@@ -201,41 +167,135 @@ impl Balancer {
         &self.inner.recorder
     }
 
-    /// The least-loaded routable node for `model`, skipping `tried`.
-    pub fn select(&self, model: &str, tried: &[NodeId]) -> Result<Arc<Node>, NoNode> {
-        self.select_kind(model, tried, None)
+    pub fn queue_stats(&self) -> QueueStats {
+        self.inner.queue.stats()
     }
 
-    /// [`Balancer::select`] among the nodes of one `kind` (`None`: any kind); a model
-    /// only other kinds serve is unknown here.
-    pub fn select_kind(&self, model: &str, tried: &[NodeId], kind: Option<NodeKind>) -> Result<Arc<Node>, NoNode> {
-        let mut candidates: Vec<(u64, Arc<Node>)> = Vec::new();
-        let mut listed = false;
-        self.inner.registry.for_each(|n| {
-            let (serves, routable) = n.with_info(|i| {
-                let fits = kind.is_none_or(|k| i.kind == k);
-                (fits && !i.deleted && i.serves(model), fits && i.routable_for(model))
-            });
-            listed |= serves;
-            if routable && !tried.contains(&n.id) {
-                candidates.push((n.load.active(), n.clone()));
+    /// A node for the request, skipping `tried`: at once when a candidate has a free
+    /// slot, else after waiting in the queue (at `priority`) for one to free. Dropping
+    /// the future while it waits (the client left) records the request `cancelled`.
+    pub async fn admit(
+        &self,
+        draft: RecordDraft,
+        wanted: Wanted<'_>,
+        priority: i64,
+        tried: &[NodeId],
+    ) -> Result<RequestLease, Unplaced> {
+        match self.place(wanted, tried) {
+            Placement::Placed(node) => return Ok(self.begin_request(node, draft)),
+            Placement::NoNode(no) => {
+                return Err(Unplaced {
+                    draft,
+                    why: Refusal::NoNode(no),
+                })
             }
-        });
-        let Some(min) = candidates.iter().map(|(a, _)| *a).min() else {
-            return Err(if listed {
-                NoNode::Unavailable
-            } else {
-                NoNode::UnknownModel
+            Placement::Full => {}
+        }
+        let q = &self.inner.queue;
+        let Ok((turn, slot)) = q.enqueue(priority, wanted, tried) else {
+            return Err(Unplaced {
+                draft,
+                why: Refusal::QueueFull,
             });
         };
-        candidates.retain(|(a, _)| *a == min);
-        let turn = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        Ok(candidates.swap_remove(turn % candidates.len()).1)
+        let mut waiting = Waiting {
+            balancer: self,
+            turn,
+            slot,
+            draft: Some(draft),
+            since: Instant::now(),
+        };
+        // A slot may have freed between the placement and the enqueue.
+        self.dispatch();
+        let slot = match tokio::time::timeout(q.timeout, &mut waiting.slot).await {
+            Ok(Ok(slot)) => Some(slot),
+            _ => waiting.leave(Left::TimedOut),
+        };
+        let waited = waiting.since.elapsed();
+        let draft = waiting.draft.take().expect("a waiting request has its draft");
+        match slot {
+            Some(slot) => {
+                q.served_after(waited);
+                Ok(self.begin_request(slot.into_node(), draft))
+            }
+            None => Err(Unplaced {
+                draft,
+                why: Refusal::QueueTimeout(waited),
+            }),
+        }
     }
 
-    /// Starts a request on `node`: it counts as active until its lease ends.
-    pub fn begin_request(&self, node: Arc<Node>, draft: RecordDraft) -> RequestLease {
-        node.load.active_requests.fetch_add(1, Ordering::Relaxed);
+    /// Whether a node other than `tried` could take `wanted` now (busy or not): where a
+    /// refused request may go next.
+    pub fn has_candidate(&self, wanted: Wanted<'_>, tried: &[NodeId]) -> bool {
+        self.inner.placer.candidate(wanted, tried).is_ok()
+    }
+
+    /// A node that could take `wanted` (the least busy; no slot taken), for what is not
+    /// an inference request and needs no slot (Ollama's `/api/show`).
+    pub fn candidate(&self, wanted: Wanted<'_>) -> Result<Arc<Node>, NoNode> {
+        self.inner.placer.candidate(wanted, &[])
+    }
+
+    /// The node answered 429 or 503: it gets no new request for `retry_after`; the
+    /// queue is looked at again when that ends.
+    pub fn refused(&self, node: &Node, retry_after: Duration) {
+        node.load.refuse_for(retry_after);
+        let weak = Arc::downgrade(&self.inner);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                tokio::time::sleep(retry_after + Duration::from_millis(1)).await;
+                if let Some(inner) = weak.upgrade() {
+                    Balancer { inner }.dispatch();
+                }
+            });
+        }
+    }
+
+    fn place(&self, wanted: Wanted<'_>, tried: &[NodeId]) -> Placement {
+        let (placement, affinity) = self.inner.placer.place(wanted, tried);
+        match affinity {
+            AffinityResult::None => {}
+            AffinityResult::Hit => {
+                self.inner.metrics.affinity.hits.inc();
+            }
+            AffinityResult::Miss => {
+                self.inner.metrics.affinity.misses.inc();
+            }
+        }
+        placement
+    }
+
+    /// Hands free slots to waiters (no lock unless some wait).
+    fn dispatch(&self) {
+        if self.inner.queue.is_empty() {
+            return;
+        }
+        self.inner.queue.dispatch(|w| {
+            let wanted = Wanted {
+                model: &w.model,
+                kind: w.kind,
+                session: w.session,
+            };
+            match self.place(wanted, &w.tried) {
+                Placement::Placed(node) => Some(NodeSlot {
+                    node: Some(node),
+                    balancer: self.clone(),
+                }),
+                _ => None,
+            }
+        });
+    }
+
+    /// Gives a slot of `node` back and hands it to a waiter if any.
+    fn release_slot(&self, node: &Node) {
+        node.load.leave();
+        self.dispatch();
+    }
+
+    /// Starts a request on `node`, whose slot is taken for it: it counts as active
+    /// until its lease ends.
+    fn begin_request(&self, node: Arc<Node>, draft: RecordDraft) -> RequestLease {
         self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
         let metrics = node.with_info(|i| self.inner.metrics.for_request(node.id, &i.name, &draft.model));
         metrics.active_requests.inc();
@@ -264,7 +324,6 @@ impl Balancer {
         draft: RecordDraft,
         outcome: RequestOutcome,
     ) -> CommitTicket {
-        node.load.leave();
         let others = self.inner.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
         let duration = draft.started.elapsed();
         let duration_ms = duration.as_millis() as u64;
@@ -287,10 +346,12 @@ impl Balancer {
         if let Some(t) = outcome.time_to_first_byte {
             metrics.time_to_first_token.observe(t.as_secs_f64());
         }
-        self.inner.recorder.record(
+        let ticket = self.inner.recorder.record(
             build_record(draft, Some((node.id, node.name())), duration_ms, outcome),
             others,
-        )
+        );
+        self.release_slot(node);
+        ticket
     }
 
     /// A node refused a connection: mark it offline at once.
@@ -306,17 +367,65 @@ impl Balancer {
     }
 }
 
-fn node_labels(node: &Node) -> NodeLabels {
-    NodeLabels {
-        node_id: node.id.to_string(),
-        node: node.name(),
+/// A slot taken on a node for a queued request; given back if dropped unused (the
+/// waiter left as it was handed the slot).
+pub(crate) struct NodeSlot {
+    node: Option<Arc<Node>>,
+    balancer: Balancer,
+}
+
+impl NodeSlot {
+    fn into_node(mut self) -> Arc<Node> {
+        self.node.take().expect("an unused slot has its node")
     }
 }
 
-/// Sets the node-up gauge from the node's status.
-pub fn publish_node_up(metrics: &Metrics, node: &Node) {
-    let up = node.with_info(|i| i.status == NodeStatus::Online && !i.deleted);
-    metrics.node_up.get_or_create(&node_labels(node)).set(up as i64);
+impl Drop for NodeSlot {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.take() {
+            self.balancer.release_slot(&node);
+        }
+    }
+}
+
+/// A request in the queue. Dropped before it is served or refused, its client left:
+/// it leaves the queue at once and is recorded `cancelled`, without a node.
+struct Waiting<'a> {
+    balancer: &'a Balancer,
+    turn: Turn,
+    slot: tokio::sync::oneshot::Receiver<NodeSlot>,
+    draft: Option<RecordDraft>,
+    since: Instant,
+}
+
+impl Waiting<'_> {
+    /// Leaves the queue; the slot if one was handed over meanwhile.
+    fn leave(&mut self, why: Left) -> Option<NodeSlot> {
+        if self.balancer.inner.queue.leave(self.turn, why) {
+            None
+        } else {
+            self.slot.try_recv().ok()
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let Some(draft) = self.draft.take() else {
+            return;
+        };
+        // A slot handed over as the client left goes back (dropping it releases it).
+        drop(self.leave(Left::Cancelled));
+        let outcome = RequestOutcome {
+            status: RequestStatus::Cancelled,
+            http_status: 0,
+            error_message: Some("client disconnected while queued".into()),
+            usage: TokenUsage::default(),
+            token_source: TokenSource::Reported,
+            time_to_first_byte: None,
+        };
+        let _ = self.balancer.record_unrouted(draft, outcome);
+    }
 }
 
 /// The record of a finished request. `duration_ms` is the one measurement that both the
@@ -383,10 +492,10 @@ impl RequestLease {
     /// goes back to the caller to try another node.
     pub fn abandon(mut self, reason: &str) -> RecordDraft {
         let draft = self.draft.take().expect("a live lease has its draft");
-        self.node.load.leave();
         self.balancer.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.metrics.active_requests.dec();
-        let labels = node_labels(&self.node);
+        self.balancer.release_slot(&self.node);
+        let labels = self.node.labels();
         self.balancer
             .inner
             .metrics

@@ -238,6 +238,7 @@ impl ClientKey {
             name: settings.name.clone(),
             metrics: self.metrics.read().unwrap().clone(),
             rate: status,
+            priority: l.priority,
         })
     }
 
@@ -260,6 +261,8 @@ pub struct KeyPermit {
     name: String,
     metrics: Arc<KeyMetrics>,
     pub rate: RateLimitStatus,
+    /// The key's place in the admission queue (higher first).
+    pub priority: i64,
 }
 
 impl KeyPermit {

@@ -6,8 +6,10 @@
 //! `failures_before_offline` failed probes in a row and `online` as soon as it answers.
 //! A node whose kind the operator did not set has it told from its telltale routes
 //! ([`super::kind`]) whenever it comes (back) online: a server replaced behind the same
-//! URL goes down first. It runs on its own task and takes no lock that the routing
-//! path waits on for longer than a field update.
+//! URL goes down first. A llama-server tells its slots (`GET /props` → `total_slots`)
+//! with its telltales, or in one more request when its kind is set and it comes
+//! online: its capacity unless the operator set one. It runs on its own task and
+//! takes no lock that the routing path waits on for longer than a field update.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,9 +57,10 @@ impl HealthChecker {
             check: i.certificate_check(),
             kind: i.kind,
             detect_kind: !i.kind_explicit && (i.redetect_kind || i.status != NodeStatus::Online),
+            coming_online: i.status != NodeStatus::Online,
         });
         match self.models(&target).await {
-            Ok((kind, models)) => {
+            Ok((kind, slots, models)) => {
                 let mut detected = None;
                 node.update_info(|i| {
                     if target.detect_kind && !i.kind_explicit {
@@ -69,6 +72,9 @@ impl HealthChecker {
                     }
                     if i.status != NodeStatus::Online {
                         tracing::info!(node = %i.name, kind = %i.kind, models = ?models, "node online");
+                    }
+                    if let Some(slots) = slots {
+                        i.detected_slots = slots;
                     }
                     i.status = NodeStatus::Online;
                     i.models = models;
@@ -93,23 +99,34 @@ impl HealthChecker {
                 }
             }),
         }
-        crate::balancer::publish_node_up(&self.metrics, node);
+        super::publish_node_up(&self.metrics, node);
+        // Back online, or with more slots: queued requests may go to it.
+        self.registry.changed();
     }
 
-    /// The node's kind (told again when `detect_kind`) and the models it lists.
-    async fn models(&self, target: &ProbeTarget) -> Result<(NodeKind, Vec<String>), String> {
+    /// The node's kind (told again when `detect_kind`), its slots when it was asked
+    /// (`Some(None)`: it tells none) and the models it lists.
+    async fn models(&self, target: &ProbeTarget) -> Result<(NodeKind, Option<Option<u64>>, Vec<String>), String> {
         let key = target.api_key.as_deref();
-        let kind = if target.detect_kind {
-            kind::detect(&self.client, &target.base_url, key, target.check, self.timeout)
+        let (kind, slots) = if target.detect_kind {
+            let telltales = kind::detect(&self.client, &target.base_url, key, target.check, self.timeout)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            (telltales.kind(), Some(telltales.slots()))
+        } else if target.kind == NodeKind::LlamaCpp && target.coming_online {
+            let url = format!("{}/props", target.base_url);
+            let props = match self.client.get(&url, key, target.check, self.timeout).await {
+                Ok((200, body)) => serde_json::from_slice::<Value>(&body).ok(),
+                _ => None,
+            };
+            (target.kind, Some(props.as_ref().and_then(kind::slots_of_props)))
         } else {
-            target.kind
+            (target.kind, None)
         };
         let path = kind.models_path();
         let url = format!("{}{path}", target.base_url);
         match self.client.get(&url, key, target.check, self.timeout).await {
-            Ok((200, body)) => parse_models(&body, path).map(|models| (kind, models)),
+            Ok((200, body)) => parse_models(&body, path).map(|models| (kind, slots, models)),
             Ok((status, _)) => Err(format!("HTTP {status} from {path}")),
             Err(e) => Err(e.to_string()),
         }
@@ -123,6 +140,7 @@ struct ProbeTarget {
     check: CertificateCheck,
     kind: NodeKind,
     detect_kind: bool,
+    coming_online: bool,
 }
 
 /// Model ids of OpenAI's list (`{"data": [{"id"}]}`) or Ollama's (`{"models": [{"name"}]}`).

@@ -91,7 +91,20 @@ pub struct Telltales {
     pub v0_models: Option<Value>,
 }
 
+/// llama-server's slots from its `GET /props` answer.
+pub fn slots_of_props(props: &Value) -> Option<u64> {
+    props.get("total_slots").and_then(Value::as_u64).filter(|n| *n > 0)
+}
+
 impl Telltales {
+    /// The slots the node told, if its kind tells them.
+    pub fn slots(&self) -> Option<u64> {
+        match self.kind() {
+            NodeKind::LlamaCpp => self.props.as_ref().and_then(slots_of_props),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> NodeKind {
         let has = |v: &Option<Value>, field: &str| v.as_ref().is_some_and(|v| v.get(field).is_some());
         let owners: Vec<&str> = self
@@ -118,7 +131,8 @@ impl Telltales {
     }
 }
 
-/// Asks the telltale routes (concurrently, one round trip) and tells the kind. Fails
+/// Asks the telltale routes (concurrently, one round trip) and tells the kind from
+/// what they answered ([`Telltales::kind`]). Fails
 /// only when no route could be asked at all (connection refused, certificate error):
 /// then the node has no kind to tell, and the error says why.
 pub async fn detect(
@@ -127,7 +141,7 @@ pub async fn detect(
     api_key: Option<&str>,
     check: CertificateCheck,
     timeout: Duration,
-) -> Result<NodeKind, UpstreamError> {
+) -> Result<Telltales, UpstreamError> {
     let answers = join_all(
         TELLTALE_PATHS
             .iter()
@@ -158,7 +172,7 @@ pub async fn detect(
         v1_models: json.next().flatten(),
         v0_models: json.next().flatten(),
     };
-    Ok(telltales.kind())
+    Ok(telltales)
 }
 
 #[cfg(test)]
@@ -193,7 +207,7 @@ mod tests {
             v1_models: models("llamacpp"),
             ..Telltales::default()
         };
-        assert_eq!(llamacpp.kind(), NodeKind::LlamaCpp);
+        assert_eq!((llamacpp.kind(), llamacpp.slots()), (NodeKind::LlamaCpp, Some(4)));
         let vllm = Telltales {
             v1_models: models("vllm"),
             ..Telltales::default()

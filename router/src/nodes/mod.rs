@@ -5,20 +5,30 @@
 //! balancer). Deleted nodes stay in the registry, out of routing and health checks,
 //! so their statistics remain listed. Changes are written to the store first, then
 //! applied in memory. A node's [`NodeKind`] is set by the operator or told by the
-//! health checker ([`kind`]).
+//! health checker ([`kind`]). Its capacity is `max_concurrent` when the operator set
+//! one, else the slots the node tells (llama-server's `total_slots`), else none.
+//! Nodes declared in the configuration file (`source = "config"`) cannot be deleted.
 
 pub mod health;
 pub mod kind;
+pub mod load;
 
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 
 pub use kind::NodeKind;
+pub use load::{LoadSnapshot, NodeLoadState};
 
-use crate::balancer::NodeLoadState;
+use crate::metrics::{Metrics, NodeLabels};
 use crate::store::{NewNode, NodeChanges, Store, StoreError, StoredNode};
 use crate::upstream::CertificateCheck;
+
+/// The `source` of a node declared in the configuration file.
+pub const CONFIG_SOURCE: &str = "config";
+/// Highest `weight` of a node.
+pub const MAX_WEIGHT: u64 = 1000;
 
 pub type NodeId = i64;
 
@@ -33,6 +43,10 @@ pub enum NodeError {
     Duplicate(String),
     #[error("node {0} not found")]
     NotFound(NodeId),
+    #[error("invalid {field}: {message}")]
+    InvalidValue { field: &'static str, message: String },
+    #[error("node {id} is declared in the configuration file {file}: remove it there (it can be disabled here)")]
+    Declared { id: NodeId, file: String },
     #[error(transparent)]
     Store(StoreError),
 }
@@ -90,9 +104,20 @@ pub struct NodeInfo {
     /// Why the node is offline (refused connection, certificate error, HTTP status).
     pub last_error: Option<String>,
     pub deleted: bool,
+    /// The operator's limit of requests in flight (`None`: the node's own, if it tells).
+    pub max_concurrent: Option<u64>,
+    /// Slots the node told (llama-server's `total_slots`).
+    pub detected_slots: Option<u64>,
+    /// Share of the load relative to other nodes (1 by default).
+    pub weight: u64,
 }
 
 impl NodeInfo {
+    /// Requests it may have in flight: the operator's limit, else the node's own slots.
+    pub fn capacity(&self) -> Option<u64> {
+        self.max_concurrent.or(self.detected_slots)
+    }
+
     pub fn routable_for(&self, model: &str) -> bool {
         self.enabled && !self.deleted && self.status == NodeStatus::Online && self.serves(model)
     }
@@ -148,6 +173,9 @@ impl Node {
                 consecutive_failures: 0,
                 last_error: None,
                 deleted,
+                max_concurrent: stored.max_concurrent,
+                detected_slots: None,
+                weight: stored.weight,
             }),
             load,
         }
@@ -170,6 +198,19 @@ impl Node {
     pub fn name(&self) -> String {
         self.with_info(|i| i.name.clone())
     }
+
+    pub fn labels(&self) -> NodeLabels {
+        NodeLabels {
+            node_id: self.id.to_string(),
+            node: self.name(),
+        }
+    }
+}
+
+/// Sets the node-up gauge from the node's status.
+pub fn publish_node_up(metrics: &Metrics, node: &Node) {
+    let up = node.with_info(|i| i.status == NodeStatus::Online && !i.deleted);
+    metrics.node_up.get_or_create(&node.labels()).set(up as i64);
 }
 
 /// Logged whenever a node is (or starts as) `tls_insecure`: the operator's choice,
@@ -204,6 +245,10 @@ pub fn normalize_base_url(raw: &str) -> Result<String, NodeError> {
 pub struct NodeRegistry {
     nodes: RwLock<Vec<Arc<Node>>>,
     store: Store,
+    /// The configuration file that declares nodes, named when one cannot be deleted.
+    config_file: RwLock<Option<PathBuf>>,
+    /// Told when a node may take more requests than before (set by the balancer).
+    on_change: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl NodeRegistry {
@@ -211,6 +256,20 @@ impl NodeRegistry {
         NodeRegistry {
             nodes: RwLock::new(nodes.into_iter().map(Arc::new).collect()),
             store,
+            config_file: RwLock::new(None),
+            on_change: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sets what to do when a node changed (once: the balancer looks at its queue).
+    pub fn on_change(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_change.set(f);
+    }
+
+    /// A node changed (settings, status, slots): it may take waiting requests.
+    pub fn changed(&self) {
+        if let Some(f) = self.on_change.get() {
+            f();
         }
     }
 
@@ -231,6 +290,11 @@ impl NodeRegistry {
         }
     }
 
+    /// The node list, read-locked (the placement scan: no copy).
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Node>>> {
+        self.nodes.read().unwrap()
+    }
+
     pub fn get(&self, id: NodeId) -> Option<Arc<Node>> {
         self.nodes.read().unwrap().iter().find(|n| n.id == id).cloned()
     }
@@ -244,6 +308,7 @@ impl NodeRegistry {
 
     pub async fn add(&self, node: NodeRegistration, source: &'static str) -> Result<Arc<Node>, NodeError> {
         let base_url = normalize_base_url(&node.base_url)?;
+        check_capacity(node.max_concurrent, node.weight)?;
         let name = node
             .name
             .filter(|n| !n.trim().is_empty())
@@ -259,6 +324,8 @@ impl NodeRegistry {
                 kind: node.kind.unwrap_or_default().as_str(),
                 kind_explicit: node.kind.is_some(),
                 tls_insecure: node.tls_insecure,
+                max_concurrent: node.max_concurrent,
+                weight: node.weight.unwrap_or(1),
             })
             .await?;
         let node = Arc::new(Node::new(stored, NodeLoadState::default()));
@@ -290,8 +357,59 @@ impl NodeRegistry {
         }
     }
 
+    /// Declares a node of the configuration file: added, or the live node with its URL
+    /// takes the file's settings (the file wins at every start). Fields the file does
+    /// not set (`enabled`, `include_usage`) keep what the operator chose.
+    pub async fn ensure_declared(&self, node: NodeRegistration) -> Result<Arc<Node>, NodeError> {
+        let normalized = normalize_base_url(&node.base_url)?;
+        check_capacity(node.max_concurrent, node.weight)?;
+        let Some(existing) = self
+            .live()
+            .into_iter()
+            .find(|n| n.with_info(|i| i.base_url == normalized))
+        else {
+            return self.add(node, CONFIG_SOURCE).await;
+        };
+        let changes = NodeChanges {
+            name: Some(
+                node.name
+                    .filter(|n| !n.trim().is_empty())
+                    .unwrap_or_else(|| default_name(&normalized)),
+            ),
+            api_key: Some(node.api_key.filter(|k| !k.is_empty())),
+            kind: Some(node.kind.map(NodeKind::as_str)),
+            tls_insecure: Some(node.tls_insecure),
+            max_concurrent: Some(node.max_concurrent),
+            weight: Some(node.weight.unwrap_or(1)),
+            source: Some(CONFIG_SOURCE),
+            ..NodeChanges::default()
+        };
+        self.update(existing.id, changes).await
+    }
+
+    /// Nodes the file declared before but no longer does become ordinary (`api`) nodes.
+    pub async fn release_undeclared(&self, declared: &[NodeId]) -> Result<(), NodeError> {
+        for node in self.live() {
+            if !declared.contains(&node.id) && node.with_info(|i| i.source == CONFIG_SOURCE) {
+                tracing::info!(node = %node.name(), "no longer declared in the configuration file; deletable again");
+                let changes = NodeChanges {
+                    source: Some("api"),
+                    ..NodeChanges::default()
+                };
+                self.update(node.id, changes).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration file that declares nodes.
+    pub fn set_config_file(&self, path: Option<PathBuf>) {
+        *self.config_file.write().unwrap() = path;
+    }
+
     pub async fn update(&self, id: NodeId, changes: NodeChanges) -> Result<Arc<Node>, NodeError> {
         let node = self.live_node(id)?;
+        check_capacity(changes.max_concurrent.flatten(), changes.weight)?;
         let stored = self.store.update_node(id, &changes).await.map_err(|e| match e {
             StoreError::NotFound => NodeError::NotFound(id),
             other => other.into(),
@@ -312,7 +430,11 @@ impl NodeRegistry {
             i.kind_explicit = stored.kind_explicit;
             i.redetect_kind |= changes.kind == Some(None);
             i.tls_insecure = stored.tls_insecure;
+            i.max_concurrent = stored.max_concurrent;
+            i.weight = stored.weight;
+            i.source = stored.source;
         });
+        self.changed();
         Ok(node)
     }
 
@@ -325,6 +447,13 @@ impl NodeRegistry {
     /// Removes the node from routing at once; its statistics stay.
     pub async fn delete(&self, id: NodeId) -> Result<(), NodeError> {
         let node = self.live_node(id)?;
+        if node.with_info(|i| i.source == CONFIG_SOURCE) {
+            let file = self.config_file.read().unwrap().clone();
+            return Err(NodeError::Declared {
+                id,
+                file: file.map_or_else(|| "(configuration file)".into(), |f| f.display().to_string()),
+            });
+        }
         self.store.delete_node(id).await.map_err(|e| match e {
             StoreError::NotFound => NodeError::NotFound(id),
             other => other.into(),
@@ -343,6 +472,27 @@ pub struct NodeRegistration {
     /// `None`: the health checker tells it from the node's routes.
     pub kind: Option<NodeKind>,
     pub tls_insecure: bool,
+    /// `None`: the node's own slots, if it tells them.
+    pub max_concurrent: Option<u64>,
+    /// `None`: 1.
+    pub weight: Option<u64>,
+}
+
+/// A capacity is at least 1; a weight is 1 to [`MAX_WEIGHT`].
+fn check_capacity(max_concurrent: Option<u64>, weight: Option<u64>) -> Result<(), NodeError> {
+    if max_concurrent == Some(0) {
+        return Err(NodeError::InvalidValue {
+            field: "max_concurrent",
+            message: "must be at least 1 (or null: no limit)".into(),
+        });
+    }
+    if weight.is_some_and(|w| !(1..=MAX_WEIGHT).contains(&w)) {
+        return Err(NodeError::InvalidValue {
+            field: "weight",
+            message: format!("must be an integer from 1 to {MAX_WEIGHT}"),
+        });
+    }
+    Ok(())
 }
 
 impl NodeRegistration {

@@ -35,6 +35,10 @@ pub enum ProxyError {
     UpstreamTimeout(String),
     #[error("the router cannot record more requests: {0} records wait for the store; retry later")]
     BacklogFull(u64),
+    #[error("every node serving '{0}' is busy and the queue is full; retry later")]
+    QueueFull(String),
+    #[error("every node serving '{model}' stayed busy for the {waited_secs} s this request waited; retry later")]
+    QueueTimeout { model: String, waited_secs: u64 },
     #[error("{0}")]
     InvalidApiKey(&'static str),
     #[error("this API key may not use the model '{0}'")]
@@ -87,7 +91,10 @@ impl ProxyError {
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BodyRead(_) | ProxyError::InvalidJson(_) | ProxyError::MissingModel => StatusCode::BAD_REQUEST,
             ProxyError::UnknownModel(_) => StatusCode::NOT_FOUND,
-            ProxyError::NoNodeAvailable(_) | ProxyError::BacklogFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoNodeAvailable(_)
+            | ProxyError::BacklogFull(_)
+            | ProxyError::QueueFull(_)
+            | ProxyError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::AllNodesFailed { .. } | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
@@ -102,6 +109,8 @@ impl ProxyError {
             ProxyError::RateLimited { retry_after, .. } | ProxyError::QuotaExceeded { retry_after, .. } => {
                 Some(*retry_after)
             }
+            // Slots free as requests finish: a second is a fair guess.
+            ProxyError::QueueFull(_) | ProxyError::QueueTimeout { .. } => Some(1),
             _ => None,
         }
     }
@@ -128,6 +137,8 @@ impl ProxyError {
             ProxyError::AllNodesFailed { .. } | ProxyError::Upstream(_) => "upstream_error",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::BacklogFull(_) => "store_unavailable",
+            ProxyError::QueueFull(_) => "queue_full",
+            ProxyError::QueueTimeout { .. } => "queue_timeout",
             ProxyError::InvalidApiKey(_) => "invalid_api_key",
             ProxyError::ModelNotAllowed(_) => "model_not_allowed",
             ProxyError::RateLimited { .. } => "rate_limit_exceeded",
@@ -179,4 +190,44 @@ pub fn anthropic_error(status: StatusCode, message: &str) -> Response {
     };
     let body = json!({"type": "error", "error": {"type": kind, "message": message}});
     (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+
+    use super::*;
+
+    async fn shape(err: ProxyError, protocol: Protocol) -> (u16, Option<String>, Value) {
+        let r = err.into_response_for(protocol);
+        let status = r.status().as_u16();
+        let retry = r
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, retry, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn queue_refusals_take_the_shape_of_each_protocol() {
+        let full = || ProxyError::QueueFull("m".into());
+        let (status, retry, body) = shape(full(), Protocol::OpenAi).await;
+        assert_eq!((status, retry.as_deref()), (503, Some("1")));
+        assert_eq!(body["error"]["code"], "queue_full");
+        assert_eq!(body["error"]["type"], "server_error");
+        let (status, retry, body) = shape(full(), Protocol::Ollama).await;
+        assert_eq!((status, retry.as_deref()), (503, Some("1")));
+        assert!(body["error"].as_str().unwrap().contains("queue is full"), "{body}");
+        let timeout = ProxyError::QueueTimeout {
+            model: "m".into(),
+            waited_secs: 30,
+        };
+        let (status, retry, body) = shape(timeout, Protocol::Anthropic).await;
+        assert_eq!((status, retry.as_deref()), (503, Some("1")));
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "overloaded_error");
+        assert!(body["error"]["message"].as_str().unwrap().contains("30 s"), "{body}");
+    }
 }

@@ -1,7 +1,9 @@
 //! One attempt on one node: what is sent (the client's body; with `include_usage`
 //! for OpenAI streams; translated for a Messages request to a node that only speaks
 //! chat completions) and how the answer comes back (read whole, or streamed through
-//! the tap), ending the lease with the request's one record.
+//! the tap), ending the lease with the request's one record. A node's 429 or 503 (its
+//! `Retry-After` keeps it out of placement meanwhile) sends the lease back for another
+//! node when one could take it (`--retry-refused`), whatever the protocol.
 
 use std::time::{Duration, Instant};
 
@@ -16,8 +18,8 @@ use serde_json::Value;
 use super::anthropic::{self, translate, ChatToMessages};
 use super::{headers, stream, Parsed, Protocol, ProxyError};
 use crate::app::AppState;
-use crate::balancer::{RequestLease, RequestOutcome};
-use crate::nodes::NodeKind;
+use crate::balancer::{RequestLease, RequestOutcome, Wanted};
+use crate::nodes::{NodeId, NodeKind};
 use crate::token::{self, include_usage, StreamTap};
 use crate::upstream::UpstreamError;
 
@@ -25,6 +27,9 @@ pub(super) enum Forwarded {
     Done(Response),
     /// The node could not be reached; the lease goes back for another node.
     FailOver(RequestLease, String),
+    /// The node answered 429 or 503 (and is left alone for its `Retry-After`); the
+    /// lease goes back for another node.
+    Refused(RequestLease, String),
 }
 
 /// What goes to the node for one request.
@@ -88,7 +93,16 @@ fn upstream_for(
     }
 }
 
-pub(super) async fn forward(st: &AppState, lease: RequestLease, req: &Parsed, client_headers: &HeaderMap) -> Forwarded {
+/// Sends `req` to the lease's node; `wanted` and `tried` (the nodes tried so far, this
+/// one included) say whether another node could take it if this one refuses it.
+pub(super) async fn forward(
+    st: &AppState,
+    lease: RequestLease,
+    req: &Parsed,
+    client_headers: &HeaderMap,
+    wanted: Wanted<'_>,
+    tried: &[NodeId],
+) -> Forwarded {
     let node = lease.node().clone();
     let (base_url, api_key, wants_usage, check, node_kind) = node.with_info(|i| {
         (
@@ -134,6 +148,13 @@ pub(super) async fn forward(st: &AppState, lease: RequestLease, req: &Parsed, cl
     };
     let ttfb = sent_at.elapsed();
     let status = resp.status();
+    if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+        st.balancer.refused(&node, headers::retry_after(resp.headers()));
+        // Passed on to the client when no other node could take the request.
+        if st.proxy.retry_refused && st.balancer.has_candidate(wanted, tried) {
+            return Forwarded::Refused(lease, format!("node answered {}", status.as_u16()));
+        }
+    }
     let content_type = resp
         .headers()
         .get(http::header::CONTENT_TYPE)

@@ -68,3 +68,14 @@ pub fn client_response_headers(node: &HeaderMap) -> HeaderMap {
     }
     out
 }
+
+/// How long a node that answered 429 or 503 asked to be left alone: its `Retry-After`
+/// in seconds (at most a minute), else one second.
+pub fn retry_after(headers: &HeaderMap) -> std::time::Duration {
+    let secs = headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(1);
+    std::time::Duration::from_secs(secs.min(60))
+}

@@ -3,14 +3,16 @@
 //! (`ollama`) and Anthropic's Messages API (`anthropic`) over the same path.
 //!
 //! A request is read (size-limited) and parsed once for its model, then handed to the
-//! balancer; a connection error before any byte reached the client fails over to the
-//! next node (`forward`). Plain responses are read whole (their usage is in the body)
-//! and released once their record is committed; streams go through
-//! `stream::TappedBody`. Every request ends in exactly one record: through its lease,
-//! or `record_unrouted` when no node took it. What differs between client protocols
-//! is in `protocol`; nothing of this path is copied per protocol. The proxy never
-//! writes SQL and never counts tokens itself: it hands texts and usage to the `token`
-//! module.
+//! balancer, which admits it to a node (or queues it until one has a free slot, among
+//! the nodes of the kind its protocol needs); a connection error before any byte
+//! reached the client fails over to the next node, and so does a 429 or 503 answer of
+//! the node (`--retry-refused`; both in `forward`). Plain responses are read whole
+//! (their usage is in the body) and released once their record is committed; streams
+//! go through `stream::TappedBody`. Every request ends in exactly one record: through
+//! its lease, or `record_unrouted` when no node took it. What differs between client
+//! protocols is in `protocol`; nothing of this path is copied per protocol. The proxy
+//! never writes SQL and never counts tokens itself: it hands texts and usage to the
+//! `token` module.
 
 pub mod anthropic;
 pub mod client_key;
@@ -40,7 +42,7 @@ pub use error::ProxyError;
 pub use protocol::Protocol;
 
 use crate::app::AppState;
-use crate::balancer::{NoNode, RecordDraft, RequestOutcome};
+use crate::balancer::{session_key, NoNode, RecordDraft, Refusal, RequestOutcome, Unplaced, Wanted};
 use crate::nodes::NodeStatus;
 use crate::token::Prompt;
 
@@ -56,6 +58,8 @@ pub struct ProxySettings {
     pub commit_wait: Duration,
     /// Records waiting for the store beyond which requests are refused.
     pub max_backlog: u64,
+    /// A node's 429 or 503 sends the request to the next candidate.
+    pub retry_refused: bool,
 }
 
 pub fn routes() -> Router<AppState> {
@@ -248,33 +252,44 @@ pub(crate) async fn proxy(
     response
 }
 
-/// Sends the request to the best node for its model, failing over to the next one
-/// while no byte has reached the client.
+/// Sends the request to the best node for its model (waiting in the queue while every
+/// one is full), failing over to the next one while no byte has reached the client.
 async fn route(st: &AppState, mut draft: RecordDraft, req: &Parsed, headers: &HeaderMap) -> Response {
     let mut tried = Vec::new();
     let mut last_failure: Option<String> = None;
-    let only = Protocol::of(draft.request_type).node_kind();
+    let priority = draft.key.as_ref().map_or(0, |k| k.priority);
+    let wanted = Wanted {
+        model: &req.model,
+        kind: Protocol::of(draft.request_type).node_kind(),
+        session: session_key(headers.get("x-session-id").map(|v| v.as_bytes()), &req.json),
+    };
     loop {
-        let node = match st.balancer.select_kind(&req.model, &tried, only) {
-            Ok(n) => n,
-            Err(no) => {
-                let err = match (no, last_failure) {
-                    (_, Some(reason)) => ProxyError::AllNodesFailed {
-                        model: req.model.clone(),
-                        reason,
+        let lease = match st.balancer.admit(draft, wanted, priority, &tried).await {
+            Ok(lease) => lease,
+            Err(Unplaced { draft, why }) => {
+                let model = req.model.clone();
+                let err = match (why, last_failure) {
+                    (Refusal::NoNode(_), Some(reason)) => ProxyError::AllNodesFailed { model, reason },
+                    (Refusal::NoNode(NoNode::UnknownModel), None) => ProxyError::UnknownModel(model),
+                    (Refusal::NoNode(NoNode::Unavailable), None) => ProxyError::NoNodeAvailable(model),
+                    (Refusal::QueueFull, _) => ProxyError::QueueFull(model),
+                    (Refusal::QueueTimeout(waited), _) => ProxyError::QueueTimeout {
+                        model,
+                        waited_secs: waited.as_secs(),
                     },
-                    (NoNode::UnknownModel, None) => ProxyError::UnknownModel(req.model.clone()),
-                    (NoNode::Unavailable, None) => ProxyError::NoNodeAvailable(req.model.clone()),
                 };
                 return reject(st, draft, err).await;
             }
         };
-        tried.push(node.id);
-        let lease = st.balancer.begin_request(node, draft);
-        match forward::forward(st, lease, req, headers).await {
+        tried.push(lease.node().id);
+        match forward::forward(st, lease, req, headers, wanted, &tried).await {
             forward::Forwarded::Done(resp) => return resp,
             forward::Forwarded::FailOver(lease, reason) => {
                 st.balancer.connection_failed(lease.node(), &reason);
+                draft = lease.abandon(&reason);
+                last_failure = Some(reason);
+            }
+            forward::Forwarded::Refused(lease, reason) => {
                 draft = lease.abandon(&reason);
                 last_failure = Some(reason);
             }

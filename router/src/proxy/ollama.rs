@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use super::{client_key, headers, Protocol, ProxyError};
 use crate::app::AppState;
-use crate::balancer::NoNode;
+use crate::balancer::{NoNode, Wanted};
 use crate::keys::ClientKey;
 use crate::nodes::{Node, NodeKind, NodeStatus};
 
@@ -207,7 +207,12 @@ pub async fn show(State(st): State<AppState>, headers: HeaderMap, body: Body) ->
     if key.as_ref().is_some_and(|k| !k.allows(model)) {
         return error(ProxyError::ModelNotAllowed(model.into()));
     }
-    let node = match st.balancer.select_kind(model, &[], Some(NodeKind::Ollama)) {
+    let wanted = Wanted {
+        model,
+        kind: Some(NodeKind::Ollama),
+        session: None,
+    };
+    let node = match st.balancer.candidate(wanted) {
         Ok(n) => n,
         Err(NoNode::UnknownModel) => return error(ProxyError::UnknownModel(model.into())),
         Err(NoNode::Unavailable) => return error(ProxyError::NoNodeAvailable(model.into())),

@@ -17,7 +17,8 @@ mod speed;
 use std::collections::HashMap;
 
 use common::protocol::{
-    DashboardNode, DashboardNodes, DashboardStats, KeyTokenStats, ModelTokenStats, NodeTokenStats, TokenStats,
+    DashboardNode, DashboardNodes, DashboardStats, KeyTokenStats, ModelTokenStats, NodeTokenStats, QueueFigures,
+    TokenStats,
 };
 
 pub use export::{usage_export, ExportQuery, Period, UsageExport, UsageRow};
@@ -25,6 +26,7 @@ pub use keys::{dashboard_keys, key_usage, KeyUsage};
 pub use series::{daily, monthly, DailyQuery, MonthlyQuery};
 pub use speed::{speed, DEFAULT_WINDOW_MINUTES, MAX_WINDOW_MINUTES};
 
+use crate::balancer::QueueStats;
 use crate::keys::KeyRing;
 use crate::nodes::{NodeRegistry, NodeStatus};
 use crate::store::{GroupBy, RollupFilter, Store, StoreError, ANONYMOUS};
@@ -88,7 +90,7 @@ pub fn dashboard_nodes(registry: &NodeRegistry) -> DashboardNodes {
 }
 
 /// Router-wide figures (T-9, I-2): the sums over every node, deleted ones included.
-pub fn dashboard_stats(registry: &NodeRegistry) -> DashboardStats {
+pub fn dashboard_stats(registry: &NodeRegistry, queue: QueueStats) -> DashboardStats {
     let mut s = DashboardStats {
         total_nodes: 0,
         online_nodes: 0,
@@ -101,6 +103,14 @@ pub fn dashboard_stats(registry: &NodeRegistry) -> DashboardStats {
         total_input_tokens: 0,
         total_output_tokens: 0,
         total_tokens: 0,
+        queue: QueueFigures {
+            depth: queue.depth,
+            served: queue.served,
+            average_wait_ms: ratio(queue.wait_ms, queue.served),
+            full: queue.full,
+            timed_out: queue.timed_out,
+            cancelled: queue.cancelled,
+        },
     };
     let mut latency = 0u64;
     for n in registry.all() {

@@ -20,6 +20,8 @@ pub struct KeyLimits {
     pub monthly_token_budget: Option<u64>,
     /// An IANA zone name, validated by the caller.
     pub budget_tz: String,
+    /// Place in the admission queue: higher first (anonymous requests have 0).
+    pub priority: i64,
 }
 
 /// A key as persisted.
@@ -57,6 +59,7 @@ pub struct KeyChanges {
     pub daily_token_budget: Option<Option<u64>>,
     pub monthly_token_budget: Option<Option<u64>>,
     pub budget_tz: Option<String>,
+    pub priority: Option<i64>,
 }
 
 impl KeyChanges {
@@ -74,6 +77,7 @@ impl KeyChanges {
             daily_token_budget: pick(&self.daily_token_budget, &limits.daily_token_budget),
             monthly_token_budget: pick(&self.monthly_token_budget, &limits.monthly_token_budget),
             budget_tz: pick(&self.budget_tz, &limits.budget_tz),
+            priority: pick(&self.priority, &limits.priority),
         }
     }
 }
@@ -104,6 +108,7 @@ fn row_to_key(r: &dyn StoreRow) -> StoredKey {
             daily_token_budget: opt_u64(r, "daily_token_budget"),
             monthly_token_budget: opt_u64(r, "monthly_token_budget"),
             budget_tz: r.text("budget_tz"),
+            priority: r.int("priority"),
         },
     }
 }
@@ -116,8 +121,9 @@ fn models_json(models: &Option<Vec<String>>) -> Option<String> {
 
 /// A key's limits in the order both statements list them: `expires_at`,
 /// `allowed_models`, `rpm_limit`, `tpm_limit`, `max_concurrent`, `daily_token_budget`,
-/// `monthly_token_budget`, `budget_tz`. `models` is `models_json` of the limits.
-fn limit_args<'a>(l: &'a KeyLimits, models: &'a Option<String>) -> [Arg<'a>; 8] {
+/// `monthly_token_budget`, `budget_tz`, `priority`. `models` is `models_json` of the
+/// limits.
+fn limit_args<'a>(l: &'a KeyLimits, models: &'a Option<String>) -> [Arg<'a>; 9] {
     args![
         l.expires_at.map(to_millis),
         models.as_deref(),
@@ -127,6 +133,7 @@ fn limit_args<'a>(l: &'a KeyLimits, models: &'a Option<String>) -> [Arg<'a>; 8] 
         l.daily_token_budget.map(to_i64),
         l.monthly_token_budget.map(to_i64),
         &l.budget_tz,
+        l.priority,
     ]
 }
 
@@ -138,8 +145,8 @@ impl Store {
         self.db()
             .fetch_optional(
                 "INSERT INTO api_keys (name, prefix, secret_hash, created_at, expires_at, allowed_models,
-             rpm_limit, tpm_limit, max_concurrent, daily_token_budget, monthly_token_budget, budget_tz)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *",
+             rpm_limit, tpm_limit, max_concurrent, daily_token_budget, monthly_token_budget, budget_tz, priority)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING *",
                 &all,
                 row_to_key,
             )
@@ -176,8 +183,8 @@ impl Store {
             .fetch_optional(
                 "UPDATE api_keys SET name = $1, enabled = $2, expires_at = $3, allowed_models = $4, rpm_limit = $5,
                  tpm_limit = $6, max_concurrent = $7, daily_token_budget = $8, monthly_token_budget = $9,
-                 budget_tz = $10
-                 WHERE id = $11 RETURNING *",
+                 budget_tz = $10, priority = $11
+                 WHERE id = $12 RETURNING *",
                 &all,
                 row_to_key,
             )

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::sql::{args, StoreRow};
-use super::{from_millis, to_millis, Store, StoreError, StoreResult};
+use super::{from_millis, to_i64, to_millis, to_u64, Store, StoreError, StoreResult};
 
 /// A node as persisted.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,7 +15,7 @@ pub struct StoredNode {
     pub enabled: bool,
     /// Ask the node for `stream_options.include_usage` on streams (the per-node switch).
     pub include_usage: bool,
-    /// `api` or `static` (from `--node`).
+    /// `api`, `static` (from `--node`) or `config` (the configuration file).
     pub source: String,
     /// `openai`, `ollama`, `vllm`, `llamacpp` or `lmstudio`.
     pub kind: String,
@@ -23,6 +23,10 @@ pub struct StoredNode {
     pub kind_explicit: bool,
     /// Do not verify the node's TLS certificate (the operator's choice).
     pub tls_insecure: bool,
+    /// Requests in flight the operator allows (`None`: the node's own slots, or no limit).
+    pub max_concurrent: Option<u64>,
+    /// Share of the load (1 by default).
+    pub weight: u64,
     pub created_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
 }
@@ -37,6 +41,8 @@ pub struct NewNode {
     pub kind: &'static str,
     pub kind_explicit: bool,
     pub tls_insecure: bool,
+    pub max_concurrent: Option<u64>,
+    pub weight: u64,
 }
 
 /// A partial update; `None` leaves the field as it is.
@@ -49,6 +55,10 @@ pub struct NodeChanges {
     /// `Some(Some(kind))`: set by the operator; `Some(None)`: told by the health checker again.
     pub kind: Option<Option<&'static str>>,
     pub tls_insecure: Option<bool>,
+    /// `Some(None)`: no limit of the operator's.
+    pub max_concurrent: Option<Option<u64>>,
+    pub weight: Option<u64>,
+    pub source: Option<&'static str>,
 }
 
 fn is_unique_violation(e: &StoreError) -> bool {
@@ -67,6 +77,8 @@ fn row_to_node(r: &dyn StoreRow) -> StoredNode {
         kind: r.text("kind"),
         kind_explicit: r.int("kind_explicit") != 0,
         tls_insecure: r.int("tls_insecure") != 0,
+        max_concurrent: r.opt_int("max_concurrent").map(to_u64),
+        weight: to_u64(r.int("weight")),
         created_at: from_millis(r.int("created_at")),
         deleted_at: r.opt_int("deleted_at").map(from_millis),
     }
@@ -78,8 +90,8 @@ impl Store {
             .db()
             .fetch_optional(
                 "INSERT INTO nodes (name, base_url, api_key, include_usage, source, kind, kind_explicit,
-                                    tls_insecure, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *",
+                                    tls_insecure, max_concurrent, weight, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
                 &args![
                     &new.name,
                     &new.base_url,
@@ -89,6 +101,8 @@ impl Store {
                     new.kind,
                     new.kind_explicit,
                     new.tls_insecure,
+                    new.max_concurrent.map(to_i64),
+                    to_i64(new.weight),
                     to_millis(Utc::now()),
                 ],
                 row_to_node,
@@ -110,8 +124,9 @@ impl Store {
         self.db()
             .fetch_optional(
                 "UPDATE nodes SET name = $1, api_key = $2, enabled = $3, include_usage = $4, kind = $5,
-                                  kind_explicit = $6, tls_insecure = $7
-                 WHERE id = $8 AND deleted_at IS NULL RETURNING *",
+                                  kind_explicit = $6, tls_insecure = $7, max_concurrent = $8, weight = $9,
+                                  source = $10
+                 WHERE id = $11 AND deleted_at IS NULL RETURNING *",
                 &args![
                     changes.name.as_ref().unwrap_or(&current.name),
                     api_key.as_deref(),
@@ -120,6 +135,9 @@ impl Store {
                     changes.kind.flatten().unwrap_or(&current.kind),
                     changes.kind.map_or(current.kind_explicit, |k| k.is_some()),
                     changes.tls_insecure.unwrap_or(current.tls_insecure),
+                    changes.max_concurrent.unwrap_or(current.max_concurrent).map(to_i64),
+                    to_i64(changes.weight.unwrap_or(current.weight)),
+                    changes.source.unwrap_or(&current.source),
                     id,
                 ],
                 row_to_node,

@@ -3,7 +3,9 @@
 //! per area.
 
 mod accounting;
+mod admission;
 mod anthropic;
+mod config_file;
 mod console_api;
 mod console_e2e;
 mod console_usage_e2e;

@@ -237,3 +237,55 @@ async fn ollama_clients_send_no_key_and_are_refused_when_keys_are_required() {
     assert_eq!(tags.status(), 401);
     assert!(o.received().is_empty());
 }
+
+#[tokio::test]
+async fn ollama_requests_wait_for_a_slot_on_an_ollama_node_and_a_full_queue_answers_in_ollama_s_shape() {
+    let o = ollama_mock("llama", &["m"], |c| {
+        c.chunks = 3;
+        c.chunk_delay = std::time::Duration::from_millis(300);
+    })
+    .await;
+    // A free OpenAI node serving the same model must not take the waiting request.
+    let other = mock("other", &["m"]).await;
+    let h = Harness::start_with(&[&o, &other], |args| args.queue_size = 1).await;
+    crate::admission::patch_node(&h, &o.base_url(), json!({"max_concurrent": 1})).await;
+    let send = |content: &'static str| {
+        let req = h
+            .http
+            .post(h.url("/ollama/api/chat"))
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": content}]}));
+        tokio::spawn(async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, retry, resp.text().await.unwrap())
+        })
+    };
+    let first = send("first");
+    crate::admission::wait_until("the slot taken", || async { o.received().len() == 1 }).await;
+    let second = send("second");
+    crate::admission::wait_until("the second queued", || async {
+        h.get("/api/dashboard/stats").await["queue"]["depth"] == 1
+    })
+    .await;
+    let (status, retry, body) = send("third").await.unwrap();
+    assert_eq!((status, retry.as_deref()), (503, Some("1")), "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"error": "every node serving 'm' is busy and the queue is full; retry later"})
+    );
+    for (name, answer) in [("first", first), ("second", second)] {
+        let (status, _, body) = answer.await.unwrap();
+        assert_eq!(status, 200, "{name}: {body}");
+        assert!(body.lines().last().unwrap().contains("\"done\":true"), "{name}: {body}");
+    }
+    assert_eq!(
+        o.received().len(),
+        2,
+        "both went to the ollama node, one after the other"
+    );
+    assert!(other.received().is_empty(), "the OpenAI node got no Ollama request");
+}

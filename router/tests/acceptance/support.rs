@@ -28,7 +28,7 @@ pub fn postgres_server() -> Option<String> {
     std::env::var("LLM_ROUTER_TEST_DATABASE").ok().filter(|u| !u.is_empty())
 }
 
-/// Runs `sql` with `psql` on the server of `LLM_ROUTER_TEST_DATABASE` (or on `url`);
+/// Runs `sql` with `psql` on the database at `url`;
 /// returns its output, unaligned.
 pub fn psql(url: &str, sql: &str) -> String {
     let out = std::process::Command::new("psql")
@@ -82,11 +82,22 @@ impl Harness {
     }
 
     pub async fn start_with(nodes: &[&MockNode], tweak: impl FnOnce(&mut ServeArgs)) -> Harness {
+        warm_tokenizer();
         let dir = TempDir::new().unwrap();
         let mut args = base_args(&dir);
         args.nodes = nodes.iter().map(|n| n.base_url()).collect();
         tweak(&mut args);
         let router = app::start(args.clone()).await.expect("router starts");
+        Harness {
+            router,
+            dir,
+            http: reqwest::Client::new(),
+            args,
+        }
+    }
+
+    /// A harness over a router started by the test itself.
+    pub fn from_router(router: RunningRouter, dir: TempDir, args: ServeArgs) -> Harness {
         Harness {
             router,
             dir,
@@ -214,6 +225,17 @@ impl Harness {
         }
         panic!("node {base_url} never became {what}: {}", self.node(base_url).await);
     }
+}
+
+/// Loads the BPE tables once per test process. The router loads them on the first
+/// estimate (they take ~50 MB that a router whose nodes report usage never needs); in
+/// a debug build that first load takes ~0.75 s, which would count in the timing of
+/// whichever test estimates first.
+fn warm_tokenizer() {
+    static WARM: std::sync::Once = std::sync::Once::new();
+    WARM.call_once(|| {
+        llm_router::token::count_tokens("warm");
+    });
 }
 
 pub fn chat_body(model: &str, content: &str, stream: bool) -> Value {

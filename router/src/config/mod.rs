@@ -1,11 +1,20 @@
-//! Command line and environment configuration (clap; every flag has an
-//! `LLM_ROUTER_*` environment fallback).
+//! Configuration: the command line (clap; every flag has an `LLM_ROUTER_*`
+//! environment fallback) over the configuration file (`--config`, [`file`]).
+//!
+//! [`parse_from`] reads the command line once to find the file, then again with the
+//! file's settings added as flags for every setting that neither a flag nor the
+//! environment gave: so flags and env override the file, and the file's values go
+//! through the same parsers and checks as flags.
 
+pub mod file;
+
+use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::keys::ClientAuth;
 use crate::recorder::Durability;
@@ -147,6 +156,25 @@ pub struct ServeArgs {
     /// or the new one gets 503 [default: half the open-file limit, less a reserve].
     #[arg(long, env = "LLM_ROUTER_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
+    /// Most requests waiting for a node slot at once when every node serving their model
+    /// is full (0: refuse at once).
+    #[arg(long, env = "LLM_ROUTER_QUEUE_SIZE", default_value_t = 100)]
+    pub queue_size: usize,
+    /// Longest wait in the queue, in seconds (then 503 `queue_timeout`).
+    #[arg(long, env = "LLM_ROUTER_QUEUE_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub queue_timeout_secs: u64,
+    /// Requests in flight a conversation's node may have beyond the least busy node and
+    /// still take the conversation's next request (affinity).
+    #[arg(long, env = "LLM_ROUTER_AFFINITY_MARGIN", default_value_t = 2)]
+    pub affinity_margin: u64,
+    /// Send a request that a node refused with 429 or 503 to the next node.
+    #[arg(long, env = "LLM_ROUTER_RETRY_REFUSED", default_value_t = true, action = ArgAction::Set)]
+    pub retry_refused: bool,
+    /// A TOML file of nodes (`[[nodes]]`) and settings (`queue_size = 100`); flags and
+    /// env override its settings.
+    #[arg(long, env = "LLM_ROUTER_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -178,6 +206,14 @@ impl ServeArgs {
         Duration::from_millis(self.health_interval_ms.max(50))
     }
 
+    pub fn admission(&self) -> crate::balancer::AdmissionSettings {
+        crate::balancer::AdmissionSettings {
+            queue_size: self.queue_size,
+            queue_timeout: Duration::from_secs(self.queue_timeout_secs),
+            affinity_margin: self.affinity_margin,
+        }
+    }
+
     /// Proxy threads: as asked, else one per core this process may run on
     /// (`available_parallelism` follows CPU affinity and cgroup quotas).
     pub fn worker_threads(&self) -> usize {
@@ -185,4 +221,57 @@ impl ServeArgs {
             .map(usize::from)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
     }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A bad flag, or `--help` / `--version` (print it with `exit`).
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
+    #[error(transparent)]
+    File(#[from] file::FileError),
+}
+
+/// The command's settings and whether it is `demo`, from `argv` (the program name
+/// first), the environment and the configuration file.
+pub fn parse_from<I, T>(argv: I) -> Result<(ServeArgs, bool), ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    let matches = Cli::command().try_get_matches_from(&argv)?;
+    let (args, demo) = serve_args(&matches)?;
+    let Some(path) = args.config.clone() else {
+        return Ok((args, demo));
+    };
+    let config = file::ConfigFile::read(&path)?;
+    let given = serve_matches(&matches);
+    let mut argv = argv;
+    for setting in &config.settings {
+        let from_default = matches!(given.value_source(&setting.id), None | Some(ValueSource::DefaultValue));
+        if from_default {
+            argv.extend(setting.flags().map(OsString::from));
+        }
+    }
+    let matches = Cli::command().try_get_matches_from(&argv)?;
+    Ok(serve_args(&matches)?)
+}
+
+/// The matches of the `ServeArgs` in use: the subcommand's, or the top level's.
+fn serve_matches(m: &ArgMatches) -> &ArgMatches {
+    match m.subcommand() {
+        Some((_, sub)) => sub,
+        None => m,
+    }
+}
+
+fn serve_args(m: &ArgMatches) -> Result<(ServeArgs, bool), clap::Error> {
+    let cli = Cli::from_arg_matches(m)?;
+    Ok(match cli.command {
+        None => (cli.serve, false),
+        Some(Command::Serve(a)) => (a, false),
+        Some(Command::Demo(a)) => (a, true),
+    })
 }
