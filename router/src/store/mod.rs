@@ -167,7 +167,9 @@ pub(crate) mod testing {
 
     /// Creates a database on the server named by `LLM_ROUTER_TEST_DATABASE`.
     pub async fn fresh_postgres_database() -> Option<String> {
-        let admin = std::env::var("LLM_ROUTER_TEST_DATABASE").ok()?;
+        let admin = std::env::var("LLM_ROUTER_TEST_DATABASE")
+            .ok()
+            .filter(|u| !u.is_empty())?;
         let name = format!("t_{:016x}", rand::random::<u64>());
         let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
         sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())

@@ -10,6 +10,7 @@
 pub mod writer;
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -20,7 +21,7 @@ use super::{StoreResult, CONNECT_TIMEOUT};
 pub(super) struct PgStore {
     pub pool: PgPool,
     /// For the writer's own connection.
-    options: PgConnectOptions,
+    options: Arc<PgConnectOptions>,
 }
 
 impl PgStore {
@@ -33,11 +34,14 @@ impl PgStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations_pg").run(&pool).await?;
-        Ok(PgStore { pool, options })
+        Ok(PgStore {
+            pool,
+            options: Arc::new(options),
+        })
     }
 
     pub fn writer(&self) -> StoreResult<writer::PgWriter> {
-        writer::PgWriter::open(self.options.clone())
+        writer::PgWriter::open((*self.options).clone())
     }
 }
 
