@@ -154,8 +154,9 @@ pub(crate) enum StoreTx {
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
-/// The statement runners, the same on a [`Store`] (any pooled connection) and in a
-/// [`StoreTx`]: `$on` maps `self` to `(sqlite executor, postgres executor)`.
+/// The statement runners, the same on a [`Pooled`] store (any pooled connection) and in
+/// a [`StoreTx`]: the two patterns pick the engine, the expressions after them are its
+/// executor.
 macro_rules! runners {
     ($ty:ty, $self:ident => $sqlite:pat => $se:expr, $postgres:pat => $pe:expr) => {
         // Not every runner is used on both.
