@@ -263,4 +263,44 @@ mod tests {
         );
         assert_eq!(stored.time_to_first_token_ms, Some(2));
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_of_several_replicas_committing_at_once_count_every_record_once() {
+        let Some(url) = fresh_postgres_database().await else {
+            eprintln!("skipped: LLM_ROUTER_TEST_DATABASE is not set (PostgreSQL tests)");
+            return;
+        };
+        let store = Store::open(&url).await.unwrap();
+        // Four replicas' writers, each committing 50 batches that touch the same
+        // rollup rows (two keys, one node, one model, this hour) in varying order.
+        let writers: Vec<_> = (0..4u64)
+            .map(|w| {
+                let mut writer = store.writer().unwrap();
+                std::thread::spawn(move || {
+                    for b in 0..50u64 {
+                        let mut batch: Vec<_> = (0..8).map(|i| record(w * 1000 + b * 8 + i)).collect();
+                        for (i, r) in batch.iter_mut().enumerate() {
+                            r.api_key_id = Some(((i as u64 + b + w) % 2) as i64 + 1);
+                        }
+                        if b % 2 == 1 {
+                            batch.reverse();
+                        }
+                        writer.commit(&batch, LockWait::Patient).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let expected: u64 = (0..4u64).flat_map(|w| (0..400u64).map(move |i| w * 1000 + i)).sum();
+        assert_eq!(store.history_count().await.unwrap(), 4 * 400);
+        let total = store
+            .rollup_totals(GroupBy::Nothing, &Default::default())
+            .await
+            .unwrap();
+        assert_eq!((total[0].1.request_count, total[0].1.input_tokens), (1600, expected));
+        let by_key = store.rollup_totals(GroupBy::Key, &Default::default()).await.unwrap();
+        assert_eq!(by_key.iter().map(|(_, t)| t.input_tokens).sum::<u64>(), expected);
+    }
 }
