@@ -45,8 +45,9 @@ pub enum NodeError {
     NotFound(NodeId),
     #[error("invalid {field}: {message}")]
     InvalidValue { field: &'static str, message: String },
-    #[error("node {id} is declared in the configuration file {file}: remove it there (it can be disabled here)")]
-    Declared { id: NodeId, file: String },
+    /// `by`: "the configuration file <path>", or "the command line (--node)".
+    #[error("node {id} is declared in {by}: remove it there (it can be disabled here)")]
+    Declared { id: NodeId, by: String },
     #[error(transparent)]
     Store(StoreError),
 }
@@ -247,6 +248,9 @@ pub struct NodeRegistry {
     store: Store,
     /// The configuration file that declares nodes, named when one cannot be deleted.
     config_file: RwLock<Option<PathBuf>>,
+    /// Nodes that `--node` (or `LLM_ROUTER_NODES`) declares in this run: they cannot be
+    /// deleted either (they would come back at the next start).
+    flag_declared: RwLock<std::collections::HashSet<NodeId>>,
     /// Told when a node may take more requests than before (set by the balancer).
     on_change: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
@@ -257,6 +261,7 @@ impl NodeRegistry {
             nodes: RwLock::new(nodes.into_iter().map(Arc::new).collect()),
             store,
             config_file: RwLock::new(None),
+            flag_declared: RwLock::default(),
             on_change: std::sync::OnceLock::new(),
         }
     }
@@ -336,6 +341,12 @@ impl NodeRegistry {
     /// Adds a node from configuration (`URL` or `KIND=URL`) unless a live node already
     /// has its URL; a kind the configuration names is set on that node.
     pub async fn ensure_static(&self, spec: &str) -> Result<Arc<Node>, NodeError> {
+        let node = self.declare_static(spec).await?;
+        self.flag_declared.write().unwrap().insert(node.id);
+        Ok(node)
+    }
+
+    async fn declare_static(&self, spec: &str) -> Result<Arc<Node>, NodeError> {
         let node = NodeRegistration::from_static(spec)?;
         let normalized = normalize_base_url(&node.base_url)?;
         let Some(existing) = self
@@ -451,7 +462,16 @@ impl NodeRegistry {
             let file = self.config_file.read().unwrap().clone();
             return Err(NodeError::Declared {
                 id,
-                file: file.map_or_else(|| "(configuration file)".into(), |f| f.display().to_string()),
+                by: format!(
+                    "the configuration file {}",
+                    file.map_or_else(String::new, |f| f.display().to_string())
+                ),
+            });
+        }
+        if self.flag_declared.read().unwrap().contains(&id) {
+            return Err(NodeError::Declared {
+                id,
+                by: "the command line (--node or LLM_ROUTER_NODES)".into(),
             });
         }
         self.store.delete_node(id).await.map_err(|e| match e {

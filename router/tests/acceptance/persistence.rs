@@ -87,7 +87,9 @@ async fn token_metric_lines(h: &Harness) -> Vec<String> {
 async fn offline_and_deleted_nodes_keep_their_totals() {
     let a = mock("alpha", &["m"]).await;
     let b = mock("beta", &["m2"]).await;
-    let h = Harness::start(&[&a, &b]).await;
+    let h = Harness::start(&[&a]).await;
+    // Through the API: a node that --node declares cannot be deleted.
+    let b_id = h.add_node(&b).await;
     let (a_url, b_url) = (a.base_url(), b.base_url());
     h.chat("m", "one two three").await;
     h.chat("m2", "one two").await;
@@ -99,7 +101,6 @@ async fn offline_and_deleted_nodes_keep_their_totals() {
     let n = h.wait_node(&a_url, "offline", |n| n["status"] == "offline").await;
     assert_eq!((u(&n["total_input_tokens"]), u(&n["total_output_tokens"])), (3, 5));
 
-    let b_id = h.node(&b_url).await["id"].as_i64().unwrap();
     let (s, _) = h.admin(Method::DELETE, &format!("/api/nodes/{b_id}"), None).await;
     assert_eq!(s, 204);
     let n = h.node(&b_url).await;

@@ -391,6 +391,20 @@ async fn nodes_are_managed_through_the_api() {
     let (s, list) = h.admin(Method::GET, "/api/nodes", None).await;
     assert_eq!(s, 200);
     assert_eq!(list["nodes"].as_array().unwrap().len(), 2);
+    // A node the command line declares cannot be deleted (it would come back at the
+    // next start); it can be disabled.
+    let static_id = h.node(&a.base_url()).await["id"].as_i64().unwrap();
+    let (s, v) = h.admin(Method::DELETE, &format!("/api/nodes/{static_id}"), None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("--node"), "{v}");
+    let (s, _) = h
+        .admin(
+            Method::PATCH,
+            &format!("/api/nodes/{static_id}"),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(s, 200);
     let (s, _) = h.admin(Method::DELETE, &format!("/api/nodes/{id}"), None).await;
     assert_eq!(s, 204);
     assert_eq!(h.chat("mb", "x").await.0, 404, "a deleted node leaves routing at once");

@@ -169,6 +169,20 @@ impl Harness {
         v
     }
 
+    /// Registers `node` through the API (a node `--node` declares cannot be deleted);
+    /// returns its id.
+    pub async fn add_node(&self, node: &MockNode) -> i64 {
+        let (status, v) = self
+            .admin(
+                reqwest::Method::POST,
+                "/api/nodes",
+                Some(json!({"base_url": node.base_url()})),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+        v["id"].as_i64().unwrap()
+    }
+
     /// The Prometheus exposition of `/metrics`.
     pub async fn metrics(&self) -> String {
         self.http
