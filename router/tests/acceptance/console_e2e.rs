@@ -129,8 +129,10 @@ async fn nodes_are_added_edited_disabled_and_deleted_through_the_page() {
         text_of(&b, &format!("{row} td:nth-child(3)")).await,
         "openai (detected)"
     );
-    assert_eq!(text_of(&b, &format!("{row} td:nth-child(7)")).await, "m1, m2");
-    assert_eq!(text_of(&b, &format!("{row} td:nth-child(8)")).await, "–");
+    assert_eq!(text_of(&b, &format!("{row} td:nth-child(6)")).await, "no limit");
+    assert_eq!(text_of(&b, &format!("{row} td:nth-child(7)")).await, "1");
+    assert_eq!(text_of(&b, &format!("{row} td:nth-child(9)")).await, "m1, m2");
+    assert_eq!(text_of(&b, &format!("{row} td:nth-child(10)")).await, "–");
 
     // The same URL again: the conflict is shown at the URL field.
     type_in(&b, "node-add-base_url", &a.base_url()).await;
@@ -144,7 +146,7 @@ async fn nodes_are_added_edited_disabled_and_deleted_through_the_page() {
     assert!(msg.as_str().unwrap().contains("already exists"), "{msg}");
     type_in(&b, "node-add-base_url", "").await;
 
-    // Edit: a new name, the kind set, usage on streams off.
+    // Edit: a new name, the kind set, a capacity and a weight, usage on streams off.
     click_css(&b, &format!("{row} button[data-action='edit']")).await;
     b.wait("edit dialog", "return document.getElementById('node-edit').open")
         .await;
@@ -155,6 +157,8 @@ async fn nodes_are_added_edited_disabled_and_deleted_through_the_page() {
     );
     type_in(&b, "node-edit-name", "gpu-a2").await;
     choose(&b, "node-edit-kind", "vllm").await;
+    type_in(&b, "node-edit-max_concurrent", "3").await;
+    type_in(&b, "node-edit-weight", "2").await;
     click_css(&b, "#node-edit-include_usage").await;
     b.screenshot("console-node-edit").await;
     click_css(&b, "#node-edit-save").await;
@@ -166,6 +170,10 @@ async fn nodes_are_added_edited_disabled_and_deleted_through_the_page() {
         (Some("vllm"), Some(true))
     );
     assert_eq!(node["include_usage"], false);
+    assert_eq!(
+        (node["max_concurrent"].as_u64(), node["weight"].as_u64()),
+        (Some(3), Some(2))
+    );
     assert_eq!(node["has_api_key"], true, "an empty key field leaves the key");
     b.wait(
         "renamed row",
@@ -173,17 +181,34 @@ async fn nodes_are_added_edited_disabled_and_deleted_through_the_page() {
     )
     .await;
     assert_eq!(text_of(&b, &format!("{row} td:nth-child(3)")).await, "vllm");
-    assert_eq!(text_of(&b, &format!("{row} td:nth-child(6)")).await, "not asked");
+    assert_eq!(text_of(&b, &format!("{row} td:nth-child(6)")).await, "3");
+    assert_eq!(text_of(&b, &format!("{row} td:nth-child(7)")).await, "2");
+    assert_eq!(text_of(&b, &format!("{row} td:nth-child(8)")).await, "not asked");
 
-    // Edit again: remove the key. Then Escape closes the dialog without saving.
+    // Edit again: a weight of 0 is refused next to its field; then remove the key and
+    // clear the capacity. Then Escape closes the dialog without saving.
     click_css(&b, &format!("{row} button[data-action='edit']")).await;
     b.wait("edit dialog", "return document.getElementById('node-edit').open")
         .await;
+    type_in(&b, "node-edit-weight", "0").await;
+    click_css(&b, "#node-edit-save").await;
+    b.wait(
+        "weight error",
+        "return document.getElementById('node-edit-weight-error').textContent.includes('weight')",
+    )
+    .await;
+    type_in(&b, "node-edit-weight", "2").await;
+    type_in(&b, "node-edit-max_concurrent", "").await;
     click_css(&b, "#node-edit-clear_key").await;
     click_css(&b, "#node-edit-save").await;
     b.wait("dialog closed", "return !document.getElementById('node-edit').open")
         .await;
-    assert_eq!(api_node(&h, "gpu-a2").await.unwrap()["has_api_key"], false);
+    let node = api_node(&h, "gpu-a2").await.unwrap();
+    assert_eq!(node["has_api_key"], false);
+    assert_eq!(
+        (node["max_concurrent"].clone(), node["weight"].as_u64()),
+        (Value::Null, Some(2))
+    );
     click_css(&b, &format!("{row} button[data-action='edit']")).await;
     b.wait("edit dialog", "return document.getElementById('node-edit').open")
         .await;

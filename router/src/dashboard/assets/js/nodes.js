@@ -1,11 +1,11 @@
-// Nodes: add, edit (name, API key, kind, enabled, include_usage) and delete the
+// Nodes: add, edit (name, API key, kind, capacity, weight, enabled, include_usage) and delete the
 // nodes of /api/nodes; the list shows status, kind and last_error and refreshes in
 // place. An error of the API is shown next to the field it names.
 'use strict';
 
 (() => {
   const LR = window.LR;
-  const { $, api, send, fillTable, cell, badge, button, showError, clearErrors, confirmAction } = LR;
+  const { $, api, send, fillTable, cell, badge, button, showError, clearErrors, confirmAction, limitValue } = LR;
   let nodes = [];
   let editing = null;
 
@@ -31,6 +31,8 @@
           cell(n.kind + (n.kind_explicit ? '' : ' (detected)')),
           cell(n.enabled ? badge(n.status) : badge('disabled')),
           cell(n.enabled ? 'yes' : 'no'),
+          cell(n.capacity == null ? 'no limit' : String(n.capacity) + (n.max_concurrent == null ? ' (slots)' : '')),
+          cell(String(n.weight)),
           cell(n.include_usage ? (n.include_usage_supported ? 'asked' : 'asked, refused by node') : 'not asked'),
           cell(n.models.join(', ') || '–'),
           cell(n.last_error || '–', 'wrap'),
@@ -74,6 +76,8 @@
     $('node-edit-clear_key').disabled = !node.has_api_key;
     $('node-edit-api_key').disabled = false;
     $('node-edit-kind').value = node.kind_explicit ? node.kind : '';
+    $('node-edit-max_concurrent').value = node.max_concurrent == null ? '' : String(node.max_concurrent);
+    $('node-edit-weight').value = String(node.weight);
     $('node-edit-enabled').checked = node.enabled;
     $('node-edit-include_usage').checked = node.include_usage;
     $('node-edit').showModal();
@@ -91,6 +95,10 @@
     else if ($('node-edit-api_key').value) body.api_key = $('node-edit-api_key').value;
     const kind = $('node-edit-kind').value;
     if (kind !== (n.kind_explicit ? n.kind : '')) body.kind = kind || null;
+    const max = limitValue($('node-edit-max_concurrent'));
+    if (max !== n.max_concurrent) body.max_concurrent = max;
+    const weight = limitValue($('node-edit-weight'));
+    if (weight !== n.weight) body.weight = weight;
     if ($('node-edit-enabled').checked !== n.enabled) body.enabled = $('node-edit-enabled').checked;
     if ($('node-edit-include_usage').checked !== n.include_usage) body.include_usage = $('node-edit-include_usage').checked;
     $('node-edit-save').disabled = true;
