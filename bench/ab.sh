@@ -2,7 +2,9 @@
 # A/B of two router builds against one mock node, taking turns (pinned like
 # bench/proxy.sh): requests/s and CPU µs per request of each, plain and streamed.
 # Usage: bench/ab.sh DIR_A DIR_B [seconds per run, default 5]   (ROUNDS=n, default 3)
-# Each DIR holds an llm-router binary (DIR_A's mock-node serves both).
+# Each DIR holds an llm-router binary (DIR_A's mock-node serves both); ARGS_A and
+# ARGS_B add flags to either router (the same binary twice compares two settings).
+# CORE_PROXY=0,1 CORE_LOAD=0,1 runs everything unpinned.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -17,8 +19,10 @@ wait_http "http://127.0.0.1:$MOCK_PORT/v1/models"
 declare -A PID PORT
 for side in A B; do
   dir=${!side}; PORT[$side]=$(free_port)
+  extra=ARGS_$side
+  # shellcheck disable=SC2086
   spawn_proxy "$dir/llm-router" --host 127.0.0.1 --port "${PORT[$side]}" --data-dir "$WORK/$side" \
-    --admin-key ab --node http://127.0.0.1:$MOCK_PORT >/dev/null
+    --admin-key ab --node http://127.0.0.1:$MOCK_PORT ${!extra:-} >/dev/null
   PID[$side]=$!
   wait_http "http://127.0.0.1:${PORT[$side]}/health"
 done
