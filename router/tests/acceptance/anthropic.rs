@@ -9,15 +9,6 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-fn assert_counts(r: &Value, input: u64, output: u64, source: &str) {
-    assert_eq!(
-        (u(&r["input_tokens"]), u(&r["output_tokens"]), u(&r["total_tokens"])),
-        (input, output, input + output),
-        "{r}"
-    );
-    assert_eq!(r["token_source"], source, "{r}");
-}
-
 #[tokio::test]
 async fn the_anthropic_sdk_talks_to_a_chat_completions_node_plain_and_streamed() {
     let a = mock("alpha", &["m"]).await;

@@ -13,6 +13,7 @@ mod dashboard_api;
 mod dashboard_e2e;
 mod fuzz_bodies;
 mod hostile;
+mod key_usage;
 mod keys;
 mod ollama;
 mod open_files;

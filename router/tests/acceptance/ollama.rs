@@ -20,15 +20,6 @@ fn of_type<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["request_type"] == kind).collect()
 }
 
-fn assert_counts(r: &Value, input: u64, output: u64, source: &str) {
-    assert_eq!(
-        (u(&r["input_tokens"]), u(&r["output_tokens"]), u(&r["total_tokens"])),
-        (input, output, input + output),
-        "{r}"
-    );
-    assert_eq!(r["token_source"], source, "{r}");
-}
-
 #[tokio::test]
 async fn the_ollama_python_client_chats_generates_and_embeds_with_exact_tokens() {
     let o = ollama_mock("llama", &["m", "e"], |_| {}).await;

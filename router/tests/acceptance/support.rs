@@ -345,3 +345,43 @@ pub async fn token_totals(h: &Harness) -> (u64, u64, u64, u64) {
     }
     totals
 }
+
+/// A record's token figures and their source.
+pub fn assert_counts(r: &Value, input: u64, output: u64, source: &str) {
+    assert_eq!(
+        (u(&r["input_tokens"]), u(&r["output_tokens"]), u(&r["total_tokens"])),
+        (input, output, input + output),
+        "{r}"
+    );
+    assert_eq!(r["token_source"], source, "{r}");
+}
+
+/// Creates a key; returns its id and secret.
+pub async fn create_key(h: &Harness, body: Value) -> (i64, String) {
+    let (s, v) = h.admin(reqwest::Method::POST, "/api/keys", Some(body)).await;
+    assert_eq!(s, 201, "{v}");
+    (v["id"].as_i64().unwrap(), v["key"].as_str().unwrap().to_string())
+}
+
+/// A chat completion with `key` as a bearer token: status, headers, body.
+pub async fn keyed_chat(h: &Harness, key: Option<&str>, model: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = h
+        .http
+        .post(h.url("/v1/chat/completions"))
+        .json(&chat_body(model, "one two", false));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.json().await.unwrap_or(Value::Null))
+}
+
+pub fn header(h: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
+    h.get(name).map(|v| v.to_str().unwrap().to_string())
+}
+
+pub fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
