@@ -65,7 +65,7 @@ fn migrate_store(m: MigrateStoreArgs) {
 
 fn main() {
     let (args, demo) = match config::parse_invocation(std::env::args_os()) {
-        Ok(Invocation::Router(args, demo)) => (args, demo),
+        Ok(Invocation::Router(args, demo)) => (*args, demo),
         Ok(Invocation::MigrateStore(m)) => return migrate_store(m),
         Err(ConfigError::Cli(e)) => e.exit(),
         Err(e) => {

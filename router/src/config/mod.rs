@@ -60,7 +60,7 @@ pub struct MigrateStoreArgs {
 #[derive(Debug)]
 pub enum Invocation {
     /// `serve` (`false`) or `demo` (`true`).
-    Router(ServeArgs, bool),
+    Router(Box<ServeArgs>, bool),
     MigrateStore(MigrateStoreArgs),
 }
 
@@ -270,7 +270,7 @@ where
         return Ok(Invocation::MigrateStore(MigrateStoreArgs::from_arg_matches(sub)?));
     }
     let (args, demo) = parse_from(argv)?;
-    Ok(Invocation::Router(args, demo))
+    Ok(Invocation::Router(Box::new(args), demo))
 }
 
 /// The command's settings and whether it is `demo`, from `argv` (the program name

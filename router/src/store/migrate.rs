@@ -371,7 +371,7 @@ mod tests {
             client_ip: Some("10.0.0.1".into()),
             api_key_id: key.map(|k| k.0),
             api_key_name: key.map(|k| k.1.clone()),
-            stream: seed % 2 == 0,
+            stream: seed.is_multiple_of(2),
             status,
             http_status: if status == RequestStatus::Error { 502 } else { 200 },
             error_message: (status == RequestStatus::Error).then(|| "upstream failed".into()),
@@ -380,7 +380,7 @@ mod tests {
             input_tokens: input,
             output_tokens: output,
             total_tokens: input + output,
-            token_source: if seed % 7 == 0 {
+            token_source: if seed.is_multiple_of(7) {
                 TokenSource::Estimated
             } else {
                 TokenSource::Reported
