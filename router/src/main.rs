@@ -1,6 +1,7 @@
-//! The `llm-router` binary: parses the command line and runs `serve` or `demo`.
+//! The `llm-router` binary: parses the command line and runs `serve`, `demo` or
+//! `migrate-store`.
 
-use llm_router::config::{self, ConfigError, LogFormat, ServeArgs};
+use llm_router::config::{self, ConfigError, Invocation, LogFormat, MigrateStoreArgs, ServeArgs};
 
 /// The proxy path makes many small short-lived allocations per request and per SSE
 /// chunk; glibc's allocator spent about 9 % of the router's CPU on them under load.
@@ -36,9 +37,36 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Copies one store into another; exits 1 when it cannot (a non-empty target without
+/// `--force`, an unreachable database…).
+fn migrate_store(m: MigrateStoreArgs) {
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(llm_router::store::migrate::migrate_store(&m.from, &m.to, m.force))
+                .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(report) => {
+            for (table, rows) in report.tables {
+                println!("{table}: {rows} rows");
+            }
+            println!("migration done");
+        }
+        Err(e) => {
+            eprintln!("llm-router migrate-store: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 fn main() {
-    let (args, demo) = match config::parse_from(std::env::args_os()) {
-        Ok(parsed) => parsed,
+    let (args, demo) = match config::parse_invocation(std::env::args_os()) {
+        Ok(Invocation::Router(args, demo)) => (*args, demo),
+        Ok(Invocation::MigrateStore(m)) => return migrate_store(m),
         Err(ConfigError::Cli(e)) => e.exit(),
         Err(e) => {
             eprintln!("llm-router: {e}");

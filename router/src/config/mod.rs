@@ -38,6 +38,30 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run the router with two mock nodes and light synthetic traffic.
     Demo(ServeArgs),
+    /// Copy every node, key, history record and rollup of one database into another
+    /// (e.g. SQLite into PostgreSQL), ids included. The router must not be running.
+    MigrateStore(MigrateStoreArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MigrateStoreArgs {
+    /// The database to copy from, e.g. `sqlite:///var/lib/llm-router/router.db`.
+    #[arg(long)]
+    pub from: String,
+    /// The database to copy into, e.g. `postgres://router@db/router`.
+    #[arg(long)]
+    pub to: String,
+    /// Empty the target first when it holds any row (otherwise it is refused).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Invocation {
+    /// `serve` (`false`) or `demo` (`true`).
+    Router(Box<ServeArgs>, bool),
+    MigrateStore(MigrateStoreArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -233,6 +257,22 @@ pub enum ConfigError {
     File(#[from] file::FileError),
 }
 
+/// The command asked for by `argv` (the program name first): `migrate-store` with its
+/// arguments, or the router's settings as [`parse_from`] reads them.
+pub fn parse_invocation<I, T>(argv: I) -> Result<Invocation, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    let matches = Cli::command().try_get_matches_from(&argv)?;
+    if let Some(("migrate-store", sub)) = matches.subcommand() {
+        return Ok(Invocation::MigrateStore(MigrateStoreArgs::from_arg_matches(sub)?));
+    }
+    let (args, demo) = parse_from(argv)?;
+    Ok(Invocation::Router(Box::new(args), demo))
+}
+
 /// The command's settings and whether it is `demo`, from `argv` (the program name
 /// first), the environment and the configuration file.
 pub fn parse_from<I, T>(argv: I) -> Result<(ServeArgs, bool), ConfigError>
@@ -273,5 +313,11 @@ fn serve_args(m: &ArgMatches) -> Result<(ServeArgs, bool), clap::Error> {
         None => (cli.serve, false),
         Some(Command::Serve(a)) => (a, false),
         Some(Command::Demo(a)) => (a, true),
+        Some(Command::MigrateStore(_)) => {
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::InvalidSubcommand,
+                "migrate-store does not run the router (see parse_invocation)\n",
+            ))
+        }
     })
 }

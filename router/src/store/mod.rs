@@ -16,6 +16,7 @@
 mod export;
 mod history;
 mod keys;
+pub mod migrate;
 mod nodes;
 mod postgres;
 mod rollup;
@@ -52,6 +53,8 @@ pub enum StoreError {
     Thread(String),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("the target database is not empty ({0} has rows): give --force to empty it first")]
+    TargetNotEmpty(&'static str),
     #[error("unexpected data in the store: {0}")]
     Corrupt(String),
 }

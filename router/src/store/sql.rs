@@ -20,6 +20,7 @@ pub(crate) enum Arg<'a> {
     Text(&'a str),
     OptText(Option<&'a str>),
     Bytes(&'a [u8]),
+    OptBytes(Option<&'a [u8]>),
 }
 
 impl From<i64> for Arg<'_> {
@@ -105,6 +106,7 @@ pub(crate) trait StoreRow {
     fn text(&self, col: &str) -> String;
     fn opt_text(&self, col: &str) -> Option<String>;
     fn bytes(&self, col: &str) -> Vec<u8>;
+    fn opt_bytes(&self, col: &str) -> Option<Vec<u8>>;
 }
 
 macro_rules! store_row {
@@ -125,6 +127,9 @@ macro_rules! store_row {
             fn bytes(&self, col: &str) -> Vec<u8> {
                 self.get(col)
             }
+            fn opt_bytes(&self, col: &str) -> Option<Vec<u8>> {
+                self.get(col)
+            }
         }
     };
 }
@@ -142,6 +147,7 @@ macro_rules! query {
                 Arg::Text(v) => q.bind(v),
                 Arg::OptText(v) => q.bind(v),
                 Arg::Bytes(v) => q.bind(v),
+                Arg::OptBytes(v) => q.bind(v),
             };
         }
         q

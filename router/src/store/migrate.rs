@@ -1,0 +1,503 @@
+//! `llm-router migrate-store`: copies one store into another (typically SQLite into
+//! PostgreSQL), so that every statistic and every history page reads the same after.
+//!
+//! Both stores are opened with [`Store::open`] (migrations applied), then every table
+//! the two schemas share is copied with its ids: `nodes`, `api_keys`,
+//! `request_history` and the seven rollup tables (with the `min_id`/`max_id` ranges
+//! the history page's node filter reads). Rows go in batches of [`BATCH`], history
+//! by id ranges, so nothing is held in memory whole. The source is read in one
+//! snapshot; the target is written in one transaction, so a failed copy leaves it as
+//! it was.
+//!
+//! A target that holds any row (node, key, history or rollup) is refused unless
+//! `force`: then its tables are emptied first, in the same transaction. On
+//! PostgreSQL each id sequence is then set past the copied ids (the history's past
+//! the rollups' `max_id` too, so new records never fall inside an old hour's range).
+//! PostgreSQL's `record_uid` (the writer's idempotence key) is copied from a
+//! PostgreSQL source and made afresh for rows from SQLite, which has none.
+
+use super::rollup::{TABLES, VALUE_COLUMNS};
+use super::sql::{Arg, Sql, StoreRow, StoreTx};
+use super::{Dialect, Store, StoreError, StoreResult};
+
+/// Rows read (and written) per batch.
+const BATCH: i64 = 2000;
+
+/// Most placeholders in one statement (SQLite allows 32,766, PostgreSQL 65,535).
+const MAX_PARAMS: usize = 30_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Int,
+    Text,
+    Bytes,
+}
+
+/// A table to copy: its columns (those both schemas have) and how to page through it.
+struct Table {
+    name: &'static str,
+    columns: Vec<(&'static str, Kind)>,
+    /// Paged by `id` ranges; otherwise in primary-key order by offset (the rollups,
+    /// far smaller than the history).
+    by_id: bool,
+    order: String,
+}
+
+/// Copied rows, per table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    pub tables: Vec<(&'static str, u64)>,
+}
+
+fn with_id(name: &'static str, columns: &[(&'static str, Kind)]) -> Table {
+    Table {
+        name,
+        columns: columns.to_vec(),
+        by_id: true,
+        order: "id".into(),
+    }
+}
+
+/// Every table both schemas have, parents first.
+fn tables() -> Vec<Table> {
+    use Kind::{Bytes, Int, Text};
+    let mut all = vec![
+        with_id(
+            "nodes",
+            &[
+                ("id", Int),
+                ("name", Text),
+                ("base_url", Text),
+                ("api_key", Text),
+                ("enabled", Int),
+                ("include_usage", Int),
+                ("source", Text),
+                ("created_at", Int),
+                ("deleted_at", Int),
+                ("kind", Text),
+                ("kind_explicit", Int),
+                ("tls_insecure", Int),
+                ("max_concurrent", Int),
+                ("weight", Int),
+            ],
+        ),
+        with_id(
+            "api_keys",
+            &[
+                ("id", Int),
+                ("name", Text),
+                ("prefix", Text),
+                ("secret_hash", Bytes),
+                ("enabled", Int),
+                ("revoked", Int),
+                ("created_at", Int),
+                ("last_used_at", Int),
+                ("expires_at", Int),
+                ("allowed_models", Text),
+                ("rpm_limit", Int),
+                ("tpm_limit", Int),
+                ("max_concurrent", Int),
+                ("daily_token_budget", Int),
+                ("monthly_token_budget", Int),
+                ("budget_tz", Text),
+                ("priority", Int),
+            ],
+        ),
+        with_id(
+            "request_history",
+            &[
+                ("id", Int),
+                ("timestamp", Int),
+                ("completed_at", Int),
+                ("request_type", Text),
+                ("model", Text),
+                ("node_id", Int),
+                ("node_name", Text),
+                ("client_ip", Text),
+                ("stream", Int),
+                ("status", Text),
+                ("http_status", Int),
+                ("error_message", Text),
+                ("duration_ms", Int),
+                ("input_tokens", Int),
+                ("output_tokens", Int),
+                ("total_tokens", Int),
+                ("token_source", Text),
+                ("api_key_id", Int),
+                ("api_key_name", Text),
+                ("time_to_first_token_ms", Int),
+            ],
+        ),
+    ];
+    for t in &TABLES {
+        let keys = t.key_columns();
+        let mut columns: Vec<(&'static str, Kind)> = keys
+            .iter()
+            .map(|&c| (c, if c == "model" { Text } else { Int }))
+            .collect();
+        columns.extend(VALUE_COLUMNS.iter().map(|&c| (c, Int)));
+        if t.id_range {
+            columns.extend([("min_id", Int), ("max_id", Int)]);
+        }
+        all.push(Table {
+            name: t.name,
+            columns,
+            by_id: false,
+            order: keys.join(", "),
+        });
+    }
+    all
+}
+
+/// One value of a row.
+#[derive(Debug, Clone)]
+enum Value {
+    Int(Option<i64>),
+    Text(Option<String>),
+    Bytes(Option<Vec<u8>>),
+}
+
+impl Value {
+    fn read(r: &dyn StoreRow, col: &str, kind: Kind) -> Value {
+        match kind {
+            Kind::Int => Value::Int(r.opt_int(col)),
+            Kind::Text => Value::Text(r.opt_text(col)),
+            Kind::Bytes => Value::Bytes(r.opt_bytes(col)),
+        }
+    }
+
+    fn arg(&self) -> Arg<'_> {
+        match self {
+            Value::Int(v) => Arg::OptInt(*v),
+            Value::Text(v) => Arg::OptText(v.as_deref()),
+            Value::Bytes(v) => Arg::OptBytes(v.as_deref()),
+        }
+    }
+}
+
+/// Copies every node, key, history record and rollup row of the store at `from` into
+/// the store at `to`; see the module's documentation.
+pub async fn migrate_store(from: &str, to: &str, force: bool) -> StoreResult<MigrationReport> {
+    let source = Store::open(from).await?;
+    let target = Store::open(to).await?;
+    let result = copy(&source, &target, force).await;
+    source.close().await;
+    target.close().await;
+    result
+}
+
+async fn copy(source: &Store, target: &Store, force: bool) -> StoreResult<MigrationReport> {
+    let tables = tables();
+    let mut src = source.snapshot().await?;
+    let mut dst = target.begin().await?;
+    // Children first when emptying (no foreign keys today, but the order is right).
+    for table in tables.iter().rev() {
+        let any = dst
+            .fetch_optional(&format!("SELECT 1 AS one FROM {} LIMIT 1", table.name), &[], |_| ())
+            .await?;
+        if any.is_some() {
+            if !force {
+                return Err(StoreError::TargetNotEmpty(table.name));
+            }
+            dst.execute(&format!("DELETE FROM {}", table.name), &[]).await?;
+        }
+    }
+    let mut report = MigrationReport::default();
+    for table in &tables {
+        let copied = copy_table(table, &mut src, source.dialect(), &mut dst, target.dialect()).await?;
+        report.tables.push((table.name, copied));
+    }
+    if target.dialect() == Dialect::Postgres {
+        for (table, past) in [
+            ("nodes", "SELECT MAX(id) AS m FROM nodes"),
+            ("api_keys", "SELECT MAX(id) AS m FROM api_keys"),
+            (
+                "request_history",
+                "SELECT GREATEST((SELECT MAX(id) FROM request_history),
+                    (SELECT MAX(max_id) FROM token_stats_hourly_node)) AS m",
+            ),
+        ] {
+            let sql =
+                format!("SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE(({past}), 0) + 1, false)");
+            dst.execute(&sql, &[]).await?;
+        }
+    }
+    dst.commit().await?;
+    src.commit().await?;
+    Ok(report)
+}
+
+/// Copies one table in batches; returns its rows.
+async fn copy_table(
+    table: &Table,
+    src: &mut StoreTx,
+    src_dialect: Dialect,
+    dst: &mut StoreTx,
+    dst_dialect: Dialect,
+) -> StoreResult<u64> {
+    let names: Vec<&str> = table.columns.iter().map(|(c, _)| *c).collect();
+    let is_history = table.name == "request_history";
+    let read_uid = is_history && src_dialect == Dialect::Postgres;
+    let write_uid = is_history && dst_dialect == Dialect::Postgres;
+    let mut select = format!("SELECT {}", names.join(", "));
+    if read_uid {
+        select.push_str(", record_uid");
+    }
+    select.push_str(&format!(" FROM {}", table.name));
+    let mut insert_columns = names.join(", ");
+    if write_uid {
+        insert_columns.push_str(", record_uid");
+    }
+    let width = names.len() + usize::from(write_uid);
+    let mut copied = 0u64;
+    let mut last_id = i64::MIN;
+    loop {
+        let (sql, args) = if table.by_id {
+            (
+                format!("{select} WHERE id > $1 ORDER BY id LIMIT $2"),
+                vec![Arg::Int(last_id), Arg::Int(BATCH)],
+            )
+        } else {
+            (
+                format!("{select} ORDER BY {} LIMIT $1 OFFSET $2", table.order),
+                vec![Arg::Int(BATCH), Arg::Int(copied as i64)],
+            )
+        };
+        let rows: Vec<Vec<Value>> = src
+            .fetch_all(&sql, &args, |r| {
+                let mut row: Vec<Value> = table.columns.iter().map(|&(c, kind)| Value::read(r, c, kind)).collect();
+                if write_uid {
+                    let uid = if read_uid { r.opt_bytes("record_uid") } else { None };
+                    let uid = uid.unwrap_or_else(|| rand::random::<u128>().to_be_bytes().to_vec());
+                    row.push(Value::Bytes(Some(uid)));
+                }
+                row
+            })
+            .await?;
+        if rows.is_empty() {
+            return Ok(copied);
+        }
+        for chunk in rows.chunks((MAX_PARAMS / width).max(1)) {
+            let mut q = Sql::new(&format!("INSERT INTO {} ({insert_columns}) VALUES ", table.name));
+            for (i, row) in chunk.iter().enumerate() {
+                q.push(if i == 0 { "(" } else { ", (" });
+                for (j, value) in row.iter().enumerate() {
+                    if j > 0 {
+                        q.push(", ");
+                    }
+                    q.bind(value.arg());
+                }
+                q.push(")");
+            }
+            dst.execute(&q.text, &q.args).await?;
+        }
+        if table.by_id {
+            if let Some(Value::Int(Some(id))) = rows.last().and_then(|r| r.first()) {
+                last_id = *id;
+            }
+        }
+        copied += rows.len() as u64;
+        if (rows.len() as i64) < BATCH {
+            return Ok(copied);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource};
+
+    use super::*;
+    use crate::store::testing::fresh_postgres_database;
+    use crate::store::{GroupBy, HistoryFilter, KeyLimits, LockWait, NewKey, NewNode, RollupFilter, ANONYMOUS};
+
+    fn node(i: u64) -> NewNode {
+        NewNode {
+            name: format!("node-{i}"),
+            base_url: format!("http://gpu-{i}:8000"),
+            api_key: (i == 2).then(|| "node-secret".to_string()),
+            include_usage: true,
+            source: "api",
+            kind: "vllm",
+            kind_explicit: i == 1,
+            tls_insecure: false,
+            max_concurrent: Some(i * 4),
+            weight: i,
+        }
+    }
+
+    fn key(i: u8) -> NewKey {
+        NewKey {
+            name: format!("key-{i}"),
+            prefix: format!("sk-{i}"),
+            secret_hash: [i; 32],
+            limits: KeyLimits {
+                allowed_models: (i == 1).then(|| vec!["m0".to_string()]),
+                rpm_limit: Some(60),
+                budget_tz: "UTC".into(),
+                priority: i as i64,
+                ..KeyLimits::default()
+            },
+        }
+    }
+
+    /// Record `i` of 90 days of traffic: over 3 nodes, 3 models, 2 keys and none.
+    fn record(i: u64, nodes: &[i64], keys: &[(i64, String)]) -> RequestResponseRecord {
+        let mut seed = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x2545_f491;
+        seed ^= seed >> 29;
+        let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap()
+            + chrono::Duration::seconds((i * 90 * 86_400 / 3000) as i64 + (seed % 600) as i64);
+        let status = match seed % 10 {
+            0 => RequestStatus::Error,
+            1 => RequestStatus::Cancelled,
+            _ => RequestStatus::Success,
+        };
+        let node_id = nodes[(seed % 3) as usize];
+        let key = match (seed >> 8) % 3 {
+            0 => None,
+            k => Some(&keys[k as usize - 1]),
+        };
+        let input = seed % 500;
+        let output = (seed >> 16) % 300;
+        RequestResponseRecord {
+            id: 0,
+            timestamp: at,
+            completed_at: at + chrono::Duration::milliseconds((seed % 5000) as i64),
+            request_type: RequestType::ChatCompletions,
+            model: format!("m{}", (seed >> 4) % 3),
+            node_id: Some(node_id),
+            node_name: Some(format!("node-{node_id}")),
+            client_ip: Some("10.0.0.1".into()),
+            api_key_id: key.map(|k| k.0),
+            api_key_name: key.map(|k| k.1.clone()),
+            stream: seed.is_multiple_of(2),
+            status,
+            http_status: if status == RequestStatus::Error { 502 } else { 200 },
+            error_message: (status == RequestStatus::Error).then(|| "upstream failed".into()),
+            duration_ms: seed % 5000,
+            time_to_first_token_ms: (status == RequestStatus::Success).then_some(seed % 700),
+            input_tokens: input,
+            output_tokens: output,
+            total_tokens: input + output,
+            token_source: if seed.is_multiple_of(7) {
+                TokenSource::Estimated
+            } else {
+                TokenSource::Reported
+            },
+        }
+    }
+
+    /// Every page of `filter`, to the end, with the cursors.
+    async fn all_pages(store: &Store, mut filter: HistoryFilter) -> Vec<Vec<RequestResponseRecord>> {
+        let mut pages = Vec::new();
+        loop {
+            let page = store.history_page(&filter).await.unwrap();
+            filter.before_id = page.records.last().map(|r| r.id);
+            let more = page.has_more;
+            pages.push(page.records);
+            if !more {
+                return pages;
+            }
+        }
+    }
+
+    /// Everything the router reads from a store: statistics, history pages, nodes, keys.
+    async fn figures(store: &Store, nodes: &[i64], keys: &[i64]) -> Vec<String> {
+        let mut out = Vec::new();
+        for group in [
+            GroupBy::Nothing,
+            GroupBy::Node,
+            GroupBy::Model,
+            GroupBy::Key,
+            GroupBy::NodeAndModel,
+            GroupBy::Hour,
+        ] {
+            let mut rows = store.rollup_totals(group, &RollupFilter::default()).await.unwrap();
+            rows.sort_by_key(|(k, _)| format!("{k:?}"));
+            out.push(format!("{group:?}: {rows:?}"));
+        }
+        let mut filters = vec![HistoryFilter::default()];
+        filters.extend(nodes.iter().map(|&n| HistoryFilter {
+            node_id: Some(n),
+            ..HistoryFilter::default()
+        }));
+        filters.extend(keys.iter().chain([&ANONYMOUS]).map(|&k| HistoryFilter {
+            key_id: Some(k),
+            ..HistoryFilter::default()
+        }));
+        for status in [RequestStatus::Success, RequestStatus::Error, RequestStatus::Cancelled] {
+            filters.push(HistoryFilter {
+                status: Some(status),
+                ..HistoryFilter::default()
+            });
+        }
+        for mut filter in filters {
+            filter.limit = 100;
+            let pages = all_pages(store, filter.clone()).await;
+            out.push(format!("{filter:?}: {pages:?}"));
+        }
+        out.push(format!("{:?}", store.all_nodes().await.unwrap()));
+        out.push(format!("{:?}", store.all_keys().await.unwrap()));
+        out
+    }
+
+    #[tokio::test]
+    async fn sqlite_to_postgres_keeps_every_figure_and_page() {
+        let Some(pg_url) = fresh_postgres_database().await else {
+            eprintln!("skipped: LLM_ROUTER_TEST_DATABASE is not set (PostgreSQL tests)");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite_url = format!("sqlite://{}/router.db", dir.path().display());
+        let source = Store::open(&sqlite_url).await.unwrap();
+        let mut nodes = Vec::new();
+        for i in 1..=3 {
+            nodes.push(source.insert_node(&node(i)).await.unwrap().id);
+        }
+        let mut keys = Vec::new();
+        for i in 1..=2 {
+            let k = source.insert_key(&key(i)).await.unwrap();
+            keys.push((k.id, k.name));
+        }
+        let mut writer = source.writer().unwrap();
+        let records: Vec<_> = (0..3000).map(|i| record(i, &nodes, &keys)).collect();
+        for batch in records.chunks(64) {
+            writer.commit(batch, LockWait::Patient).unwrap();
+        }
+        drop(writer);
+        source.delete_node(nodes[1]).await.unwrap();
+        source.revoke_key(keys[1].0).await.unwrap();
+        let key_ids: Vec<i64> = keys.iter().map(|k| k.0).collect();
+        let expected = figures(&source, &nodes, &key_ids).await;
+        source.close().await;
+
+        let report = migrate_store(&sqlite_url, &pg_url, false).await.unwrap();
+        assert!(report.tables.contains(&("request_history", 3000)), "{report:?}");
+        let target = Store::open(&pg_url).await.unwrap();
+        assert_eq!(figures(&target, &nodes, &key_ids).await, expected);
+
+        // A record written after the copy gets an id past the copied ones.
+        let mut writer = target.writer().unwrap();
+        let late = record(3000, &nodes, &keys);
+        let after = tokio::task::spawn_blocking(move || writer.commit(&[late], LockWait::Patient));
+        after.await.unwrap().unwrap();
+        let newest = target
+            .history_page(&HistoryFilter {
+                limit: 1,
+                ..HistoryFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(newest.records[0].id, 3001);
+        target.close().await;
+
+        // Not empty now: refused without force; with force, the same figures again.
+        let refused = migrate_store(&sqlite_url, &pg_url, false).await.unwrap_err();
+        assert!(matches!(refused, StoreError::TargetNotEmpty(_)), "{refused}");
+        migrate_store(&sqlite_url, &pg_url, true).await.unwrap();
+        let target = Store::open(&pg_url).await.unwrap();
+        assert_eq!(figures(&target, &nodes, &key_ids).await, expected);
+        target.close().await;
+    }
+}
