@@ -68,6 +68,18 @@ stop_nginx() { # port workdir
 
 # vllm-router (PyPI `vllm-router`, a Rust router) in front of one node, when installed.
 have_vllm_router() { command -v vllm-router >/dev/null; }
+# Starts vllm-router on port $1 in front of the node on port $2 (log in $3), pinned like
+# the other proxies; sets VLLM_PID and returns once it answers a chat completion.
+start_vllm_router() {
+  spawn_proxy vllm-router --host 127.0.0.1 --port "$1" --worker-urls "http://127.0.0.1:$2" \
+    --policy round_robin --prometheus-port "$(free_port)" >"$3" 2>&1
+  VLLM_PID=$!
+  for _ in $(seq 100); do
+    curl -sf -o /dev/null -X POST -H 'content-type: application/json' "http://127.0.0.1:$1/v1/chat/completions" \
+      -d '{"model":"mock-model","messages":[{"role":"user","content":"hi"}]}' && return 0
+    sleep 0.2
+  done
+}
 
 # CPU time (user + system) of processes, in clock ticks.
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }

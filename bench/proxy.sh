@@ -57,14 +57,8 @@ router router-async "$ASYNC_PORT" --durability async
 router router-keyed "$KEYED_PORT" --client-auth required
 TARGETS="direct nginx router router-async router-keyed"
 if have_vllm_router; then
-  spawn_proxy vllm-router --host 127.0.0.1 --port "$VLLM_PORT" --worker-urls "http://127.0.0.1:$MOCK_PORT" \
-    --policy round_robin --prometheus-port "$(free_port)" >"$WORK/vllm-router.log" 2>&1
-  PIDS[vllm-router]=$!; URLS[vllm-router]=http://127.0.0.1:$VLLM_PORT
-  for _ in $(seq 100); do
-    curl -sf -o /dev/null -X POST -H 'content-type: application/json' "${URLS[vllm-router]}/v1/chat/completions" \
-      -d '{"model":"mock-model","messages":[{"role":"user","content":"hi"}]}' && break
-    sleep 0.2
-  done
+  start_vllm_router "$VLLM_PORT" "$MOCK_PORT" "$WORK/vllm-router.log"
+  PIDS[vllm-router]=$VLLM_PID; URLS[vllm-router]=http://127.0.0.1:$VLLM_PORT
   TARGETS="$TARGETS vllm-router"
 else
   echo "(vllm-router not installed: pip install vllm-router to measure it too)"
