@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AdminKey};
 use crate::balancer::Balancer;
 use crate::clock::Clock;
+use crate::cluster::{Cluster, ClusterSync};
 use crate::config::file::ConfigFile;
 use crate::config::{MetricsAccess, ServeArgs};
 use crate::keys::{ClientAuth, KeyRing};
@@ -78,6 +79,8 @@ pub struct Services {
     pub metrics_access: MetricsAccess,
     pub sessions: Arc<crate::dashboard::Sessions>,
     pub login_throttle: Arc<crate::dashboard::LoginThrottle>,
+    /// This replica's view of the others, when the store is shared (PostgreSQL).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// A started router.
@@ -116,6 +119,12 @@ impl RunningRouter {
             t.abort();
         }
         self.state.balancer.recorder().shutdown(Duration::from_secs(30)).await;
+        if let Some(cluster) = &self.state.cluster {
+            // Stop counting in the others' figures now rather than after a timeout.
+            if let Err(e) = self.state.store.forget_replicas(Some(&cluster.replica_id), 0).await {
+                tracing::warn!(error = %e, "cannot remove this replica's rows");
+            }
+        }
         if let Err(e) = self.state.keys.store_last_used().await {
             tracing::warn!(error = %e, "cannot store the keys' last use");
         }
@@ -156,7 +165,11 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
         .map_err(|e| StartError::DataDir(data_dir.display().to_string(), e))?;
 
     let store = Store::open(&args.database_url()).await?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(if store.is_shared() {
+        Metrics::from_store()
+    } else {
+        Metrics::new()
+    });
     let registry = Arc::new(restore_nodes(&store, &metrics).await?);
     let clock = Clock::shifted(args.clock_offset_secs);
     let keys = Arc::new(KeyRing::load(store.clone(), metrics.clone(), clock).await?);
@@ -176,6 +189,11 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
     };
     health.probe_all().await;
 
+    let listener = TcpListener::bind((args.host, args.port))
+        .await
+        .map_err(StartError::Listen)?;
+    let addr = listener.local_addr().map_err(StartError::Listen)?;
+    let cluster = store.is_shared().then(|| Cluster::new(addr));
     let state = AppState(Arc::new(Services {
         balancer,
         store: store.clone(),
@@ -197,21 +215,30 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
         metrics_access: args.metrics,
         sessions: Arc::default(),
         login_throttle: Arc::default(),
+        cluster: cluster.clone(),
     }));
 
-    let listener = TcpListener::bind((args.host, args.port))
-        .await
-        .map_err(StartError::Listen)?;
-    let addr = listener.local_addr().map_err(StartError::Listen)?;
     let (stop, stopped) = oneshot::channel::<()>();
     let server = crate::server::spawn(listener, routes(state.clone()), (&args).into(), async move {
         let _ = stopped.await;
     });
-    let background = vec![
-        tokio::spawn(health.run()),
-        tokio::spawn(prune_history(store, args.history_retention_days)),
-        tokio::spawn(store_last_used(keys)),
+    let mut background = vec![
+        tokio::spawn(health.clone().run()),
+        tokio::spawn(prune_history(store.clone(), args.history_retention_days)),
+        tokio::spawn(store_last_used(keys.clone())),
     ];
+    if let Some(cluster) = cluster {
+        tracing::info!(replica = %cluster.replica_id, "shared store: running as a replica");
+        let sync = ClusterSync {
+            cluster,
+            store,
+            registry: registry.clone(),
+            keys,
+            health,
+            interval: Duration::from_millis(args.replica_sync_ms),
+        };
+        background.push(tokio::spawn(sync.run()));
+    }
     tracing::info!(%addr, nodes = registry.live().len(), "llm-router listening");
     Ok(RunningRouter {
         addr,

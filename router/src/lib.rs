@@ -12,6 +12,7 @@ pub mod api;
 pub mod app;
 pub mod balancer;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod demo;

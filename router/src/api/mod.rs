@@ -41,13 +41,19 @@ pub fn routes(state: AppState) -> Router<AppState> {
 
 /// Prometheus text exposition of request, token, latency and node metrics.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
-pub async fn metrics(State(st): State<AppState>) -> Response {
-    (
+pub async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let text = if st.metrics.counts_from_store() {
+        let totals = crate::stats::counter_totals(&st.store, st.balancer.registry(), &st.keys).await?;
+        st.metrics.encode_stored(&totals)
+    } else {
+        st.metrics.encode()
+    };
+    Ok((
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        st.metrics.encode(),
+        text,
     )
-        .into_response()
+        .into_response())
 }

@@ -146,6 +146,12 @@ pub struct ServeArgs {
     /// one (or with an unknown one) are served as anonymous.
     #[arg(long, env = "LLM_ROUTER_CLIENT_AUTH", value_enum, default_value_t = ClientAuth::Open)]
     pub client_auth: ClientAuth,
+    /// With a PostgreSQL store shared by several replicas: how often this replica
+    /// takes in the others' changes of nodes and keys, publishes its requests in flight
+    /// and reads the keys' spending, in milliseconds.
+    #[arg(long, env = "LLM_ROUTER_REPLICA_SYNC_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub replica_sync_ms: u64,
     /// Shifts the router's clock (tests of day boundaries; not for production).
     #[arg(
         long,

@@ -103,6 +103,19 @@ impl Spent {
     }
 }
 
+impl Spent {
+    /// Takes the store's count of `period` (every replica's committed requests) when it
+    /// is higher than this replica's own count: its own requests not yet committed
+    /// keep counting until the store has them.
+    pub fn take_stored(&mut self, period: NaiveDate, tokens: u64) {
+        if period == self.period {
+            self.tokens = self.tokens.max(tokens);
+        } else if period > self.period {
+            *self = Spent { period, tokens };
+        }
+    }
+}
+
 /// The local day and month (its first day) of `at` in `tz`.
 pub fn periods(tz: Tz, at: DateTime<Utc>) -> (NaiveDate, NaiveDate) {
     let day = at.with_timezone(&tz).date_naive();
@@ -163,6 +176,27 @@ mod tests {
         // A request of yesterday ending today counts for yesterday, not today.
         s.add(d(1), 100);
         assert_eq!(s.in_period(d(2)), 7);
+    }
+
+    #[test]
+    fn the_stored_count_is_taken_when_it_is_higher() {
+        let d = |day| NaiveDate::from_ymd_opt(2026, 3, day).unwrap();
+        let mut s = Spent {
+            period: d(1),
+            tokens: 10,
+        };
+        // Another replica spent 30: the store has 40.
+        s.take_stored(d(1), 40);
+        assert_eq!(s.in_period(d(1)), 40);
+        // This replica's own 5 are not committed yet: the store still says 40.
+        s.add(d(1), 5);
+        s.take_stored(d(1), 40);
+        assert_eq!(s.in_period(d(1)), 45);
+        // A past period changes nothing; a new one starts from the store.
+        s.take_stored(d(1), 1);
+        assert_eq!(s.in_period(d(1)), 45);
+        s.take_stored(d(2), 3);
+        assert_eq!(s.in_period(d(2)), 3);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! (the same tokens as every statistic) and releases its concurrency slot on drop.
 //! Budget figures start from the store's rollups, so a restart changes none.
 
+mod cluster;
 mod limits;
 pub mod secret;
 mod usage;
@@ -72,7 +73,7 @@ pub enum ClientAuth {
 }
 
 /// The mutable settings of a key, replaced whole on every change.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeySettings {
     pub name: String,
     pub enabled: bool,

@@ -35,7 +35,7 @@ impl KeySpending {
 /// The UTC hour holding local midnight of `date` (exact for whole-hour offsets; with
 /// :30/:45 offsets the hour that straddles midnight counts in the day it starts in,
 /// as in the daily statistics).
-fn hour_of_midnight(tz: Tz, date: chrono::NaiveDate) -> i64 {
+pub(super) fn hour_of_midnight(tz: Tz, date: chrono::NaiveDate) -> i64 {
     local_midnight(tz, date).timestamp().div_euclid(3600) * 3600
 }
 

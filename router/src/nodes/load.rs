@@ -47,6 +47,23 @@ pub struct LoadSnapshot {
     pub total_tokens: u64,
 }
 
+impl LoadSnapshot {
+    /// The figures of stored totals, with `active_requests` in flight.
+    pub fn from_totals(t: &RollupTotals, active_requests: u64) -> Self {
+        LoadSnapshot {
+            active_requests,
+            total_requests: t.request_count,
+            successful_requests: t.success_count,
+            failed_requests: t.error_count + t.cancelled_count,
+            cancelled_requests: t.cancelled_count,
+            total_latency_ms: t.duration_ms_sum,
+            total_input_tokens: t.input_tokens,
+            total_output_tokens: t.output_tokens,
+            total_tokens: t.total_tokens,
+        }
+    }
+}
+
 fn saturating_add(a: &AtomicU64, v: u64) {
     let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(x.saturating_add(v)));
 }

@@ -12,6 +12,7 @@
 pub mod health;
 pub mod kind;
 pub mod load;
+mod sync;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -134,6 +135,29 @@ impl NodeInfo {
 
     pub fn certificate_check(&self) -> CertificateCheck {
         CertificateCheck::for_node(self.tls_insecure)
+    }
+
+    /// Takes the operator's settings of the node's stored row (what the health checker
+    /// observed stays).
+    fn take_settings(&mut self, stored: StoredNode) {
+        if stored.tls_insecure && !self.tls_insecure {
+            warn_unverified(&stored.name, &self.base_url);
+        }
+        self.name = stored.name;
+        self.api_key = stored.api_key;
+        self.enabled = stored.enabled;
+        if stored.include_usage != self.include_usage {
+            // A new decision of the operator: forget what was learned.
+            self.include_usage_rejected = false;
+        }
+        self.include_usage = stored.include_usage;
+        self.kind = stored.kind.parse().unwrap_or(self.kind);
+        self.kind_explicit = stored.kind_explicit;
+        self.tls_insecure = stored.tls_insecure;
+        self.max_concurrent = stored.max_concurrent;
+        self.weight = stored.weight;
+        self.source = stored.source;
+        self.deleted |= stored.deleted_at.is_some();
     }
 }
 
@@ -426,24 +450,8 @@ impl NodeRegistry {
             other => other.into(),
         })?;
         node.update_info(|i| {
-            if stored.tls_insecure && !i.tls_insecure {
-                warn_unverified(&stored.name, &i.base_url);
-            }
-            i.name = stored.name;
-            i.api_key = stored.api_key;
-            i.enabled = stored.enabled;
-            if stored.include_usage != i.include_usage {
-                // A new decision of the operator: forget what was learned.
-                i.include_usage_rejected = false;
-            }
-            i.include_usage = stored.include_usage;
-            i.kind = stored.kind.parse().unwrap_or(i.kind);
-            i.kind_explicit = stored.kind_explicit;
+            i.take_settings(stored);
             i.redetect_kind |= changes.kind == Some(None);
-            i.tls_insecure = stored.tls_insecure;
-            i.max_concurrent = stored.max_concurrent;
-            i.weight = stored.weight;
-            i.source = stored.source;
         });
         self.changed();
         Ok(node)

@@ -1,7 +1,9 @@
 //! Statistics for the dashboard API (SPEC T-7/C-10, I-1…I-5).
 //!
-//! Node figures come from `NodeLoadState` (in memory, loaded from the store at boot);
-//! token figures come from the hourly rollups, which are kept forever. Daily and
+//! Node figures come from `NodeLoadState` (in memory, loaded from the store at boot),
+//! or, on a store shared by router replicas, from the rollups and every live
+//! replica's requests in flight (`node_figures`); token figures come from the hourly
+//! rollups, which are kept forever. Daily and
 //! monthly series are built from UTC hours: each hour counts in the local day (or
 //! month) of its start in the requested IANA time zone. That is exact for every zone
 //! whose offset is a whole number of hours (DST included); for zones with a :30 or :45
@@ -27,8 +29,10 @@ pub use series::{daily, monthly, DailyQuery, MonthlyQuery};
 pub use speed::{speed, DEFAULT_WINDOW_MINUTES, MAX_WINDOW_MINUTES};
 
 use crate::balancer::QueueStats;
+use crate::cluster::Cluster;
 use crate::keys::KeyRing;
-use crate::nodes::{NodeRegistry, NodeStatus};
+use crate::metrics::{KeyLabels, NodeModelLabels, StoredTotals, ANONYMOUS_LABEL};
+use crate::nodes::{LoadSnapshot, NodeId, NodeRegistry, NodeStatus};
 use crate::store::{GroupBy, RollupFilter, Store, StoreError, ANONYMOUS};
 
 /// Errors of statistics queries.
@@ -55,14 +59,42 @@ fn ratio(total: u64, count: u64) -> f64 {
     }
 }
 
+/// Each node's figures: this router's own (`NodeLoadState`), or, with replicas on a
+/// shared store (`cluster`), the rollups' totals, which hold every replica's
+/// committed requests, and every live replica's requests in flight.
+pub async fn node_figures(
+    store: &Store,
+    registry: &NodeRegistry,
+    cluster: Option<&Cluster>,
+) -> Result<HashMap<NodeId, LoadSnapshot>, StatsError> {
+    let Some(cluster) = cluster else {
+        return Ok(registry.all().iter().map(|n| (n.id, n.load.snapshot())).collect());
+    };
+    let totals: HashMap<NodeId, crate::store::RollupTotals> = store
+        .rollup_totals(GroupBy::Node, &RollupFilter::default())
+        .await?
+        .into_iter()
+        .filter_map(|(k, t)| Some((k.node_id?, t)))
+        .collect();
+    Ok(registry
+        .all()
+        .iter()
+        .map(|n| {
+            let t = totals.get(&n.id).copied().unwrap_or_default();
+            let active = n.load.active() + cluster.others_in_flight(n.id);
+            (n.id, LoadSnapshot::from_totals(&t, active))
+        })
+        .collect())
+}
+
 /// Every node, deleted ones included, with load and token totals (T-8, I-1).
-pub fn dashboard_nodes(registry: &NodeRegistry) -> DashboardNodes {
+pub fn dashboard_nodes(registry: &NodeRegistry, figures: &HashMap<NodeId, LoadSnapshot>) -> DashboardNodes {
     let nodes = registry
         .all()
         .iter()
         .map(|n| {
             let info = n.info();
-            let load = n.load.snapshot();
+            let load = figures.get(&n.id).copied().unwrap_or_default();
             let status = if info.enabled { info.status.as_str() } else { "disabled" };
             DashboardNode {
                 id: n.id,
@@ -90,7 +122,11 @@ pub fn dashboard_nodes(registry: &NodeRegistry) -> DashboardNodes {
 }
 
 /// Router-wide figures (T-9, I-2): the sums over every node, deleted ones included.
-pub fn dashboard_stats(registry: &NodeRegistry, queue: QueueStats) -> DashboardStats {
+pub fn dashboard_stats(
+    registry: &NodeRegistry,
+    figures: &HashMap<NodeId, LoadSnapshot>,
+    queue: QueueStats,
+) -> DashboardStats {
     let mut s = DashboardStats {
         total_nodes: 0,
         online_nodes: 0,
@@ -122,7 +158,7 @@ pub fn dashboard_stats(registry: &NodeRegistry, queue: QueueStats) -> DashboardS
                 NodeStatus::Offline | NodeStatus::Unknown => s.offline_nodes += 1,
             }
         }
-        let l = n.load.snapshot();
+        let l = figures.get(&n.id).copied().unwrap_or_default();
         s.total_requests += l.total_requests;
         s.successful_requests += l.successful_requests;
         s.failed_requests += l.failed_requests;
@@ -210,4 +246,52 @@ pub async fn token_stats(
         by_model,
         by_key,
     })
+}
+
+/// The rollups' request and token totals by node × model and by key, labelled as
+/// `/metrics` shows them (for replicas on a shared store: `Metrics::encode_stored`).
+pub async fn counter_totals(
+    store: &Store,
+    registry: &NodeRegistry,
+    keys: &KeyRing,
+) -> Result<StoredTotals, StatsError> {
+    let mut groupings = store
+        .rollup_totals_together(&[GroupBy::NodeAndModel, GroupBy::Key], &RollupFilter::default())
+        .await?
+        .into_iter();
+    let (node_rows, key_rows) = (
+        groupings.next().unwrap_or_default(),
+        groupings.next().unwrap_or_default(),
+    );
+    let names: HashMap<i64, String> = registry.all().iter().map(|n| (n.id, n.name())).collect();
+    let key_names: HashMap<i64, String> = keys.all().iter().map(|k| (k.id, k.settings().name.clone())).collect();
+    let by_node_model = node_rows
+        .into_iter()
+        .filter_map(|(k, t)| {
+            let node_id = k.node_id?;
+            let labels = NodeModelLabels {
+                node_id: node_id.to_string(),
+                node: names.get(&node_id).cloned().unwrap_or_default(),
+                model: k.model?,
+            };
+            Some((labels, t))
+        })
+        .collect();
+    let by_key = key_rows
+        .into_iter()
+        .map(|(k, t)| {
+            let labels = match k.key_id.filter(|id| *id != ANONYMOUS) {
+                None => KeyLabels {
+                    key_id: ANONYMOUS_LABEL.into(),
+                    key: ANONYMOUS_LABEL.into(),
+                },
+                Some(id) => KeyLabels {
+                    key_id: id.to_string(),
+                    key: key_names.get(&id).cloned().unwrap_or_else(|| format!("key {id}")),
+                },
+            };
+            (labels, t)
+        })
+        .collect();
+    Ok(StoredTotals { by_node_model, by_key })
 }

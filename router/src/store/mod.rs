@@ -13,6 +13,7 @@
 //! database and its migrations, and the record writer (`HistoryWriter`: group commit
 //! of records with their rollups). `sql` runs a statement on whichever engine is open.
 
+mod cluster;
 mod export;
 mod history;
 mod keys;
@@ -27,6 +28,7 @@ mod writer;
 
 use std::time::Duration;
 
+pub use cluster::ReplicaLoad;
 pub use export::ExportRow;
 pub use history::{HistoryFilter, HistoryPage};
 pub use keys::{KeyChanges, KeyLimits, NewKey, StoredKey};

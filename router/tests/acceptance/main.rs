@@ -18,6 +18,8 @@ mod keys;
 mod ollama;
 mod open_files;
 mod persistence;
+mod process;
 mod proxy;
+mod replicas;
 mod support;
 mod tls;

@@ -4,107 +4,11 @@
 
 use std::time::Duration;
 
-use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
 use crate::hostile::is_open;
+use crate::process::RouterProcess;
 use crate::support::*;
-
-/// A router running as its own process.
-struct RouterProcess {
-    base_url: String,
-    addr: String,
-    /// Its output up to the "listening" line, without colours.
-    log: Vec<String>,
-    _child: Child,
-    _dir: TempDir,
-}
-
-impl RouterProcess {
-    /// Starts the binary over `node`; `before_exec` runs in the child before `exec`.
-    async fn start(
-        node: &mock_node::MockNode,
-        extra_args: &[&str],
-        before_exec: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
-    ) -> RouterProcess {
-        let dir = TempDir::new().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_llm-router"));
-        cmd.args(["--host", "127.0.0.1", "--port", "0", "--admin-key", ADMIN_KEY])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(["--node", &node.base_url(), "--health-interval-ms", "60000"])
-            .args(extra_args)
-            .env_remove("LLM_ROUTER_LOG")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true);
-        // SAFETY: `before_exec` only makes system calls that are safe after fork.
-        unsafe { cmd.pre_exec(before_exec) };
-        let mut child = cmd.spawn().expect("the router binary starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut log = Vec::new();
-        let base_url = loop {
-            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-                .await
-                .expect("the router starts within 30 s")
-                .unwrap()
-                .unwrap_or_else(|| panic!("the router exited: {log:#?}"));
-            let line = strip_ansi(&line);
-            log.push(line.clone());
-            if let Some(rest) = line.strip_prefix("llm-router listening on ") {
-                break rest.split_whitespace().next().unwrap().to_string();
-            }
-        };
-        // Keep reading, so the router never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        RouterProcess {
-            addr: base_url.trim_start_matches("http://").to_string(),
-            base_url,
-            log,
-            _child: child,
-            _dir: dir,
-        }
-    }
-
-    fn log_line(&self, containing: &str) -> &str {
-        self.log
-            .iter()
-            .find(|l| l.contains(containing))
-            .unwrap_or_else(|| panic!("no log line with {containing:?}: {:#?}", self.log))
-    }
-
-    /// A chat completion through the router, 10 s at most.
-    async fn chat(&self) -> u16 {
-        let request = reqwest::Client::new()
-            .post(format!("{}/v1/chat/completions", self.base_url))
-            .json(&chat_body("m", "hello", false))
-            .send();
-        let resp = tokio::time::timeout(Duration::from_secs(10), request)
-            .await
-            .expect("the request is answered within 10 s")
-            .unwrap();
-        resp.status().as_u16()
-    }
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 /// Sets the child's open-file limit.
 fn open_file_limit(soft: u64, hard: u64) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {

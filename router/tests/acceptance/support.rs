@@ -124,6 +124,11 @@ impl Harness {
         }
     }
 
+    /// The settings the router was started with.
+    pub fn args(&self) -> &ServeArgs {
+        &self.args
+    }
+
     /// The router's database URL (SQLite's file or a PostgreSQL database).
     pub fn database_url(&self) -> String {
         self.args.database_url()

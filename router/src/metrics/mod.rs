@@ -17,6 +17,10 @@ use prometheus_client::registry::Registry;
 
 use crate::store::RollupTotals;
 
+mod stored;
+
+pub use stored::{StoredCounters, StoredTotals};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub node_id: String,
@@ -140,22 +144,115 @@ pub const ANONYMOUS_LABEL: &str = "anonymous";
 /// Resolved [`RequestMetrics`] by node id, then model, with the node name they carry.
 type RequestMetricsCache = HashMap<i64, HashMap<String, (String, Arc<RequestMetrics>)>>;
 
-pub struct Metrics {
-    registry: Registry,
-    request_metrics: Mutex<RequestMetricsCache>,
+/// The request and token counters, by node × model and by key.
+#[derive(Default, Clone)]
+pub struct TokenCounters {
     pub requests: Family<RequestLabels, Counter>,
     pub input_tokens: Family<NodeModelLabels, Counter>,
     pub output_tokens: Family<NodeModelLabels, Counter>,
     pub total_tokens: Family<NodeModelLabels, Counter>,
+    pub key_requests: Family<KeyRequestLabels, Counter>,
+    pub key_input_tokens: Family<KeyLabels, Counter>,
+    pub key_output_tokens: Family<KeyLabels, Counter>,
+    pub key_tokens: Family<KeyLabels, Counter>,
+}
+
+impl TokenCounters {
+    /// Adds stored totals to a node × model's counters.
+    fn add_node_model(&self, labels: &NodeModelLabels, t: &RollupTotals) {
+        self.input_tokens.get_or_create(labels).inc_by(t.input_tokens);
+        self.output_tokens.get_or_create(labels).inc_by(t.output_tokens);
+        self.total_tokens.get_or_create(labels).inc_by(t.total_tokens);
+        for (status, n) in STATUSES
+            .into_iter()
+            .zip([t.success_count, t.error_count, t.cancelled_count])
+        {
+            if n > 0 {
+                self.requests
+                    .get_or_create(&request_labels(labels, status.as_str()))
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// Adds stored totals to a key's counters.
+    fn add_key(&self, labels: &KeyLabels, t: &RollupTotals) {
+        self.key_input_tokens.get_or_create(labels).inc_by(t.input_tokens);
+        self.key_output_tokens.get_or_create(labels).inc_by(t.output_tokens);
+        self.key_tokens.get_or_create(labels).inc_by(t.total_tokens);
+        for (status, n) in STATUSES
+            .into_iter()
+            .zip([t.success_count, t.error_count, t.cancelled_count])
+        {
+            let labels = KeyRequestLabels {
+                key_id: labels.key_id.clone(),
+                key: labels.key.clone(),
+                status: status.as_str().to_string(),
+            };
+            self.key_requests.get_or_create(&labels).inc_by(n);
+        }
+    }
+
+    fn clear(&self) {
+        self.requests.clear();
+        self.input_tokens.clear();
+        self.output_tokens.clear();
+        self.total_tokens.clear();
+        self.key_requests.clear();
+        self.key_input_tokens.clear();
+        self.key_output_tokens.clear();
+        self.key_tokens.clear();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "requests",
+            "Requests finished, by node, model and status",
+            self.requests.clone(),
+        );
+        registry.register(
+            "input_tokens",
+            "Input (prompt) tokens, by node and model",
+            self.input_tokens.clone(),
+        );
+        registry.register(
+            "output_tokens",
+            "Output (completion) tokens, by node and model",
+            self.output_tokens.clone(),
+        );
+        registry.register("tokens", "Total tokens, by node and model", self.total_tokens.clone());
+        registry.register(
+            "key_requests",
+            "Requests finished, by client key (key_id=\"anonymous\": without a key) and status",
+            self.key_requests.clone(),
+        );
+        registry.register(
+            "key_input_tokens",
+            "Input (prompt) tokens, by client key",
+            self.key_input_tokens.clone(),
+        );
+        registry.register(
+            "key_output_tokens",
+            "Output (completion) tokens, by client key",
+            self.key_output_tokens.clone(),
+        );
+        registry.register("key_tokens", "Total tokens, by client key", self.key_tokens.clone());
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    request_metrics: Mutex<RequestMetricsCache>,
+    /// Counted by `finish_request` (exposed unless `stored` is set).
+    counters: TokenCounters,
+    /// On a store shared by replicas: the counters exposed, filled from the rollups at
+    /// each scrape.
+    stored: Option<StoredCounters>,
     pub request_duration: HistogramFamily,
     pub time_to_first_token: HistogramFamily,
     pub active_requests: Family<NodeLabels, Gauge>,
     pub node_up: Family<NodeLabels, Gauge>,
     pub upstream_failures: Family<NodeLabels, Counter>,
-    pub key_requests: Family<KeyRequestLabels, Counter>,
-    pub key_input_tokens: Family<KeyLabels, Counter>,
-    pub key_output_tokens: Family<KeyLabels, Counter>,
-    pub key_tokens: Family<KeyLabels, Counter>,
     /// The counters of requests made without a key.
     pub anonymous: Arc<KeyMetrics>,
     pub queue: QueueMetrics,
@@ -169,7 +266,18 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counters of this process's requests, started from the rollups at boot.
     pub fn new() -> Self {
+        Self::with_counters(None)
+    }
+
+    /// For a store shared by router replicas: the request and token counters exposed
+    /// are the rollups' (every replica's), read at each scrape (`encode_stored`).
+    pub fn from_store() -> Self {
+        Self::with_counters(Some(StoredCounters::default()))
+    }
+
+    fn with_counters(stored: Option<StoredCounters>) -> Self {
         let mut registry = Registry::with_prefix("llm_router");
         let queue_left: Family<ReasonLabels, Counter> = Family::default();
         let left = |reason: &str| {
@@ -189,19 +297,13 @@ impl Metrics {
         let m = Metrics {
             registry: Registry::default(),
             request_metrics: Mutex::default(),
-            requests: Family::default(),
-            input_tokens: Family::default(),
-            output_tokens: Family::default(),
-            total_tokens: Family::default(),
+            counters: TokenCounters::default(),
+            stored,
             request_duration: Family::new_with_constructor(latency_histogram),
             time_to_first_token: Family::new_with_constructor(latency_histogram),
             active_requests: Family::default(),
             node_up: Family::default(),
             upstream_failures: Family::default(),
-            key_requests: Family::default(),
-            key_input_tokens: Family::default(),
-            key_output_tokens: Family::default(),
-            key_tokens: Family::default(),
             anonymous: Arc::new(KeyMetrics {
                 requests: STATUSES.map(|_| Counter::default()),
                 input_tokens: Counter::default(),
@@ -241,22 +343,10 @@ impl Metrics {
             "Requests of a known conversation (x-session-id or prompt prefix): hit = sent back to its node, miss = to another",
             affinity,
         );
-        registry.register(
-            "requests",
-            "Requests finished, by node, model and status",
-            m.requests.clone(),
-        );
-        registry.register(
-            "input_tokens",
-            "Input (prompt) tokens, by node and model",
-            m.input_tokens.clone(),
-        );
-        registry.register(
-            "output_tokens",
-            "Output (completion) tokens, by node and model",
-            m.output_tokens.clone(),
-        );
-        registry.register("tokens", "Total tokens, by node and model", m.total_tokens.clone());
+        match &m.stored {
+            Some(stored) => stored.counters.register(&mut registry),
+            None => m.counters.register(&mut registry),
+        }
         registry.register(
             "request_duration_seconds",
             "Time from request to the end of the response",
@@ -278,22 +368,6 @@ impl Metrics {
             "Attempts that failed before any byte reached the client (then failed over)",
             m.upstream_failures.clone(),
         );
-        registry.register(
-            "key_requests",
-            "Requests finished, by client key (key_id=\"anonymous\": without a key) and status",
-            m.key_requests.clone(),
-        );
-        registry.register(
-            "key_input_tokens",
-            "Input (prompt) tokens, by client key",
-            m.key_input_tokens.clone(),
-        );
-        registry.register(
-            "key_output_tokens",
-            "Output (completion) tokens, by client key",
-            m.key_output_tokens.clone(),
-        );
-        registry.register("key_tokens", "Total tokens, by client key", m.key_tokens.clone());
         Metrics { registry, ..m }
     }
 
@@ -309,7 +383,8 @@ impl Metrics {
     fn for_key_labels(&self, labels: KeyLabels) -> Arc<KeyMetrics> {
         Arc::new(KeyMetrics {
             requests: STATUSES.map(|s| {
-                self.key_requests
+                self.counters
+                    .key_requests
                     .get_or_create(&KeyRequestLabels {
                         key_id: labels.key_id.clone(),
                         key: labels.key.clone(),
@@ -317,9 +392,9 @@ impl Metrics {
                     })
                     .clone()
             }),
-            input_tokens: self.key_input_tokens.get_or_create(&labels).clone(),
-            output_tokens: self.key_output_tokens.get_or_create(&labels).clone(),
-            total_tokens: self.key_tokens.get_or_create(&labels).clone(),
+            input_tokens: self.counters.key_input_tokens.get_or_create(&labels).clone(),
+            output_tokens: self.counters.key_output_tokens.get_or_create(&labels).clone(),
+            total_tokens: self.counters.key_tokens.get_or_create(&labels).clone(),
         })
     }
 
@@ -344,13 +419,14 @@ impl Metrics {
         };
         let m = Arc::new(RequestMetrics {
             requests: STATUSES.map(|s| {
-                self.requests
+                self.counters
+                    .requests
                     .get_or_create(&request_labels(&labels, s.as_str()))
                     .clone()
             }),
-            input_tokens: self.input_tokens.get_or_create(&labels).clone(),
-            output_tokens: self.output_tokens.get_or_create(&labels).clone(),
-            total_tokens: self.total_tokens.get_or_create(&labels).clone(),
+            input_tokens: self.counters.input_tokens.get_or_create(&labels).clone(),
+            output_tokens: self.counters.output_tokens.get_or_create(&labels).clone(),
+            total_tokens: self.counters.total_tokens.get_or_create(&labels).clone(),
             request_duration: self.request_duration.get_or_create(&labels).clone(),
             time_to_first_token: self.time_to_first_token.get_or_create(&labels).clone(),
             active_requests: self.active_requests.get_or_create(&node_labels).clone(),
@@ -361,18 +437,7 @@ impl Metrics {
 
     /// Starts the token and request counters of a node × model at stored totals.
     pub fn seed(&self, labels: &NodeModelLabels, t: &RollupTotals) {
-        self.input_tokens.get_or_create(labels).inc_by(t.input_tokens);
-        self.output_tokens.get_or_create(labels).inc_by(t.output_tokens);
-        self.total_tokens.get_or_create(labels).inc_by(t.total_tokens);
-        for (status, n) in [
-            ("success", t.success_count),
-            ("error", t.error_count),
-            ("cancelled", t.cancelled_count),
-        ] {
-            if n > 0 {
-                self.requests.get_or_create(&request_labels(labels, status)).inc_by(n);
-            }
-        }
+        self.counters.add_node_model(labels, t);
     }
 
     /// Starts the counters of a key (or anonymous) at its stored totals.
