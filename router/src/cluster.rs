@@ -128,7 +128,7 @@ impl ClusterSync {
             replicas: others.len(),
         };
         self.keys.take_stored_spending().await?;
-        if rounds % 60 == 0 {
+        if rounds.is_multiple_of(60) {
             self.store
                 .forget_replicas(None, now - FORGET_AFTER.as_millis() as i64)
                 .await?;

@@ -94,22 +94,18 @@ pub(super) fn key_id(p: &HashMap<String, String>) -> Result<Option<i64>, ApiErro
 /// Every node with its load and token totals, offline and deleted ones included.
 #[utoipa::path(get, path = "/api/dashboard/nodes", tag = "dashboard", security(("admin_key" = [])),
     responses((status = 200, body = DashboardNodes)))]
-pub async fn nodes(State(st): State<AppState>) -> Result<Json<DashboardNodes>, ApiError> {
-    let figures = stats::node_figures(&st.store, st.balancer.registry(), st.cluster.as_deref()).await?;
-    Ok(Json(stats::dashboard_nodes(st.balancer.registry(), &figures)))
+pub async fn nodes(State(st): State<AppState>) -> Json<DashboardNodes> {
+    let figures = stats::node_figures(&st.store, st.balancer.registry(), st.cluster.as_deref()).await;
+    Json(stats::dashboard_nodes(st.balancer.registry(), &figures))
 }
 
 /// Router-wide request and token figures.
 #[utoipa::path(get, path = "/api/dashboard/stats", tag = "dashboard", security(("admin_key" = [])),
     responses((status = 200, body = DashboardStats)))]
-pub async fn stats_overview(State(st): State<AppState>) -> Result<Json<DashboardStats>, ApiError> {
+pub async fn stats_overview(State(st): State<AppState>) -> Json<DashboardStats> {
     let registry = st.balancer.registry();
-    let figures = stats::node_figures(&st.store, registry, st.cluster.as_deref()).await?;
-    Ok(Json(stats::dashboard_stats(
-        registry,
-        &figures,
-        st.balancer.queue_stats(),
-    )))
+    let figures = stats::node_figures(&st.store, registry, st.cluster.as_deref()).await;
+    Json(stats::dashboard_stats(registry, &figures, st.balancer.queue_stats()))
 }
 
 /// Token totals, by node and by model, optionally filtered.

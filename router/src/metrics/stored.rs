@@ -36,18 +36,21 @@ impl Metrics {
     }
 
     /// The text exposition, with the request and token counters set to `totals` when
-    /// they come from the store.
-    pub fn encode_stored(&self, totals: &StoredTotals) -> String {
+    /// they come from the store. `None` (the store could not be read) keeps the
+    /// figures of the last scrape: stale for a while, never wrong or going back.
+    pub fn encode_stored(&self, totals: Option<&StoredTotals>) -> String {
         let Some(stored) = &self.stored else {
             return self.encode();
         };
         let _scrape = stored.scrape.lock().unwrap_or_else(|p| p.into_inner());
-        stored.counters.clear();
-        for (labels, t) in &totals.by_node_model {
-            stored.counters.add_node_model(labels, t);
-        }
-        for (labels, t) in &totals.by_key {
-            stored.counters.add_key(labels, t);
+        if let Some(totals) = totals {
+            stored.counters.clear();
+            for (labels, t) in &totals.by_node_model {
+                stored.counters.add_node_model(labels, t);
+            }
+            for (labels, t) in &totals.by_key {
+                stored.counters.add_key(labels, t);
+            }
         }
         self.encode()
     }

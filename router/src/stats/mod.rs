@@ -61,22 +61,27 @@ fn ratio(total: u64, count: u64) -> f64 {
 
 /// Each node's figures: this router's own (`NodeLoadState`), or, with replicas on a
 /// shared store (`cluster`), the rollups' totals, which hold every replica's
-/// committed requests, and every live replica's requests in flight.
+/// committed requests, and every live replica's requests in flight. While the shared
+/// store cannot be read, a replica shows its own figures (what the store had when it
+/// started and what it served since, records waiting in memory included).
 pub async fn node_figures(
     store: &Store,
     registry: &NodeRegistry,
     cluster: Option<&Cluster>,
-) -> Result<HashMap<NodeId, LoadSnapshot>, StatsError> {
+) -> HashMap<NodeId, LoadSnapshot> {
+    let own = || registry.all().iter().map(|n| (n.id, n.load.snapshot())).collect();
     let Some(cluster) = cluster else {
-        return Ok(registry.all().iter().map(|n| (n.id, n.load.snapshot())).collect());
+        return own();
     };
-    let totals: HashMap<NodeId, crate::store::RollupTotals> = store
-        .rollup_totals(GroupBy::Node, &RollupFilter::default())
-        .await?
-        .into_iter()
-        .filter_map(|(k, t)| Some((k.node_id?, t)))
-        .collect();
-    Ok(registry
+    let totals: HashMap<NodeId, crate::store::RollupTotals> =
+        match store.rollup_totals(GroupBy::Node, &RollupFilter::default()).await {
+            Ok(rows) => rows.into_iter().filter_map(|(k, t)| Some((k.node_id?, t))).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the rollups: showing this replica's own node figures");
+                return own();
+            }
+        };
+    registry
         .all()
         .iter()
         .map(|n| {
@@ -84,7 +89,7 @@ pub async fn node_figures(
             let active = n.load.active() + cluster.others_in_flight(n.id);
             (n.id, LoadSnapshot::from_totals(&t, active))
         })
-        .collect())
+        .collect()
 }
 
 /// Every node, deleted ones included, with load and token totals (T-8, I-1).

@@ -8,8 +8,9 @@
 //! registry's rows), `keys` (client keys), `history` (reading and pruning records),
 //! `rollup` (the aggregation queries the statistics are built from, and the rollup
 //! tables the writers update), `export` (the usage export's rows per day × key × node
-//! × model) and `speed` (generation speed and time to first token over a recent
-//! window). What differs per engine lives in `sqlite/` and `postgres/`: opening the
+//! × model), `speed` (generation speed and time to first token over a recent
+//! window) and `cluster` (what replicas sharing the database tell each other: the
+//! settings version, their requests in flight, keys' spending). What differs per engine lives in `sqlite/` and `postgres/`: opening the
 //! database and its migrations, and the record writer (`HistoryWriter`: group commit
 //! of records with their rollups). `sql` runs a statement on whichever engine is open.
 
