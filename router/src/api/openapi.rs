@@ -23,7 +23,7 @@ impl Modify for AdminKeyScheme {
     paths(
         crate::proxy::chat_completions, crate::proxy::completions, crate::proxy::embeddings,
         crate::proxy::responses, crate::proxy::list_models, crate::proxy::client_key::key_info,
-        crate::proxy::anthropic::messages, crate::proxy::ollama::running, crate::proxy::ollama::chat,
+        crate::proxy::anthropic::messages, crate::proxy::anthropic::count::count_tokens, crate::proxy::ollama::running, crate::proxy::ollama::chat,
         crate::proxy::ollama::generate, crate::proxy::ollama::embed, crate::proxy::ollama::embeddings,
         crate::proxy::ollama::tags, crate::proxy::ollama::ps, crate::proxy::ollama::show,
         crate::proxy::ollama::version,

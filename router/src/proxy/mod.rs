@@ -166,20 +166,22 @@ struct Parsed {
     stream: bool,
 }
 
+/// A request body of at most `limit` bytes.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ProxyError> {
+    let body = Limited::new(body, limit).collect().await.map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            ProxyError::BodyTooLarge(limit)
+        } else if crate::server::is_body_timeout(&*e) {
+            ProxyError::BodyTimeout
+        } else {
+            ProxyError::BodyRead(e.to_string())
+        }
+    })?;
+    Ok(body.to_bytes())
+}
+
 async fn read_request(settings: &ProxySettings, kind: RequestType, body: Body) -> Result<Parsed, ProxyError> {
-    let body = Limited::new(body, settings.max_body_bytes)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                ProxyError::BodyTooLarge(settings.max_body_bytes)
-            } else if crate::server::is_body_timeout(&*e) {
-                ProxyError::BodyTimeout
-            } else {
-                ProxyError::BodyRead(e.to_string())
-            }
-        })?
-        .to_bytes();
+    let body = read_body(body, settings.max_body_bytes).await?;
     let json: Value = serde_json::from_slice(&body).map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
     let model = json
         .get("model")

@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::protocol::RequestType;
 use futures_util::future::join_all;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use super::{client_key, headers, Protocol, ProxyError};
@@ -193,9 +193,9 @@ pub async fn show(State(st): State<AppState>, headers: HeaderMap, body: Body) ->
         Ok(k) => k,
         Err(e) => return error(e),
     };
-    let body = match Limited::new(body, st.proxy.max_body_bytes).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return error(ProxyError::BodyRead(e.to_string())),
+    let body = match super::read_body(body, st.proxy.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return error(e),
     };
     let json: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,

@@ -234,3 +234,57 @@ async fn a_node_that_speaks_messages_gets_them_as_sent_and_its_usage_counts() {
     }
     assert_eq!(token_totals(&h).await, (6, 10, 16, 2));
 }
+
+#[tokio::test]
+async fn count_tokens_through_the_sdk_is_the_estimate_the_router_records_and_leaves_no_record() {
+    // A node that reports no usage: the router records its own estimate of the input.
+    let a = mock_with("alpha", &["m"], |c| c.usage = false).await;
+    let h = Harness::start_with(&[&a], |args| args.client_auth = ClientAuth::Required).await;
+    let (_, secret) = create_key(&h, json!({"name": "counter", "allowed_models": ["m", "ghost"]})).await;
+    let out = python(&format!(
+        r#"
+import anthropic, json
+c = anthropic.Anthropic(base_url="{}", api_key="{secret}")
+req = dict(model="m", system="Be brief.",
+    messages=[{{"role": "user", "content": "How many tokens are in this sentence, exactly?"}},
+              {{"role": "assistant", "content": "Nine or ten."}},
+              {{"role": "user", "content": [{{"type": "text", "text": "Count again, please."}}]}}])
+n = c.messages.count_tokens(**req).input_tokens
+r = c.messages.create(max_tokens=16, **req)
+print(json.dumps([n, r.usage.input_tokens]))
+"#,
+        h.router.base_url()
+    ))
+    .await;
+    let counted: Value = serde_json::from_str(out.trim()).unwrap();
+    let n = u(&counted[0]);
+    assert!(n > 15, "{counted}");
+    assert_eq!(u(&counted[1]), n, "the Messages answer reports the same estimate");
+    let records = h.wait_history(1).await;
+    assert_eq!(records.len(), 1, "count_tokens leaves no record: {records:?}");
+    assert_eq!(u(&records[0]["input_tokens"]), n);
+    assert_eq!(records[0]["token_source"], "estimated");
+    assert_eq!(a.received().len(), 1, "count_tokens reaches no node");
+
+    // Refusals, in Anthropic's shape.
+    let ask = |key: Option<&str>, body: Value| {
+        let mut req = h.http.post(h.url("/v1/messages/count_tokens")).json(&body);
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(v["type"], "error", "{v}");
+            (status, v["error"]["type"].as_str().unwrap().to_string())
+        }
+    };
+    let hello = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(ask(None, hello("m")).await, (401, "authentication_error".into()));
+    assert_eq!(ask(Some(&secret), hello("other")).await, (403, "permission_error".into()));
+    assert_eq!(ask(Some(&secret), hello("ghost")).await, (404, "not_found_error".into()));
+    assert_eq!(ask(Some(&secret), json!({"model": "m"})).await, (400, "invalid_request_error".into()));
+    assert_eq!(ask(Some(&secret), json!({"messages": []})).await, (400, "invalid_request_error".into()));
+    assert_eq!(h.history().await.len(), 1);
+}

@@ -8,6 +8,7 @@
 //! the translated node's usage. Errors on this route are in Anthropic's shape. The
 //! client's key may come in `x-api-key`, as the SDK sends it.
 
+pub mod count;
 mod stream;
 pub mod translate;
 
@@ -27,7 +28,9 @@ use crate::app::AppState;
 use crate::nodes::NodeKind;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/messages", post(messages))
+    Router::new()
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count::count_tokens))
 }
 
 /// Whether a node of this kind answers `POST /v1/messages` itself: llama.cpp's
