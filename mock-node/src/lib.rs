@@ -80,6 +80,16 @@ pub struct MockConfig {
     pub refuse: Option<Refuse>,
 }
 
+impl MockConfig {
+    /// Whether the node serves `model`: a listed name, or for an Ollama imitation a
+    /// name listed with its `:latest` tag (as Ollama resolves `llama3`).
+    pub fn serves(&self, model: &str) -> bool {
+        self.models
+            .iter()
+            .any(|m| m == model || (self.imitate == Imitation::Ollama && m.strip_suffix(":latest") == Some(model)))
+    }
+}
+
 impl Default for MockConfig {
     fn default() -> Self {
         MockConfig {
@@ -381,7 +391,7 @@ fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(C
         s.refused.fetch_sub(1, Ordering::SeqCst);
     }
     let model = value.get("model").and_then(Value::as_str).unwrap_or("").to_string();
-    if !s.config.models.contains(&model) {
+    if !s.config.serves(&model) {
         return Err(reject(StatusCode::NOT_FOUND, format!("model {model} not found")));
     }
     if s.config.reject_stream_options && value.get("stream_options").is_some() {

@@ -52,7 +52,7 @@ fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(S
     let value: Value = serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
     keep_request(s, path, headers, &value);
     let model = value.get("model").and_then(Value::as_str).unwrap_or("").to_string();
-    if !s.config.models.contains(&model) {
+    if !s.config.serves(&model) {
         return Err(error(StatusCode::NOT_FOUND, format!("model '{model}' not found")));
     }
     Ok((model, value))

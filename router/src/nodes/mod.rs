@@ -124,8 +124,12 @@ impl NodeInfo {
         self.enabled && !self.deleted && self.status == NodeStatus::Online && self.serves(model)
     }
 
+    /// Whether the node lists `model`; an `ollama` node also serves `name` as
+    /// `name:latest`, as Ollama itself does.
     pub fn serves(&self, model: &str) -> bool {
-        self.models.iter().any(|m| m == model)
+        self.models
+            .iter()
+            .any(|m| m == model || (self.kind == NodeKind::Ollama && m.strip_suffix(":latest") == Some(model)))
     }
 
     /// Whether a stream to this node should carry `include_usage`.

@@ -282,9 +282,21 @@ print(json.dumps([n, r.usage.input_tokens]))
     };
     let hello = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
     assert_eq!(ask(None, hello("m")).await, (401, "authentication_error".into()));
-    assert_eq!(ask(Some(&secret), hello("other")).await, (403, "permission_error".into()));
-    assert_eq!(ask(Some(&secret), hello("ghost")).await, (404, "not_found_error".into()));
-    assert_eq!(ask(Some(&secret), json!({"model": "m"})).await, (400, "invalid_request_error".into()));
-    assert_eq!(ask(Some(&secret), json!({"messages": []})).await, (400, "invalid_request_error".into()));
+    assert_eq!(
+        ask(Some(&secret), hello("other")).await,
+        (403, "permission_error".into())
+    );
+    assert_eq!(
+        ask(Some(&secret), hello("ghost")).await,
+        (404, "not_found_error".into())
+    );
+    assert_eq!(
+        ask(Some(&secret), json!({"model": "m"})).await,
+        (400, "invalid_request_error".into())
+    );
+    assert_eq!(
+        ask(Some(&secret), json!({"messages": []})).await,
+        (400, "invalid_request_error".into())
+    );
     assert_eq!(h.history().await.len(), 1);
 }

@@ -280,3 +280,39 @@ async fn ollama_requests_wait_for_a_slot_on_an_ollama_node_and_a_full_queue_answ
     );
     assert!(other.received().is_empty(), "the OpenAI node got no Ollama request");
 }
+
+#[tokio::test]
+async fn a_model_without_a_tag_is_served_by_an_ollama_node_that_lists_it_as_latest() {
+    let o = ollama_mock("llama", &["llama3:latest"], |_| {}).await;
+    // A node of another kind is held to the exact name.
+    let other = mock("other", &["qwen:latest"]).await;
+    let h = Harness::start(&[&o, &other]).await;
+    let out = python(&format!(
+        r#"
+import json, ollama
+c = ollama.Client(host="{}/ollama")
+r = c.chat(model="llama3", messages=[{{"role": "user", "content": "one two"}}], stream=False)
+print(json.dumps([r.done, r.prompt_eval_count, r.eval_count]))
+"#,
+        h.router.base_url()
+    ))
+    .await;
+    assert_eq!(serde_json::from_str::<Value>(out.trim()).unwrap(), json!([true, 2, 5]));
+    assert_eq!(h.chat("llama3", "one two three").await.0, 200);
+    assert_eq!(h.chat("qwen", "x").await.0, 404);
+    // The node gets the name as the client sent it; the record keeps it too.
+    let received = o.received();
+    assert_eq!(received.len(), 2);
+    assert!(
+        received.iter().all(|r| r.body["model"] == "llama3"),
+        "{:?}",
+        received[0].body
+    );
+    let records = h.wait_history(3).await;
+    let served: Vec<_> = records.iter().filter(|r| r["status"] == "success").collect();
+    assert_eq!(served.len(), 2);
+    assert!(served
+        .iter()
+        .all(|r| r["model"] == "llama3" && u(&r["input_tokens"]) > 0));
+    assert_eq!(token_totals(&h).await.3, 2);
+}
