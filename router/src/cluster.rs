@@ -8,9 +8,10 @@
 //!   every replica within about a second (polling: no connection is held for it, and
 //!   a replica that was cut off catches up by itself).
 //! - **Requests in flight.** Each replica publishes its requests in flight per node
-//!   with a heartbeat (node 0); the others' figures count in `active_requests` while
-//!   their heartbeat is younger than [`REPLICA_TIMEOUT`], so a replica that died
-//!   stops counting within it. A replica that stops cleanly removes its rows.
+//!   with a heartbeat (node 0); the others' figures (`NodeLoadState::elsewhere`)
+//!   count in `active_requests` and take slots of a node's capacity here, while their
+//!   heartbeat is younger than [`REPLICA_TIMEOUT`], so a replica that died stops
+//!   counting within it. A replica that stops cleanly removes its rows.
 //! - **Budgets.** The keys' spending is read back from the rollups
 //!   (`KeyRing::take_stored_spending`).
 //!
@@ -19,7 +20,8 @@
 //! replica's committed requests.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::keys::KeyRing;
@@ -45,15 +47,8 @@ pub enum SyncError {
 pub struct Cluster {
     /// This replica's name in the store: host, port and a random suffix.
     pub replica_id: String,
-    others: RwLock<Others>,
-}
-
-#[derive(Default)]
-struct Others {
-    /// Requests in flight on each node through the other live replicas.
-    in_flight: HashMap<NodeId, u64>,
     /// The other live replicas.
-    replicas: usize,
+    others: AtomicUsize,
 }
 
 impl Cluster {
@@ -64,18 +59,13 @@ impl Cluster {
         let suffix: u32 = rand::random();
         Arc::new(Cluster {
             replica_id: format!("{host}:{}:{suffix:08x}", listening_on.port()),
-            others: RwLock::default(),
+            others: AtomicUsize::new(0),
         })
-    }
-
-    /// Requests in flight on `node` through the other live replicas.
-    pub fn others_in_flight(&self, node: NodeId) -> u64 {
-        self.others.read().unwrap().in_flight.get(&node).copied().unwrap_or(0)
     }
 
     /// The live replicas, this one included.
     pub fn replicas(&self) -> usize {
-        self.others.read().unwrap().replicas + 1
+        self.others.load(Ordering::Relaxed) + 1
     }
 }
 
@@ -123,10 +113,14 @@ impl ClusterSync {
         for (node, n) in others.values().flatten() {
             *in_flight.entry(*node).or_default() += n;
         }
-        *self.cluster.others.write().unwrap() = Others {
-            in_flight,
-            replicas: others.len(),
-        };
+        self.cluster.others.store(others.len(), Ordering::Relaxed);
+        let mut freed = false;
+        self.registry
+            .for_each(|n| freed |= n.load.set_elsewhere(in_flight.get(&n.id).copied().unwrap_or(0)));
+        if freed {
+            // Slots the others gave back may take requests waiting here.
+            self.registry.changed();
+        }
         self.keys.take_stored_spending().await?;
         if rounds.is_multiple_of(60) {
             self.store

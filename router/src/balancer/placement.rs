@@ -204,7 +204,7 @@ impl Placer {
                 (
                     fits && !i.deleted && i.serves(wanted.model),
                     fits && i.routable_for(wanted.model),
-                    i.capacity(),
+                    node.load.capacity_here(i.capacity()),
                     i.weight,
                 )
             });

@@ -19,6 +19,9 @@ use crate::store::RollupTotals;
 #[derive(Debug, Default)]
 pub struct NodeLoadState {
     active_requests: AtomicU64,
+    /// Requests in flight on the node through the other replicas of a shared store,
+    /// as they last published them (0 with one router).
+    elsewhere: AtomicU64,
     /// Milliseconds of [`monotonic_ms`] before which the node is not sent new requests
     /// (it answered 429 or 503 with `Retry-After`); 0: none.
     refused_until_ms: AtomicU64,
@@ -79,6 +82,7 @@ impl NodeLoadState {
     pub fn from_totals(t: &RollupTotals) -> Self {
         NodeLoadState {
             active_requests: AtomicU64::new(0),
+            elsewhere: AtomicU64::new(0),
             refused_until_ms: AtomicU64::new(0),
             total_requests: AtomicU64::new(t.request_count),
             successful_requests: AtomicU64::new(t.success_count),
@@ -94,6 +98,22 @@ impl NodeLoadState {
     /// Requests in flight (slots taken).
     pub fn active(&self) -> u64 {
         self.active_requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight on the node through the other replicas.
+    pub fn elsewhere(&self) -> u64 {
+        self.elsewhere.load(Ordering::Relaxed)
+    }
+
+    /// What the other replicas published; returns whether it went down (slots freed).
+    pub fn set_elsewhere(&self, n: u64) -> bool {
+        self.elsewhere.swap(n, Ordering::Relaxed) > n
+    }
+
+    /// The slots this router may take of a node of `capacity` (`None`: no limit): what
+    /// the other replicas hold is not free.
+    pub fn capacity_here(&self, capacity: Option<u64>) -> Option<u64> {
+        capacity.map(|c| c.saturating_sub(self.elsewhere()))
     }
 
     /// Takes a slot if fewer than `capacity` are taken (`None`: no limit).

@@ -70,9 +70,9 @@ pub async fn node_figures(
     cluster: Option<&Cluster>,
 ) -> HashMap<NodeId, LoadSnapshot> {
     let own = || registry.all().iter().map(|n| (n.id, n.load.snapshot())).collect();
-    let Some(cluster) = cluster else {
+    if cluster.is_none() {
         return own();
-    };
+    }
     let totals: HashMap<NodeId, crate::store::RollupTotals> =
         match store.rollup_totals(GroupBy::Node, &RollupFilter::default()).await {
             Ok(rows) => rows.into_iter().filter_map(|(k, t)| Some((k.node_id?, t))).collect(),
@@ -86,7 +86,7 @@ pub async fn node_figures(
         .iter()
         .map(|n| {
             let t = totals.get(&n.id).copied().unwrap_or_default();
-            let active = n.load.active() + cluster.others_in_flight(n.id);
+            let active = n.load.active() + n.load.elsewhere();
             (n.id, LoadSnapshot::from_totals(&t, active))
         })
         .collect()

@@ -238,6 +238,39 @@ async fn requests_in_flight_on_one_replica_count_on_the_other() {
 }
 
 #[tokio::test]
+async fn a_node_s_capacity_is_shared_by_the_replicas() {
+    require_postgres();
+    let node = slow_stream_mock("slow", 10, Duration::from_millis(100)).await;
+    let a = Harness::start_with(&[&node], |args| args.replica_sync_ms = 100).await;
+    let b = replica(&a, |_| {}).await;
+    let (s, v) = a
+        .admin(Method::PATCH, "/api/nodes/1", Some(json!({"max_concurrent": 2})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let stream = |h: &Harness| {
+        let (http, url) = (h.http.clone(), h.url("/v1/chat/completions"));
+        tokio::spawn(async move {
+            let resp = http.post(url).json(&chat_body("m", "hi", true)).send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.bytes().await.unwrap().len())
+        })
+    };
+    // A takes both slots; once B has heard of them, its two requests wait in its
+    // queue until A's streams end, instead of piling onto the node.
+    let on_a = [stream(&a), stream(&a)];
+    within(TWO_SECONDS, "B sees the node full", || async { active(&b).await == 2 }).await;
+    let on_b = [stream(&b), stream(&b)];
+    for t in on_a.into_iter().chain(on_b) {
+        let (status, len) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(len > 0);
+    }
+    assert_eq!(node.peak_in_flight(), 2, "the node never had more than its capacity");
+    let queued = b.get("/api/dashboard/stats").await["queue"]["served"].clone();
+    assert_eq!(queued, 2, "B's requests waited for a slot");
+}
+
+#[tokio::test]
 async fn a_daily_budget_holds_across_replicas() {
     require_postgres();
     let node = mock("n1", &["m"]).await;
