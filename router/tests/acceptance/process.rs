@@ -73,6 +73,18 @@ impl RouterProcess {
             .unwrap_or_else(|| panic!("no log line with {containing:?}: {:#?}", self.log))
     }
 
+    /// An admin route's JSON answer.
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        let resp = reqwest::Client::new()
+            .get(format!("{}{path}", self.base_url))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "GET {path}");
+        resp.json().await.unwrap()
+    }
+
     /// A chat completion through the router, 10 s at most.
     pub async fn chat(&self) -> u16 {
         let request = reqwest::Client::new()

@@ -406,16 +406,7 @@ async fn a_replica_killed_under_load_loses_no_completed_request_and_the_other_se
 
     // A's requests in flight stop counting on B within 15 s of its death.
     within(Duration::from_secs(15), "B stops counting the dead replica", || async {
-        let stats: Value = reqwest::Client::new()
-            .get(format!("{}/api/dashboard/stats", b.base_url))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        u(&stats["active_requests"]) == 0
+        u(&b.get("/api/dashboard/stats").await["active_requests"]) == 0
     })
     .await;
 }
