@@ -403,11 +403,35 @@ async fn a_replica_killed_under_load_loses_no_completed_request_and_the_other_se
     let lost: Vec<_> = completed.iter().filter(|n| !recorded.contains_key(n)).collect();
     assert!(lost.is_empty(), "completed but not recorded: {lost:?}");
     assert!(recorded.values().all(|c| *c == 1), "a record twice: {recorded:?}");
+}
 
-    // A's requests in flight stop counting on B within 15 s of its death.
-    within(Duration::from_secs(15), "B stops counting the dead replica", || async {
-        u(&b.get("/api/dashboard/stats").await["active_requests"]) == 0
-    })
+#[tokio::test]
+async fn a_killed_replica_s_requests_in_flight_stop_counting_within_15_s() {
+    let admin = require_postgres();
+    let (db, _) = fresh_postgres_database(&admin);
+    let node = slow_stream_mock("slow", 100, Duration::from_millis(200)).await;
+    let args = ["--database-url", db.as_str()];
+    let mut a = RouterProcess::start(&node, &args, || Ok(())).await;
+    let b = RouterProcess::start(&node, &args, || Ok(())).await;
+    let stream = tokio::spawn(
+        reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", a.base_url))
+            .json(&chat_body("m", "hi", true))
+            .send(),
+    );
+    let active = || async { u(&b.get("/api/dashboard/stats").await["active_requests"]) };
+    within(TWO_SECONDS, "B counts A's stream", || async { active().await == 1 }).await;
+    a.child.start_kill().unwrap();
+    let killed = Instant::now();
+    let _ = stream.await;
+    // Its last heartbeat still counts for a while, then no more.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(active().await, 1, "counted until its heartbeat is too old");
+    within(
+        Duration::from_secs(15) - killed.elapsed(),
+        "B stops counting the dead replica",
+        || async { active().await == 0 },
+    )
     .await;
 }
 
