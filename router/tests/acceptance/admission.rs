@@ -310,8 +310,10 @@ async fn a_llama_server_tells_its_slots_and_gets_no_more_requests_than_that() {
 
 #[tokio::test]
 async fn weights_2_to_1_split_a_steady_load_2_to_1_within_10_percent() {
-    let a = mock_with("alpha", &["m"], |c| c.latency = Duration::from_millis(15)).await;
-    let b = mock_with("beta", &["m"], |c| c.latency = Duration::from_millis(15)).await;
+    // Answers slow enough that the six clients' requests overlap even on a busy
+    // machine (with 15 ms, a loaded CI machine saw mostly one in flight: 1.2 to 1).
+    let a = mock_with("alpha", &["m"], |c| c.latency = Duration::from_millis(50)).await;
+    let b = mock_with("beta", &["m"], |c| c.latency = Duration::from_millis(50)).await;
     let h = Harness::start(&[&a, &b]).await;
     let v = patch_node(&h, &a.base_url(), json!({"weight": 2})).await;
     assert_eq!(v["weight"], 2);
