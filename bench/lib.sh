@@ -32,9 +32,11 @@ wait_http() { # url
   echo "no answer from $1" >&2; return 1
 }
 
-# nginx as a plain reverse proxy of 127.0.0.1:$2 on port $1, one worker; prints its pids.
-start_nginx() { # port upstream_port workdir
-  local nginx; nginx=$(command -v nginx || echo /usr/sbin/nginx)
+# nginx as a plain reverse proxy on port $1 of 127.0.0.1:<port> for each port in $2 (two
+# or more: round robin), one worker; prints its pids.
+start_nginx() { # port "upstream_port..." workdir
+  local nginx servers="" p; nginx=$(command -v nginx || echo /usr/sbin/nginx)
+  for p in $2; do servers="$servers server 127.0.0.1:$p;"; done
   cat >"$3/nginx-$1.conf" <<NGINX
 worker_processes 1;
 worker_rlimit_nofile 100000;
@@ -43,7 +45,7 @@ pid $3/nginx-$1.pid;
 events { worker_connections 20000; }
 http {
   access_log off;
-  upstream node { server 127.0.0.1:$2; keepalive 64; }
+  upstream node { $servers keepalive 64; }
   server {
     listen 127.0.0.1:$1 backlog=4096;
     location / {
@@ -73,6 +75,7 @@ have_vllm_router() { command -v vllm-router >/dev/null; }
 start_vllm_router() {
   spawn_proxy vllm-router --host 127.0.0.1 --port "$1" --worker-urls "http://127.0.0.1:$2" \
     --policy round_robin --prometheus-port "$(free_port)" >"$3" 2>&1
+  # shellcheck disable=SC2034 # read by the scripts that source this file
   VLLM_PID=$!
   for _ in $(seq 100); do
     curl -sf -o /dev/null -X POST -H 'content-type: application/json' "http://127.0.0.1:$1/v1/chat/completions" \
@@ -83,9 +86,18 @@ start_vllm_router() {
 
 # CPU time (user + system) of processes, in clock ticks.
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+# CPU time of a server and all its children, exited ones included (their time is in the
+# parent's cutime/cstime once reaped): PostgreSQL's postmaster and its backends.
+tree_ticks() { # pid
+  local t c
+  t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat")
+  for c in $(pgrep -P "$1"); do t=$((t + $(awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || echo 0))); done
+  echo "$t"
+}
 # Resident memory (VmRSS) and its peak (VmHWM) of processes, in KiB, summed.
 rss_kb() { local t=0 p; for p in "$@"; do t=$((t + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $t; }
 hwm_kb() { local t=0 p; for p in "$@"; do t=$((t + $(awk '/^VmHWM/ {print $2}' "/proc/$p/status"))); done; echo $t; }
+# shellcheck disable=SC2034
 HZ=$(getconf CLK_TCK)
 
 # A wrk script posting a chat completion: name stream [client key].

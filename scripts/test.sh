@@ -16,8 +16,8 @@ cd "$(dirname "$0")/.."
 missing_debs=()
 command -v sqlite3 >/dev/null || missing_debs+=(sqlite3)
 command -v chromium >/dev/null || missing_debs+=(chromium)
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-if [ -z "${LLM_ROUTER_TEST_DATABASE:-}" ] && { [ -z "$pg_bin" ] || ! command -v psql >/dev/null; }; then
+. scripts/pg.sh
+if [ -z "${LLM_ROUTER_TEST_DATABASE:-}" ] && { [ -z "$(pg_bin_dir)" ] || ! command -v psql >/dev/null; }; then
   missing_debs+=(postgresql)
 fi
 command -v chromedriver >/dev/null || missing_debs+=(chromium-driver)
@@ -47,25 +47,10 @@ if [ "${LLM_ROUTER_TEST_DATABASE:-}" = skip ]; then
   exit 0
 fi
 if [ -z "${LLM_ROUTER_TEST_DATABASE:-}" ]; then
-  pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-  pg_dir=$(mktemp -d /tmp/llm-router-pg.XXXXXX)
-  as_pg=()
-  if [ "$(id -u)" = 0 ]; then
-    # PostgreSQL refuses to run as root.
-    as_pg=(runuser -u postgres --)
-    chown postgres "$pg_dir"
-  fi
-  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  stop_pg() {
-    "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$pg_dir"
-  }
-  trap stop_pg EXIT
-  "${as_pg[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -U postgres -A trust >"$pg_dir/initdb.log"
+  trap pg_stop EXIT
   # A throw-away server: no fsync (the tests kill routers, never this server).
-  "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w \
-    -o "-k $pg_dir -p $port -c listen_addresses=127.0.0.1 -c max_connections=500 -c fsync=off" start >/dev/null
-  export LLM_ROUTER_TEST_DATABASE="postgres://postgres@127.0.0.1:$port/postgres"
+  pg_start -c max_connections=500 -c fsync=off
+  LLM_ROUTER_TEST_DATABASE=$PG_URL
 fi
 export LLM_ROUTER_TEST_DATABASE
 # The store's and the recorder's unit tests run on both engines when the variable is set.

@@ -1,13 +1,18 @@
-//! Store benchmarks (not a test): recorder throughput into SQLite, and the latency of
-//! each aggregation query as the history grows to 1 and 10 million rows.
+//! Store benchmarks (not a test): recorder throughput, and the latency of each
+//! aggregation query as the history grows to 1 and 10 million rows; on SQLite, or on
+//! PostgreSQL when `BENCH_DATABASE` names a server (see `databases`).
 //!
 //! Run: `cargo bench -p llm-router --bench store` (BENCH_ROWS=10000000 by default;
-//! BENCH_RECORDS=200000 records for the recorder part).
+//! BENCH_RECORDS=200000 records for the recorder part); `bench/store-pg.sh` runs it on
+//! a throwaway PostgreSQL server.
+
+#[path = "store/databases.rs"]
+mod databases;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{Duration as Span, Utc};
+use chrono::Utc;
 use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource};
 use llm_router::clock::Clock;
 use llm_router::keys::KeyRing;
@@ -16,7 +21,8 @@ use llm_router::nodes::NodeRegistry;
 use llm_router::recorder::{Durability, Recorder};
 use llm_router::stats::{self, DailyQuery, MonthlyQuery};
 use llm_router::store::{GroupBy, HistoryFilter, RollupFilter, Store};
-use sqlx::sqlite::SqlitePoolOptions;
+
+use databases::Databases;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -48,13 +54,13 @@ fn record(i: u64) -> RequestResponseRecord {
     }
 }
 
-async fn recorder_throughput(dir: &std::path::Path, records: u64) {
+async fn recorder_throughput(databases: &Databases, records: u64) {
     for (durability, concurrency) in [
         (Durability::Durable, 64u64),
         (Durability::Durable, 512),
         (Durability::Async, 1),
     ] {
-        let url = format!("sqlite://{}/recorder-{durability:?}-{concurrency}.db", dir.display());
+        let url = databases.fresh(&format!("recorder-{durability:?}-{concurrency}")).await;
         let store = Store::open(&url).await.unwrap();
         let recorder = Recorder::start(store.clone(), durability).unwrap();
         let start = Instant::now();
@@ -90,8 +96,8 @@ async fn recorder_throughput(dir: &std::path::Path, records: u64) {
 
 /// The wait a lone client pays in durable mode: one record at a time through the
 /// recorder, each waited for like a request handler does.
-async fn lone_writer_latency(dir: &std::path::Path, records: u64) {
-    let url = format!("sqlite://{}/lone.db", dir.display());
+async fn lone_writer_latency(databases: &Databases, records: u64) {
+    let url = databases.fresh("lone").await;
     let store = Store::open(&url).await.unwrap();
     let recorder = Recorder::start(store.clone(), Durability::Durable).unwrap();
     let mut waits = Vec::new();
@@ -110,46 +116,6 @@ async fn lone_writer_latency(dir: &std::path::Path, records: u64) {
         q(0.99),
         q(0.999)
     );
-}
-
-/// Bulk-loads `from..to` synthetic history rows spread over the last 365 days (8 nodes
-/// x 3 models), then rebuilds the rollups from the history as the writer would have.
-async fn load_history(url: &str, from: u64, to: u64, total: u64) {
-    let pool = SqlitePoolOptions::new().max_connections(1).connect(url).await.unwrap();
-    let start_ms = (Utc::now() - Span::days(365)).timestamp_millis();
-    let step_ms = (365 * 24 * 3600 * 1000) / total as i64;
-    let t = Instant::now();
-    sqlx::query(&format!(
-        "INSERT INTO request_history (timestamp, completed_at, request_type, model, node_id, node_name, client_ip,
-            stream, status, http_status, error_message, duration_ms, input_tokens, output_tokens, total_tokens, token_source)
-         WITH RECURSIVE seq(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM seq WHERE i < {to} - 1)
-         SELECT {start_ms} + ((i * 7919) % {total}) * {step_ms}, {start_ms} + ((i * 7919) % {total}) * {step_ms} + 20, 'chat_completions',
-            'model-' || ((i / 8) % 3), (i % 8) + 1, 'node', '127.0.0.1', i % 2,
-            CASE WHEN i % 50 = 0 THEN 'error' ELSE 'success' END, 200, NULL, 20 + i % 100,
-            10 + i % 90, 50 + i % 400, 60 + i % 90 + i % 400, CASE WHEN i % 7 = 0 THEN 'estimated' ELSE 'reported' END
-         FROM seq"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
-    let sums = "COUNT(*), SUM(status = 'success'), SUM(status = 'error'), SUM(status = 'cancelled'),
-        SUM(token_source = 'estimated'), SUM(input_tokens), SUM(output_tokens), SUM(total_tokens), SUM(duration_ms)";
-    for sql in [
-        "DELETE FROM token_stats_hourly".to_string(),
-        "DELETE FROM token_stats_hourly_node".to_string(),
-        "DELETE FROM token_stats_hourly_model".to_string(),
-        "DELETE FROM token_stats_hourly_all".to_string(),
-        "DELETE FROM token_stats_total".to_string(),
-        format!("INSERT INTO token_stats_hourly SELECT (timestamp / 3600000) * 3600, node_id, model, {sums} FROM request_history GROUP BY 1, 2, 3"),
-        format!("INSERT INTO token_stats_hourly_node SELECT (timestamp / 3600000) * 3600, node_id, {sums}, MIN(id), MAX(id) FROM request_history GROUP BY 1, 2"),
-        format!("INSERT INTO token_stats_hourly_model SELECT (timestamp / 3600000) * 3600, model, {sums} FROM request_history GROUP BY 1, 2"),
-        format!("INSERT INTO token_stats_hourly_all SELECT (timestamp / 3600000) * 3600, {sums} FROM request_history GROUP BY 1"),
-        format!("INSERT INTO token_stats_total SELECT node_id, model, {sums} FROM request_history GROUP BY 1, 2"),
-    ] {
-        sqlx::query(&sql).execute(&pool).await.unwrap();
-    }
-    pool.close().await;
-    println!("loaded rows {from}..{to} in {:.1} s", t.elapsed().as_secs_f64());
 }
 
 async fn median_ms<F, Fut>(mut f: F) -> f64
@@ -276,18 +242,18 @@ async fn query_latencies(store: &Store) -> Vec<(&'static str, f64)> {
 async fn main() {
     let rows = env("BENCH_ROWS", 10_000_000);
     let records = env("BENCH_RECORDS", 200_000);
-    let dir = tempfile::TempDir::new().unwrap();
-    println!("== recorder throughput (group commit into SQLite, WAL) ==");
-    lone_writer_latency(dir.path(), env("BENCH_LONE", 20_000)).await;
-    recorder_throughput(dir.path(), records).await;
+    let databases = Databases::from_env();
+    println!("== recorder throughput (group commit into {}) ==", databases.engine());
+    lone_writer_latency(&databases, env("BENCH_LONE", 20_000)).await;
+    recorder_throughput(&databases, records).await;
 
     println!("== aggregation queries, median of 31 runs ==");
-    let url = format!("sqlite://{}/history.db", dir.path().display());
+    let url = databases.fresh("history").await;
     let store = Store::open(&url).await.unwrap();
     let mut table: Vec<(u64, Vec<(&'static str, f64)>)> = Vec::new();
     let mut loaded = 0;
     for size in [rows / 10, rows] {
-        load_history(&url, loaded, size, rows).await;
+        databases.load_history(&url, loaded, size, rows).await;
         loaded = size;
         println!("history rows: {}", store.history_count().await.unwrap());
         table.push((size, query_latencies(&store).await));
