@@ -323,6 +323,11 @@ impl NodeRegistry {
         }
     }
 
+    /// Nodes in the registry, deleted ones included.
+    pub fn node_count(&self) -> usize {
+        self.nodes.read().unwrap().len()
+    }
+
     /// The node list, read-locked (the placement scan: no copy).
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Node>>> {
         self.nodes.read().unwrap()

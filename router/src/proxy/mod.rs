@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -45,6 +45,10 @@ use crate::app::AppState;
 use crate::balancer::{session_key, NoNode, RecordDraft, Refusal, RequestOutcome, Unplaced, Wanted};
 use crate::nodes::NodeStatus;
 use crate::token::Prompt;
+
+/// The client's name for its conversation (affinity), read on every request: a
+/// constant, so that the lookup does not parse the name each time.
+const SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
 
 /// Limits and timeouts of the proxy path.
 #[derive(Debug, Clone)]
@@ -263,7 +267,12 @@ async fn route(st: &AppState, mut draft: RecordDraft, req: &Parsed, headers: &He
     let wanted = Wanted {
         model: &req.model,
         kind: Protocol::of(draft.request_type).node_kind(),
-        session: session_key(headers.get("x-session-id").map(|v| v.as_bytes()), &req.json),
+        // With one node there is no choice to remember: the body is not hashed.
+        session: if st.balancer.registry().node_count() > 1 {
+            session_key(headers.get(&SESSION_ID).map(|v| v.as_bytes()), &req.json)
+        } else {
+            None
+        },
     };
     loop {
         let lease = match st.balancer.admit(draft, wanted, priority, &tried).await {
