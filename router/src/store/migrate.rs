@@ -15,8 +15,13 @@
 //! the rollups' `max_id` too, so new records never fall inside an old hour's range).
 //! PostgreSQL's `record_uid` (the writer's idempotence key) is copied from a
 //! PostgreSQL source and made afresh for rows from SQLite, which has none.
+//!
+//! PostgreSQL's rollups keep a row per writer's shard (`rollup`); SQLite's have no
+//! `shard` column. The rollups are therefore read grouped by their key columns
+//! (sums added, id ranges widened to hold them all) and written as one row per key:
+//! into SQLite as it must, into PostgreSQL as shard 0.
 
-use super::rollup::{TABLES, VALUE_COLUMNS};
+use super::rollup::{sum, TABLES, VALUE_COLUMNS};
 use super::sql::{Arg, Sql, StoreRow, StoreTx};
 use super::{Dialect, Store, StoreError, StoreResult};
 
@@ -37,8 +42,10 @@ enum Kind {
 struct Table {
     name: &'static str,
     columns: Vec<(&'static str, Kind)>,
-    /// Paged by `id` ranges; otherwise in primary-key order by offset (the rollups,
-    /// far smaller than the history).
+    /// What is read for each column (a rollup's aggregates), when not the column.
+    read_as: Option<Vec<String>>,
+    /// Paged by `id` ranges; otherwise grouped by `order`, in that order, by offset
+    /// (the rollups, far smaller than the history).
     by_id: bool,
     order: String,
 }
@@ -53,6 +60,7 @@ fn with_id(name: &'static str, columns: &[(&'static str, Kind)]) -> Table {
     Table {
         name,
         columns: columns.to_vec(),
+        read_as: None,
         by_id: true,
         order: "id".into(),
     }
@@ -136,12 +144,16 @@ fn tables() -> Vec<Table> {
             .map(|&c| (c, if c == "model" { Text } else { Int }))
             .collect();
         columns.extend(VALUE_COLUMNS.iter().map(|&c| (c, Int)));
+        let mut read_as: Vec<String> = keys.iter().map(|c| c.to_string()).collect();
+        read_as.extend(VALUE_COLUMNS.iter().map(|c| sum(c)));
         if t.id_range {
             columns.extend([("min_id", Int), ("max_id", Int)]);
+            read_as.extend(["MIN(min_id) AS min_id".into(), "MAX(max_id) AS max_id".into()]);
         }
         all.push(Table {
             name: t.name,
             columns,
+            read_as: Some(read_as),
             by_id: false,
             order: keys.join(", "),
         });
@@ -239,7 +251,11 @@ async fn copy_table(
     let is_history = table.name == "request_history";
     let read_uid = is_history && src_dialect == Dialect::Postgres;
     let write_uid = is_history && dst_dialect == Dialect::Postgres;
-    let mut select = format!("SELECT {}", names.join(", "));
+    let read = table
+        .read_as
+        .as_ref()
+        .map_or_else(|| names.join(", "), |r| r.join(", "));
+    let mut select = format!("SELECT {read}");
     if read_uid {
         select.push_str(", record_uid");
     }
@@ -259,7 +275,7 @@ async fn copy_table(
             )
         } else {
             (
-                format!("{select} ORDER BY {} LIMIT $1 OFFSET $2", table.order),
+                format!("{select} GROUP BY {0} ORDER BY {0} LIMIT $1 OFFSET $2", table.order),
                 vec![Arg::Int(BATCH), Arg::Int(copied as i64)],
             )
         };
@@ -497,6 +513,57 @@ mod tests {
         assert!(matches!(refused, StoreError::TargetNotEmpty(_)), "{refused}");
         migrate_store(&sqlite_url, &pg_url, true).await.unwrap();
         let target = Store::open(&pg_url).await.unwrap();
+        assert_eq!(figures(&target, &nodes, &key_ids).await, expected);
+        target.close().await;
+    }
+
+    #[tokio::test]
+    async fn postgres_rows_of_several_writers_are_summed_into_sqlite_and_back() {
+        let Some(pg_url) = fresh_postgres_database().await else {
+            eprintln!("skipped: LLM_ROUTER_TEST_DATABASE is not set (PostgreSQL tests)");
+            return;
+        };
+        let source = Store::open(&pg_url).await.unwrap();
+        let mut nodes = Vec::new();
+        for i in 1..=3 {
+            nodes.push(source.insert_node(&node(i)).await.unwrap().id);
+        }
+        let mut keys = Vec::new();
+        for i in 1..=2 {
+            let k = source.insert_key(&key(i)).await.unwrap();
+            keys.push((k.id, k.name));
+        }
+        // Two replicas' writers take turns: each adds to the rollup rows of its shard.
+        let mut writers = [source.writer().unwrap(), source.writer().unwrap()];
+        let records: Vec<_> = (0..3000).map(|i| record(i, &nodes, &keys)).collect();
+        for (i, batch) in records.chunks(64).enumerate() {
+            writers[i % 2].commit(batch, LockWait::Patient).unwrap();
+        }
+        drop(writers);
+        let shards = source
+            .db()
+            .fetch_optional("SELECT COUNT(DISTINCT shard) AS n FROM token_stats_hourly", &[], |r| {
+                r.int("n")
+            })
+            .await
+            .unwrap();
+        assert_eq!(shards, Some(2));
+        let key_ids: Vec<i64> = keys.iter().map(|k| k.0).collect();
+        let expected = figures(&source, &nodes, &key_ids).await;
+        source.close().await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite_url = format!("sqlite://{}/router.db", dir.path().display());
+        let report = migrate_store(&pg_url, &sqlite_url, false).await.unwrap();
+        assert!(report.tables.contains(&("request_history", 3000)), "{report:?}");
+        let copy = Store::open(&sqlite_url).await.unwrap();
+        assert_eq!(figures(&copy, &nodes, &key_ids).await, expected);
+        copy.close().await;
+
+        // Back into an empty PostgreSQL database: one row per key, the same figures.
+        let pg_again = fresh_postgres_database().await.unwrap();
+        migrate_store(&sqlite_url, &pg_again, false).await.unwrap();
+        let target = Store::open(&pg_again).await.unwrap();
         assert_eq!(figures(&target, &nodes, &key_ids).await, expected);
         target.close().await;
     }

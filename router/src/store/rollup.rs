@@ -5,13 +5,20 @@
 //! x node x model), `token_stats_hourly_node`, `token_stats_hourly_model`,
 //! `token_stats_hourly_all` (UTC hour), `token_stats_total` (node x model, all time),
 //! and with the client key (0: anonymous) `token_stats_hourly_key` (UTC hour x key x
-//! node x model) and `token_stats_total_key` (key x node x model). Each engine's writer updates all of them in its transaction (the rows
-//! to add come from [`rows_to_add`], the statements from [`upsert_sql`]);
+//! node x model) and `token_stats_total_key` (key x node x model). Each engine's
+//! writer updates all of them in its transaction (the rows to add come from
+//! [`rows_to_add`], the statements from [`upsert_sql`]);
 //! [`Store::rollup_totals`] reads the smallest table that can answer, so queries stay
 //! fast however long the history grows. Every statistic of the router
 //! (node totals at start-up, Prometheus counters at boot, the dashboard's totals,
 //! by-node, by-model, daily and monthly figures) is one call of `rollup_totals`.
 //! Records without a node (rejected before routing) are in the history only.
+//!
+//! On PostgreSQL every table also has a `shard` column, last in its primary key: each
+//! replica's writer upserts the rows of its own shard (see `postgres::writer`), so
+//! replicas committing at once do not wait for each other's row locks. A key may
+//! therefore have several rows, and every read here and elsewhere sums over the key
+//! columns (`SUM`, and `MIN`/`MAX` for the id ranges) rather than reading one row.
 
 use std::collections::BTreeMap;
 
@@ -118,9 +125,14 @@ fn hour_start(t: DateTime<Utc>) -> i64 {
     t.timestamp().div_euclid(3600) * 3600
 }
 
+/// The column of PostgreSQL's rollups that tells the writers' rows apart (SQLite has
+/// one writer per file and no such column).
+const SHARD: &str = "shard";
+
 /// The upsert adding rows of sums to `table`: one row of `?` placeholders for
 /// SQLite; for PostgreSQL every row of the batch at once, one array per column
-/// (`$1` … in the order of the key columns, the sums, then `min_id` and `max_id`).
+/// (`$1` … in the order of the key columns, the sums, then `min_id` and `max_id`),
+/// and last the writer's shard, one `BIGINT` for every row.
 pub(super) fn upsert_sql(table: &RollupTable, dialect: Dialect) -> String {
     let keys = table.key_columns();
     let mut values = VALUE_COLUMNS.to_vec();
@@ -153,15 +165,22 @@ pub(super) fn upsert_sql(table: &RollupTable, dialect: Dialect) -> String {
                 .enumerate()
                 .map(|(i, c)| format!("${}::{}[]", i + 1, if *c == "model" { "text" } else { "bigint" }))
                 .collect();
-            format!("SELECT * FROM UNNEST({})", arrays.join(", "))
+            let shard = format!("${}::bigint", arrays.len() + 1);
+            format!("SELECT *, {shard} FROM UNNEST({})", arrays.join(", "))
         }
     };
+    let mut columns = keys.clone();
+    columns.extend(&values);
+    let mut row_key = keys;
+    if dialect == Dialect::Postgres {
+        columns.push(SHARD);
+        row_key.push(SHARD);
+    }
     format!(
-        "INSERT INTO {} ({}, {}) {source} ON CONFLICT ({}) DO UPDATE SET {}",
+        "INSERT INTO {} ({}) {source} ON CONFLICT ({}) DO UPDATE SET {}",
         table.name,
-        keys.join(", "),
-        values.join(", "),
-        keys.join(", "),
+        columns.join(", "),
+        row_key.join(", "),
         updates.join(", ")
     )
 }
@@ -407,3 +426,6 @@ fn decode_totals(group: GroupBy, r: &dyn StoreRow) -> (RollupKey, RollupTotals) 
     };
     (key, decode_sums(r))
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,8 +13,14 @@
 //! batch again with the same ids, and nothing is counted twice. A failed commit
 //! drops the connection; the next one connects afresh.
 //!
-//! Rollup rows are upserted in key order (`rows_to_add`), tables in a fixed order,
-//! so replicas committing at once lock rows in one order and never deadlock.
+//! Each writer upserts the rollup rows of its own shard (the `shard` column of
+//! migration 004): when it connects it takes the first free shard's advisory lock,
+//! held as long as its connection lives. A transaction holds its row locks through
+//! its COMMIT's fsync, so replicas updating the same rows took turns (two served
+//! fewer requests than one); with a shard each they never wait for each other. Past
+//! [`SHARDS`] writers they share shards: correct, only slower. Rollup rows are
+//! upserted in key order (`rows_to_add`), tables in a fixed order, so writers that
+//! share a shard lock rows in one order and never deadlock.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -41,6 +47,14 @@ const INSERT_HISTORY: &str = "INSERT INTO request_history (record_uid, timestamp
     ON CONFLICT (record_uid) DO NOTHING
     RETURNING id, record_uid";
 
+/// The first key of the shards' advisory locks (`pg_try_advisory_lock(int, int)`; the
+/// second key is the shard). sqlx's migration lock takes the one-`bigint` form,
+/// another key space.
+const SHARD_LOCKS: i32 = 0x6c6c_6d72;
+
+/// Shards the writers take one each; more writers share them.
+const SHARDS: i32 = 64;
+
 static UPSERTS: LazyLock<Vec<String>> =
     LazyLock::new(|| TABLES.iter().map(|t| upsert_sql(t, Dialect::Postgres)).collect());
 
@@ -49,6 +63,12 @@ struct Job {
     records: Vec<RequestResponseRecord>,
     uids: Vec<u128>,
     done: mpsc::SyncSender<StoreResult<()>>,
+}
+
+/// The writer's connection and the shard of the rollup rows it writes.
+struct Session {
+    conn: PgConnection,
+    shard: i64,
 }
 
 /// The one connection that writes request records; its thread stops when dropped.
@@ -66,9 +86,9 @@ impl PgWriter {
         std::thread::Builder::new()
             .name("pg-writer".into())
             .spawn(move || {
-                let mut conn = None;
+                let mut session = None;
                 while let Ok(job) = queue.recv() {
-                    let result = runtime.block_on(commit(&mut conn, &options, &job.records, &job.uids));
+                    let result = runtime.block_on(commit(&mut session, &options, &job.records, &job.uids));
                     let _ = job.done.send(result);
                 }
             })
@@ -92,33 +112,60 @@ impl PgWriter {
     }
 }
 
-/// Commits on `conn`, connecting first if needed; drops the connection on failure.
+/// Commits in `session`, connecting first if needed; drops the connection (and its
+/// shard) on failure.
 async fn commit(
-    conn: &mut Option<PgConnection>,
+    session: &mut Option<Session>,
     options: &PgConnectOptions,
     records: &[RequestResponseRecord],
     uids: &[u128],
 ) -> StoreResult<()> {
     let result = async {
-        if conn.is_none() {
-            let connected = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options))
+        if session.is_none() {
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect(options))
                 .await
                 .map_err(|_| sqlx::Error::PoolTimedOut)??;
-            *conn = Some(connected);
+            *session = Some(connected);
         }
-        let c = conn.as_mut().expect("connected above");
-        tokio::time::timeout(COMMIT_TIMEOUT, insert(c, records, uids))
+        let s = session.as_mut().expect("connected above");
+        tokio::time::timeout(COMMIT_TIMEOUT, insert(&mut s.conn, s.shard, records, uids))
             .await
             .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
     }
     .await;
     if result.is_err() {
-        *conn = None;
+        *session = None;
     }
     result
 }
 
-async fn insert(conn: &mut PgConnection, records: &[RequestResponseRecord], uids: &[u128]) -> StoreResult<()> {
+/// Connects and takes the first shard no other writer holds (one round trip per
+/// shard tried: as many as there are writers at most, once per connection).
+async fn connect(options: &PgConnectOptions) -> StoreResult<Session> {
+    let mut conn = PgConnection::connect_with(options).await?;
+    for shard in 0..SHARDS {
+        let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(SHARD_LOCKS)
+            .bind(shard)
+            .fetch_one(&mut conn)
+            .await?;
+        if free {
+            return Ok(Session {
+                conn,
+                shard: shard.into(),
+            });
+        }
+    }
+    let shard = rand::random_range(0..SHARDS).into();
+    Ok(Session { conn, shard })
+}
+
+async fn insert(
+    conn: &mut PgConnection,
+    shard: i64,
+    records: &[RequestResponseRecord],
+    uids: &[u128],
+) -> StoreResult<()> {
     let mut tx = conn.begin().await?;
     let col = |f: fn(&RequestResponseRecord) -> i64| records.iter().map(f).collect::<Vec<i64>>();
     let text = |f: fn(&RequestResponseRecord) -> Option<&str>| records.iter().map(f).collect::<Vec<Option<&str>>>();
@@ -194,7 +241,7 @@ async fn insert(conn: &mut PgConnection, records: &[RequestResponseRecord], uids
             q = q.bind(rows.values().map(|s| s.1).collect::<Vec<i64>>());
             q = q.bind(rows.values().map(|s| s.2).collect::<Vec<i64>>());
         }
-        q.execute(&mut *tx).await?;
+        q.bind(shard).execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())
