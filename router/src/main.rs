@@ -8,6 +8,26 @@ use llm_router::config::{self, ConfigError, Invocation, LogFormat, MigrateStoreA
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Gives freed memory back to the system when a proxy thread goes idle, at most once a
+/// second per thread. mimalloc purges the pages a thread freed only when that thread
+/// calls it again, so a router that fell quiet after thousands of streams kept them.
+fn collect_freed_memory_when_idle() {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+    thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
+    let now = Instant::now();
+    LAST.with(|last| {
+        if last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            last.set(Some(now));
+            // SAFETY: mi_collect only walks and purges the calling thread's own heap.
+            unsafe { libmimalloc_sys::mi_collect(false) };
+        }
+    });
+}
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LLM_ROUTER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,sqlx=warn"));
@@ -76,6 +96,7 @@ fn main() {
     init_tracing(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.worker_threads())
+        .on_thread_park(collect_freed_memory_when_idle)
         .enable_all()
         .build();
     let result = match runtime {
