@@ -5,7 +5,8 @@
 //! Messages APIs' shape (`input_tokens`, `output_tokens`); Ollama's top-level
 //! `prompt_eval_count` and `eval_count`. Estimation (T-4/T-5/C-5): when a node reports
 //! nothing, the request text and the generated text are counted with the `cl100k_base`
-//! BPE of `bpe-openai` (the same counts as `tiktoken`, linear time on hostile input).
+//! BPE of `bpe-openai` (the same counts as `tiktoken`, linear time on hostile input;
+//! its tables are loaded only while estimates need them, see `tables`).
 //! Counting never panics, runs large texts on the blocking pool, and caps its input:
 //! beyond [`MAX_COUNTED_BYTES`] the count is extrapolated from the counted prefix.
 //!
@@ -19,6 +20,7 @@ pub mod include_usage;
 mod json_members;
 pub mod ndjson;
 pub mod sse;
+mod tables;
 pub mod tap;
 
 use std::sync::Arc;
@@ -40,16 +42,17 @@ pub struct CountedUsage {
     pub source: TokenSource,
 }
 
-/// Counts the tokens of `text` (capped, see the module doc). Synchronous: call
-/// [`estimate_tokens`] from async code. The BPE tables are loaded by the first call
-/// (under 50 ms in a release build; ~50 MB resident), not at start: a router whose
-/// nodes all report usage never needs them (measured: 71 MB idle with them loaded at
-/// start, 19 MB without).
+/// Counts the tokens of `text` (capped, see the module doc). Synchronous, and loads
+/// the BPE tables on this thread when they are not loaded: call [`estimate_tokens`]
+/// from async code.
 pub fn count_tokens(text: &str) -> u64 {
     if text.is_empty() {
         return 0;
     }
-    let bpe = bpe_openai::cl100k_base();
+    count_with(&tables::tokenizer_blocking(), text)
+}
+
+fn count_with(bpe: &bpe_openai::Tokenizer, text: &str) -> u64 {
     if text.len() <= MAX_COUNTED_BYTES {
         return bpe.count(text) as u64;
     }
@@ -62,12 +65,17 @@ pub fn count_tokens(text: &str) -> u64 {
     ((counted as u128 * text.len() as u128) / cut as u128) as u64
 }
 
-/// [`count_tokens`] without blocking the async runtime on large texts.
+/// [`count_tokens`] without blocking the async runtime: large texts are counted, and
+/// the BPE tables loaded, on tokio's blocking pool.
 pub async fn estimate_tokens(text: String) -> u64 {
-    if text.len() <= INLINE_COUNT_BYTES {
-        return count_tokens(&text);
+    if text.is_empty() {
+        return 0;
     }
-    tokio::task::spawn_blocking(move || count_tokens(&text))
+    let bpe = tables::tokenizer().await;
+    if text.len() <= INLINE_COUNT_BYTES {
+        return count_with(&bpe, &text);
+    }
+    tokio::task::spawn_blocking(move || count_with(&bpe, &text))
         .await
         .unwrap_or(0)
 }
