@@ -95,7 +95,9 @@ else
   echo "(PostgreSQL not installed: apt-get install postgresql to measure the router on it too)"
 fi
 if [ -n "${ONLY:-}" ]; then
-  TARGETS="direct nginx $(for t in $TARGETS; do [[ " $ONLY " == *" $t "* ]] && [[ $t != direct && $t != nginx ]] && echo "$t"; done | tr '\n' ' ')"
+  TARGETS="direct nginx $(for t in $TARGETS; do
+    if [[ " $ONLY " == *" $t "* && $t != direct && $t != nginx ]]; then echo "$t"; fi
+  done | tr '\n' ' ')"
 fi
 # The keyed client's key: limits it never reaches, so that every check runs and none refuses.
 CLIENT_KEY=$(curl -sf -X POST "${URLS[router-keyed]}/api/keys" -H 'authorization: Bearer bench' \
