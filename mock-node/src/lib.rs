@@ -15,6 +15,7 @@
 //! peak. It must stay dumb: no routing or accounting logic lives here.
 
 mod capacity;
+mod connections;
 mod imitation;
 mod messages;
 mod ollama;
@@ -134,6 +135,8 @@ struct Shared {
     received: Mutex<VecDeque<ReceivedRequest>>,
     probes: Mutex<VecDeque<String>>,
     tls_handshakes: Arc<AtomicU64>,
+    /// Connections open now (see `connections`).
+    open_connections: Arc<AtomicUsize>,
     /// Inference requests accepted and not finished (a stream until its end).
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
@@ -177,6 +180,7 @@ impl MockNode {
             received: Mutex::new(VecDeque::new()),
             probes: Mutex::new(VecDeque::new()),
             tls_handshakes: Arc::default(),
+            open_connections: Arc::default(),
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
@@ -186,12 +190,15 @@ impl MockNode {
         let stopped = async move {
             let _ = stopped.await;
         };
+        let open = shared.open_connections.clone();
         let task = match tls {
             None => tokio::spawn(async move {
+                let listener = connections::Counted::new(listener, open);
                 let _ = axum::serve(listener, app).with_graceful_shutdown(stopped).await;
             }),
             Some(identity) => {
                 let listener = tls::TlsListener::new(listener, &identity, shared.tls_handshakes.clone());
+                let listener = connections::Counted::new(listener, open);
                 tokio::spawn(async move {
                     let _ = axum::serve(listener, app).with_graceful_shutdown(stopped).await;
                 })
@@ -218,6 +225,11 @@ impl MockNode {
     /// TLS connections accepted so far (each one a full handshake; 0 in plain mode).
     pub fn tls_handshakes(&self) -> u64 {
         self.shared.tls_handshakes.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now (plain or TLS, handshake done).
+    pub fn open_connections(&self) -> usize {
+        self.shared.open_connections.load(Ordering::Relaxed)
     }
 
     /// Inference requests in flight now (accepted, not finished).

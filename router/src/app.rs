@@ -178,7 +178,11 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
     let balancer = Balancer::new(registry.clone(), recorder, metrics.clone(), args.admission());
     declare_nodes(&registry, &args).await?;
 
-    let client = UpstreamClient::new(Duration::from_millis(args.connect_timeout_ms), &args.ca_files)?;
+    let client = UpstreamClient::new(
+        Duration::from_millis(args.connect_timeout_ms),
+        Duration::from_millis(args.node_keep_alive_timeout_ms),
+        &args.ca_files,
+    )?;
     let health = HealthChecker {
         registry: registry.clone(),
         client: client.clone(),

@@ -114,6 +114,11 @@ pub struct ServeArgs {
     /// Timeout of a TCP connection to a node, in milliseconds.
     #[arg(long, env = "LLM_ROUTER_CONNECT_TIMEOUT_MS", default_value_t = 3000)]
     pub connect_timeout_ms: u64,
+    /// Longest time a connection to a node stays open unused in the router's pool, in
+    /// milliseconds; then it is closed.
+    #[arg(long, env = "LLM_ROUTER_NODE_KEEP_ALIVE_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_keep_alive_timeout_ms: u64,
     /// Longest wait for a node's response head (prompt processing), in seconds.
     #[arg(long, env = "LLM_ROUTER_FIRST_BYTE_TIMEOUT_SECS", default_value_t = 300)]
     pub first_byte_timeout_secs: u64,

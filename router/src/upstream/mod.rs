@@ -18,13 +18,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 pub use tls::CertificateCheck;
 
-/// How long a connection to a node stays in the pool unused. Most inference servers
-/// close an idle connection after 5 s (uvicorn under vLLM and SGLang, llama.cpp's
-/// server, Node's) and Ollama never does; an idle connection holds the allocator's
-/// pages (measured: the 256 pooled after 4,000 slow streams kept ~40 MB resident
-/// until they closed, at 90 s before).
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Errors talking to a node.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -65,7 +58,11 @@ struct Pools {
 
 impl UpstreamClient {
     /// Fails when a `ca_files` entry cannot be read or holds no certificate.
-    pub fn new(connect_timeout: Duration, ca_files: &[PathBuf]) -> Result<Self, UpstreamError> {
+    /// `keep_alive`: how long a connection stays in the pool unused. Most inference
+    /// servers close an idle connection after 5 s (uvicorn under vLLM and SGLang,
+    /// llama.cpp's server, Node's) and Ollama never does; a pooled connection holds
+    /// memory (the 256 pooled after 4,000 slow streams kept ~40 MB resident).
+    pub fn new(connect_timeout: Duration, keep_alive: Duration, ca_files: &[PathBuf]) -> Result<Self, UpstreamError> {
         let mut tcp = HttpConnector::new();
         tcp.set_connect_timeout(Some(connect_timeout));
         tcp.set_nodelay(true);
@@ -78,12 +75,12 @@ impl UpstreamClient {
                 .https_only()
                 .enable_http1()
                 .wrap_connector(tcp);
-            pooled(connector)
+            pooled(connector, keep_alive)
         };
         Ok(UpstreamClient(Arc::new(Pools {
             verified: https(configs.verify),
             unverified: https(configs.skip),
-            plain: pooled(tcp),
+            plain: pooled(tcp, keep_alive),
         })))
     }
 
@@ -143,9 +140,9 @@ impl UpstreamClient {
     }
 }
 
-fn pooled<C: Connect + Clone + Send + Sync + 'static>(connector: C) -> Client<C, Full<Bytes>> {
+fn pooled<C: Connect + Clone + Send + Sync + 'static>(connector: C, keep_alive: Duration) -> Client<C, Full<Bytes>> {
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_idle_timeout(keep_alive)
         // Without a timer the pool closes an expired connection only when it is next
         // asked for one to the same node.
         .pool_timer(TokioTimer::new())

@@ -544,3 +544,28 @@ async fn the_mock_node_keeps_a_bounded_log_of_requests() {
         .to_string();
     assert!(last.starts_with("request "), "{last}");
 }
+
+/// Connections to a node are kept for the next requests, and closed once unused for
+/// `--node-keep-alive-timeout-ms`.
+#[tokio::test]
+async fn connections_to_a_node_are_reused_then_closed_when_idle() {
+    let node = slow_stream_mock("pool", 3, Duration::from_millis(100)).await;
+    let h = Harness::start_with(&[&node], |a| a.node_keep_alive_timeout_ms = 1_000).await;
+    let body = chat_body("m", "hi", true);
+    let four = || futures_util::future::join_all((0..4).map(|_| h.chat_stream(&body)));
+    assert!(four().await.iter().all(|(status, _)| *status == 200));
+    // Four streams at once took four connections (and the first health probe perhaps
+    // one); they stay open for the next requests, which open none.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let open = node.open_connections();
+    assert!((4..=5).contains(&open), "{open} open");
+    assert!(four().await.iter().all(|(status, _)| *status == 200));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(node.open_connections(), open, "the second four reused the first four's");
+    // Unused for a second, they close (the pool's timer runs every second here).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node.open_connections() > 0 {
+        assert!(Instant::now() < deadline, "{} still open", node.open_connections());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
