@@ -337,33 +337,13 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-    use common::protocol::{RequestStatus, RequestType, TokenSource};
-
     use super::*;
 
     fn record(i: u64) -> RequestResponseRecord {
         RequestResponseRecord {
-            id: 0,
-            timestamp: Utc::now(),
-            completed_at: Utc::now(),
-            request_type: RequestType::ChatCompletions,
-            model: "m".into(),
-            node_id: Some(1),
-            node_name: Some("n".into()),
-            client_ip: None,
-            api_key_id: None,
-            api_key_name: None,
-            stream: false,
-            status: RequestStatus::Success,
-            http_status: 200,
-            error_message: None,
-            duration_ms: 1,
-            time_to_first_token_ms: None,
             input_tokens: i,
-            output_tokens: 1,
             total_tokens: i + 1,
-            token_source: TokenSource::Reported,
+            ..crate::store::testing::record()
         }
     }
 

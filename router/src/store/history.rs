@@ -207,26 +207,12 @@ mod tests {
     fn record(node_id: i64, hour: i64, status: RequestStatus) -> RequestResponseRecord {
         let at = Utc.timestamp_opt(1_700_000_000 + hour * 3600, 0).unwrap();
         RequestResponseRecord {
-            id: 0,
             timestamp: at,
             completed_at: at,
-            request_type: RequestType::ChatCompletions,
-            model: "m".into(),
             node_id: Some(node_id),
             node_name: Some(format!("n{node_id}")),
-            client_ip: None,
-            api_key_id: None,
-            api_key_name: None,
-            stream: false,
             status,
-            http_status: 200,
-            error_message: None,
-            duration_ms: 1,
-            time_to_first_token_ms: None,
-            input_tokens: 1,
-            output_tokens: 1,
-            total_tokens: 2,
-            token_source: TokenSource::Reported,
+            ..crate::store::testing::record()
         }
     }
 

@@ -157,7 +157,39 @@ pub(crate) mod testing {
     //! Stores for unit tests: SQLite in a temporary directory, and PostgreSQL too when
     //! `LLM_ROUTER_TEST_DATABASE` names a server (a fresh database per store).
 
+    use chrono::Utc;
+    use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource};
+
     use super::Store;
+
+    /// A record for tests to start from: a successful chat completion, not streamed,
+    /// finished now on node 1 ("n") for model "m" without a client key, 1 token in and 1
+    /// out as the node reported. Tests set what they look at with `..record()`.
+    pub fn record() -> RequestResponseRecord {
+        let now = Utc::now();
+        RequestResponseRecord {
+            id: 0,
+            timestamp: now,
+            completed_at: now,
+            request_type: RequestType::ChatCompletions,
+            model: "m".into(),
+            node_id: Some(1),
+            node_name: Some("n".into()),
+            client_ip: None,
+            api_key_id: None,
+            api_key_name: None,
+            stream: false,
+            status: RequestStatus::Success,
+            http_status: 200,
+            error_message: None,
+            duration_ms: 1,
+            time_to_first_token_ms: None,
+            input_tokens: 1,
+            output_tokens: 1,
+            total_tokens: 2,
+            token_source: TokenSource::Reported,
+        }
+    }
 
     /// One store per engine available to the tests, with its name.
     pub async fn stores(dir: &tempfile::TempDir) -> Vec<(&'static str, Store)> {

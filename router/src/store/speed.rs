@@ -114,26 +114,15 @@ mod tests {
     ) -> RequestResponseRecord {
         let t = Utc.timestamp_opt(at, 0).unwrap();
         RequestResponseRecord {
-            id: 0,
             timestamp: t,
             completed_at: t,
-            request_type: RequestType::ChatCompletions,
-            model: "m".into(),
-            node_id: Some(1),
-            node_name: Some("n".into()),
-            client_ip: None,
-            api_key_id: None,
-            api_key_name: None,
             stream,
             status,
-            http_status: 200,
-            error_message: None,
             duration_ms: duration,
             time_to_first_token_ms: ttft,
-            input_tokens: 1,
             output_tokens: out,
             total_tokens: 1 + out,
-            token_source: TokenSource::Reported,
+            ..crate::store::testing::record()
         }
     }
 

@@ -258,26 +258,14 @@ mod tests {
 
     fn record(i: u64) -> RequestResponseRecord {
         RequestResponseRecord {
-            id: 0,
-            timestamp: Utc::now(),
-            completed_at: Utc::now(),
-            request_type: RequestType::ChatCompletions,
-            model: "m".into(),
-            node_id: Some(1),
-            node_name: Some("n".into()),
-            client_ip: None,
             api_key_id: Some(3),
             api_key_name: Some("k".into()),
             stream: true,
-            status: RequestStatus::Success,
-            http_status: 200,
-            error_message: None,
             duration_ms: 5,
             time_to_first_token_ms: Some(2),
             input_tokens: i,
-            output_tokens: 1,
             total_tokens: i + 1,
-            token_source: TokenSource::Reported,
+            ..crate::store::testing::record()
         }
     }
 

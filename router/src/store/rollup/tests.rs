@@ -14,22 +14,14 @@ fn record(i: u64, node: i64) -> RequestResponseRecord {
     let at = Utc.timestamp_opt(HOUR + i as i64, 0).unwrap();
     let status = [RequestStatus::Success, RequestStatus::Error, RequestStatus::Cancelled][i as usize % 3];
     RequestResponseRecord {
-        id: 0,
         timestamp: at,
         completed_at: at,
-        request_type: RequestType::ChatCompletions,
-        model: "m".into(),
         node_id: Some(node),
         node_name: Some(format!("n{node}")),
-        client_ip: None,
         api_key_id: Some(KEY),
         api_key_name: Some("k".into()),
-        stream: false,
         status,
-        http_status: 200,
-        error_message: None,
         duration_ms: i % 50,
-        time_to_first_token_ms: None,
         input_tokens: i,
         output_tokens: 2 * i,
         total_tokens: 3 * i,
@@ -38,6 +30,7 @@ fn record(i: u64, node: i64) -> RequestResponseRecord {
         } else {
             TokenSource::Reported
         },
+        ..crate::store::testing::record()
     }
 }
 
