@@ -99,7 +99,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
-    use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource};
+    use common::protocol::{RequestResponseRecord, RequestStatus};
 
     use super::*;
     use crate::store::LockWait;

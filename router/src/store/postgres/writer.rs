@@ -249,9 +249,6 @@ async fn insert(
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-    use common::protocol::{RequestStatus, RequestType, TokenSource};
-
     use super::*;
     use crate::store::testing::fresh_postgres_database;
     use crate::store::{GroupBy, LockWait, Store};

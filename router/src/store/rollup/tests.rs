@@ -1,7 +1,6 @@
 //! The rollups as the statistics read them, when several writers add to the same rows.
 
 use chrono::TimeZone;
-use common::protocol::RequestType;
 
 use super::*;
 use crate::store::{HistoryFilter, LockWait};
