@@ -113,3 +113,17 @@ LUA
 
 # wrk's latency distribution in microseconds: "50%    1.23ms" -> 1230.
 to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else {sub(/s/,"",v); print v*1000000}}'; }
+
+# Medians over rounds: lines of KEYS key fields then numbers in; one line per key with
+# the median of each number out (mawk has no sort, hence the insertion sort).
+medians_by() { # keys file
+  awk -v keys="$1" '{ k = $1; for (f = 2; f <= keys; f++) k = k " " $f; n[k]++; nf[k] = NF
+      for (f = keys + 1; f <= NF; f++) v[k, f, n[k]] = $f }
+    END { for (k in n) { line = k
+      for (f = keys + 1; f <= nf[k]; f++) {
+        for (i = 1; i <= n[k]; i++) a[i] = v[k, f, i]
+        for (i = 2; i <= n[k]; i++) { x = a[i]; j = i - 1; while (j > 0 && a[j] > x) { a[j + 1] = a[j]; j-- } a[j + 1] = x }
+        m = (n[k] % 2) ? a[(n[k] + 1) / 2] : (a[n[k] / 2] + a[n[k] / 2 + 1]) / 2
+        line = line " " m }
+      print line } }' "$2"
+}

@@ -133,18 +133,6 @@ run() { # target mode [connections]
   echo "$2 $1 $rps $p50 $p99 $cpu $lb $db" >>"$WORK/results${3:-}"
 }
 
-# The median of each figure over the rounds: "mode target rps p50 p99 cpu lb db" lines in,
-# the same with medians out (mawk has no sort, hence the insertion sort).
-medians() {
-  awk '{ k = $1" "$2; n[k]++; for (f = 3; f <= 8; f++) v[k, f, n[k]] = $f }
-    END { for (k in n) { line = k
-      for (f = 3; f <= 8; f++) {
-        for (i = 1; i <= n[k]; i++) a[i] = v[k, f, i]
-        for (i = 2; i <= n[k]; i++) { x = a[i]; j = i - 1; while (j > 0 && a[j] > x) { a[j + 1] = a[j]; j-- } a[j + 1] = x }
-        m = (n[k] % 2) ? a[(n[k] + 1) / 2] : (a[n[k] / 2] + a[n[k] / 2 + 1]) / 2
-        line = line " " m }
-      print line } }' "$1"
-}
 rounds() { # [connections]
   for _ in $(seq "$ROUNDS"); do
     for mode in plain stream; do
@@ -156,9 +144,9 @@ header() { printf "%-8s %-16s %10s %10s %10s %10s %9s %9s\n" mode target req/s p
 print_medians() { # results file
   echo "Medians of $ROUNDS rounds:"
   header
-  medians "$1" | sort -k1,1 -k2,2 | awk '{printf "%-8s %-16s %10.0f %10.0f %10.0f %10.1f %9s %9s\n", $1, $2, $3, $4, $5, $6,
+  medians_by 2 "$1" | sort -k1,1 -k2,2 | awk '{printf "%-8s %-16s %10.0f %10.0f %10.0f %10.1f %9s %9s\n", $1, $2, $3, $4, $5, $6,
     ($7 > 0) ? sprintf("%.1f", $7) : "-", ($8 > 0) ? sprintf("%.1f", $8) : "-"}'
-  medians "$1" >"$1.median"
+  medians_by 2 "$1" >"$1.median"
 }
 
 echo "wrk -t$THREADS -c$CONNS -d${DURATION}s, $(nproc) cores, $ROUNDS rounds; proxies pinned to core $CORE_PROXY,"
