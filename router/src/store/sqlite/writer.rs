@@ -48,11 +48,15 @@ pub struct SqliteWriter {
 impl SqliteWriter {
     pub(super) fn open(path: &Path) -> StoreResult<SqliteWriter> {
         let conn = Connection::open(path)?;
-        // The database is in WAL mode already (set when the store opened it).
+        // The database is in WAL mode already (set when the store opened it). The page
+        // cache is SQLite's default (2 MB): a commit appends to the history and its
+        // indexes and updates the current rollup rows, a few dozen pages on the right
+        // edges of the trees, and a larger cache filled up with pages no commit touches
+        // again (16 MB: +10 MB resident after each burst of load, no faster in A/B).
         conn.execute_batch(
             "PRAGMA synchronous = NORMAL;
              PRAGMA foreign_keys = ON;
-             PRAGMA cache_size = -16000;
+             PRAGMA cache_size = -2000;
              PRAGMA wal_autocheckpoint = 0;
              PRAGMA journal_size_limit = 33554432;",
         )?;
