@@ -132,12 +132,12 @@ impl ClusterSync {
 
     /// Reloads every node and key and applies what changed.
     async fn take_settings(&self) -> Result<(), SyncError> {
-        let added = self.registry.take_stored(self.store.all_nodes().await?);
+        let added = self.registry.take_stored().await?;
         for node in added {
             let health = self.health.clone();
             tokio::spawn(async move { health.probe(&node).await });
         }
-        self.keys.take_stored(self.store.all_keys().await?).await?;
+        self.keys.take_stored().await?;
         Ok(())
     }
 }

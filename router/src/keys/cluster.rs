@@ -16,13 +16,15 @@ use chrono_tz::Tz;
 use super::limits::periods;
 use super::usage::{hour_of_midnight, key_spending};
 use super::{settings_of, ClientKey, KeyError, KeyRing};
-use crate::store::{StoreError, StoredKey};
+use crate::store::StoreError;
 
 impl KeyRing {
-    /// Applies the stored keys: keys new to this replica join the ring, changed
-    /// settings (revocation included) take effect on the next request.
-    pub async fn take_stored(&self, stored: Vec<StoredKey>) -> Result<(), KeyError> {
-        for row in stored {
+    /// Reads the stored keys and applies them: keys new to this replica join the ring,
+    /// changed settings (revocation included) take effect on the next request. Changes
+    /// made here wait meanwhile, so a row read before one of them never undoes it.
+    pub async fn take_stored(&self) -> Result<(), KeyError> {
+        let _changing = self.changing.lock().await;
+        for row in self.store.all_keys().await? {
             match self.get(row.id) {
                 Ok(key) => {
                     if *key.settings() != settings_of(&row)? {

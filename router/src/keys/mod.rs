@@ -323,6 +323,11 @@ pub struct KeyRing {
     metrics: Arc<Metrics>,
     clock: Clock,
     by_hash: RwLock<HashMap<SecretHash, Arc<ClientKey>>>,
+    /// Held while a change is written to the store and applied here, and while the
+    /// replicas' sync reads the stored keys and applies them: a sync that read the rows
+    /// before a change here would otherwise undo it (a revoked key usable again until
+    /// the next sync).
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl KeyRing {
@@ -340,6 +345,7 @@ impl KeyRing {
             metrics,
             clock,
             by_hash: RwLock::new(by_hash),
+            changing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -388,6 +394,7 @@ impl KeyRing {
     pub async fn create(&self, name: String, limits: KeyLimits) -> Result<(Arc<ClientKey>, String), KeyError> {
         let tz = parse_tz(&limits.budget_tz)?;
         let secret = secret::generate();
+        let _changing = self.changing.lock().await;
         let stored = self
             .store
             .insert_key(&NewKey {
@@ -414,6 +421,7 @@ impl KeyRing {
         if let Some(tz) = &changes.budget_tz {
             parse_tz(tz)?;
         }
+        let _changing = self.changing.lock().await;
         let stored = self.store.update_key(id, changes).await.map_err(|e| not_found(e, id))?;
         self.apply(&key, &stored).await?;
         Ok(key)
@@ -422,6 +430,7 @@ impl KeyRing {
     /// Revokes a key for good; its row and statistics stay.
     pub async fn revoke(&self, id: i64) -> Result<Arc<ClientKey>, KeyError> {
         let key = self.get(id)?;
+        let _changing = self.changing.lock().await;
         let stored = self.store.revoke_key(id).await.map_err(|e| not_found(e, id))?;
         self.apply(&key, &stored).await?;
         Ok(key)

@@ -281,6 +281,9 @@ pub struct NodeRegistry {
     flag_declared: RwLock<std::collections::HashSet<NodeId>>,
     /// Told when a node may take more requests than before (set by the balancer).
     on_change: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Held while a change is written to the store and applied here, and while the
+    /// replicas' sync reads and applies the stored nodes (see `sync`).
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl NodeRegistry {
@@ -291,6 +294,7 @@ impl NodeRegistry {
             config_file: RwLock::new(None),
             flag_declared: RwLock::default(),
             on_change: std::sync::OnceLock::new(),
+            changing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -351,6 +355,7 @@ impl NodeRegistry {
             .name
             .filter(|n| !n.trim().is_empty())
             .unwrap_or_else(|| default_name(&base_url));
+        let _changing = self.changing.lock().await;
         let stored = self
             .store
             .insert_node(&NewNode {
@@ -454,6 +459,7 @@ impl NodeRegistry {
     pub async fn update(&self, id: NodeId, changes: NodeChanges) -> Result<Arc<Node>, NodeError> {
         let node = self.live_node(id)?;
         check_capacity(changes.max_concurrent.flatten(), changes.weight)?;
+        let _changing = self.changing.lock().await;
         let stored = self.store.update_node(id, &changes).await.map_err(|e| match e {
             StoreError::NotFound => NodeError::NotFound(id),
             other => other.into(),
@@ -491,6 +497,7 @@ impl NodeRegistry {
                 by: "the command line (--node or LLM_ROUTER_NODES)".into(),
             });
         }
+        let _changing = self.changing.lock().await;
         self.store.delete_node(id).await.map_err(|e| match e {
             StoreError::NotFound => NodeError::NotFound(id),
             other => other.into(),

@@ -8,12 +8,20 @@
 use std::sync::Arc;
 
 use super::{Node, NodeLoadState, NodeRegistry};
-use crate::store::StoredNode;
+use crate::store::{StoreError, StoredNode};
 
 impl NodeRegistry {
-    /// Applies the stored rows (every node, deleted ones included) to the registry;
-    /// returns the live nodes that were not known before, to be probed.
-    pub fn take_stored(&self, stored: Vec<StoredNode>) -> Vec<Arc<Node>> {
+    /// Reads the stored rows (every node, deleted ones included) and applies them to
+    /// the registry; returns the live nodes that were not known before, to be probed.
+    /// Changes made here wait meanwhile, so a row read before one of them never undoes
+    /// it (a deleted node taking requests again until the next sync).
+    pub async fn take_stored(&self) -> Result<Vec<Arc<Node>>, StoreError> {
+        let _changing = self.changing.lock().await;
+        let stored = self.store.all_nodes().await?;
+        Ok(self.apply_stored(stored))
+    }
+
+    fn apply_stored(&self, stored: Vec<StoredNode>) -> Vec<Arc<Node>> {
         let mut added = Vec::new();
         let mut changed = false;
         for row in stored {
