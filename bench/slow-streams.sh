@@ -92,6 +92,7 @@ for round in $(seq "$ROUNDS"); do
     errors=$(echo "$out" | awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(",", ""); n += $4 + $6 + $8 + $10} END {print n + 0}')
     p50=$(echo "$out" | awk '$1=="50%" {print $2}' | to_us)
     p99=$(echo "$out" | awk '$1=="99%" {print $2}' | to_us)
+    p50=${p50:-0}; p99=${p99:-0} # wrk leaves its distribution out when no request finished
     per=$(( (peak - IDLE[$t]) / STREAMS ))
     line=$(printf "%s %.0f %d %.0f %.0f %d %d %d %d %d" "$t" "$rps" "$errors" "$(echo "$p50 / 1000" | bc -l)" \
       "$(echo "$p99 / 1000" | bc -l)" "${IDLE[$t]}" "$peak" "$per" "$end" "$after")
