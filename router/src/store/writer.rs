@@ -2,8 +2,8 @@
 //! records and their rollup increments in one transaction, on either engine.
 //!
 //! SQLite's writer ([`super::sqlite::writer`]) is a synchronous connection used on
-//! the caller's thread (about 20 µs a commit, so a lone request commits its own
-//! record); PostgreSQL's ([`super::postgres::writer`]) talks to a server over the
+//! the caller's thread (tens of microseconds a commit, so a lone request commits its
+//! own record); PostgreSQL's ([`super::postgres::writer`]) talks to a server over the
 //! network and never runs on a runtime thread. [`HistoryWriter::commits_inline`] tells
 //! the recorder which it may do.
 
