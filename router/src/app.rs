@@ -1,6 +1,7 @@
 //! Assembly: opens the store, restores nodes and their totals, starts the recorder,
-//! the health checker and the retention task, and serves the HTTP routes until
-//! shutdown, which stops accepting, lets in-flight requests finish (bounded) and
+//! the health checker and the retention task, builds the handlers' state (`state`),
+//! merges the routes of `proxy`, `api`, `openapi` and `dashboard`, and serves them
+//! until shutdown, which stops accepting, lets in-flight requests finish (bounded) and
 //! flushes the recorder.
 
 use std::collections::HashMap;
@@ -8,27 +9,27 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, AdminKey};
+use crate::api;
+use crate::auth::resolve_admin_key;
 use crate::balancer::Balancer;
 use crate::clock::Clock;
 use crate::cluster::{Cluster, ClusterSync};
 use crate::config::file::ConfigFile;
-use crate::config::{MetricsAccess, ServeArgs};
-use crate::keys::{ClientAuth, KeyRing};
+use crate::config::ServeArgs;
+use crate::dashboard;
+use crate::keys::KeyRing;
 use crate::metrics::{Metrics, NodeModelLabels};
 use crate::nodes::health::HealthChecker;
 use crate::nodes::{publish_node_up, Node, NodeLoadState, NodeRegistry};
-use crate::proxy::{self, ProxySettings};
+use crate::openapi;
+use crate::proxy;
 use crate::recorder::Recorder;
+use crate::state::{AppState, ProxySettings, Services};
 use crate::store::{GroupBy, RollupFilter, Store, StoreError};
 use crate::upstream::UpstreamClient;
 
@@ -49,38 +50,6 @@ pub enum StartError {
     Tls(#[from] crate::upstream::UpstreamError),
     #[error("cannot listen: {0}")]
     Listen(std::io::Error),
-}
-
-/// What every handler can reach: a handle to [`Services`], cloned for every request
-/// (one reference count, where cloning the fields was a dozen and an allocation).
-#[derive(Clone)]
-pub struct AppState(Arc<Services>);
-
-impl std::ops::Deref for AppState {
-    type Target = Services;
-
-    fn deref(&self) -> &Services {
-        &self.0
-    }
-}
-
-/// The router's services and settings.
-pub struct Services {
-    pub balancer: Balancer,
-    pub store: Store,
-    pub client: UpstreamClient,
-    pub metrics: Arc<Metrics>,
-    pub health: HealthChecker,
-    pub proxy: Arc<ProxySettings>,
-    pub admin_key: AdminKey,
-    pub keys: Arc<KeyRing>,
-    pub client_auth: ClientAuth,
-    pub clock: Clock,
-    pub metrics_access: MetricsAccess,
-    pub sessions: Arc<crate::dashboard::Sessions>,
-    pub login_throttle: Arc<crate::dashboard::LoginThrottle>,
-    /// This replica's view of the others, when the store is shared (PostgreSQL).
-    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// A started router.
@@ -161,7 +130,7 @@ async fn shutdown_signal() {
 pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
     let data_dir = args.data_dir();
     std::fs::create_dir_all(&data_dir).map_err(|e| StartError::DataDir(data_dir.display().to_string(), e))?;
-    let (admin_key, generated_admin_key) = api::resolve_admin_key(args.admin_key.clone(), &data_dir)
+    let (admin_key, generated_admin_key) = resolve_admin_key(args.admin_key.clone(), &data_dir)
         .map_err(|e| StartError::DataDir(data_dir.display().to_string(), e))?;
 
     let store = Store::open(&args.database_url()).await?;
@@ -198,7 +167,7 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
         .map_err(StartError::Listen)?;
     let addr = listener.local_addr().map_err(StartError::Listen)?;
     let cluster = store.is_shared().then(|| Cluster::new(addr));
-    let state = AppState(Arc::new(Services {
+    let state = AppState::new(Services {
         balancer,
         store: store.clone(),
         client,
@@ -220,7 +189,7 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
         sessions: Arc::default(),
         login_throttle: Arc::default(),
         cluster: cluster.clone(),
-    }));
+    });
 
     let (stop, stopped) = oneshot::channel::<()>();
     let server = crate::server::spawn(listener, routes(state.clone()), (&args).into(), async move {
@@ -358,32 +327,8 @@ fn routes(state: AppState) -> Router {
     Router::new()
         .merge(proxy::routes())
         .merge(api::routes(state.clone()))
-        .merge(crate::dashboard::routes())
-        .route("/health", get(health))
+        .merge(openapi::routes(state.clone()))
+        .merge(dashboard::routes())
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
-}
-
-/// Liveness and the recorder's backlog (records not yet committed).
-#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "Router status")))]
-pub async fn health(State(st): State<AppState>) -> impl IntoResponse {
-    let rec = st.balancer.recorder().status();
-    let last_error = rec.last_error.lock().unwrap().clone();
-    let backlog = st.balancer.recorder().backlog();
-    let nodes = st.balancer.registry().live();
-    let online = nodes
-        .iter()
-        .filter(|n| n.with_info(|i| i.status == crate::nodes::NodeStatus::Online))
-        .count();
-    Json(json!({
-        "status": if last_error.is_none() && backlog < st.proxy.max_backlog { "ok" } else { "degraded" },
-        "nodes": nodes.len(),
-        "online_nodes": online,
-        "recorder": {
-            "backlog": backlog,
-            "max_backlog": st.proxy.max_backlog,
-            "committed": rec.committed.load(std::sync::atomic::Ordering::Relaxed),
-            "last_error": last_error,
-        }
-    }))
 }

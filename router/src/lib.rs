@@ -6,10 +6,13 @@
 //! the stream tap) → `balancer::finish_request` → `recorder` (group commit) → `store`
 //! (SQLite) → `stats` → `api` (JSON) → `dashboard` (web UI). `nodes` keeps the
 //! registry and health checks; `server` accepts client connections and bounds
-//! them; `app` assembles everything; `demo` runs a showcase.
+//! them; `auth` holds the operator's credentials; `state` is what every handler
+//! reaches; `openapi` documents every layer's routes; `app` assembles everything;
+//! `demo` runs a showcase.
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod balancer;
 pub mod clock;
 pub mod cluster;
@@ -20,9 +23,11 @@ pub mod error;
 pub mod keys;
 pub mod metrics;
 pub mod nodes;
+pub mod openapi;
 pub mod proxy;
 pub mod recorder;
 pub mod server;
+pub mod state;
 pub mod stats;
 pub mod store;
 pub mod token;

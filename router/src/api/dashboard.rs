@@ -15,7 +15,7 @@ use common::protocol::{
 };
 
 use super::ApiError;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::stats::{self, DailyQuery, MonthlyQuery};
 use crate::store::{HistoryFilter, RollupFilter, ANONYMOUS};
 

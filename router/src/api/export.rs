@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::dashboard::{bad, date, int, key_id, month, param, Params};
 use super::ApiError;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::stats::{self, ExportQuery, Period, UsageExport};
 
 /// The columns, in order (the first is `month` when `group=month`).

@@ -16,8 +16,8 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::ApiError;
-use crate::app::AppState;
 use crate::keys::{ClientKey, KeyError};
+use crate::state::AppState;
 use crate::store::{KeyChanges, KeyLimits};
 
 pub fn routes() -> Router<AppState> {

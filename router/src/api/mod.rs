@@ -1,42 +1,47 @@
-//! The operator's API: `/api/nodes`, `/api/keys`, `/api/dashboard/*`, `/api/openapi.json` and
-//! `/metrics`. Everything under `/api` needs the admin key (`auth` is a layer, not a
-//! check repeated in handlers). Handlers translate HTTP to calls of `nodes`, `keys`
+//! The operator's API: `/api/nodes`, `/api/keys`, `/api/dashboard/*`, `/metrics` and
+//! `/health`. Everything under `/api` needs the admin key (`auth` is a layer, not a
+//! check repeated in handlers; [`admin_only`] puts it on routes of the layers above,
+//! such as the OpenAPI document). Handlers translate HTTP to calls of `nodes`, `keys`
 //! and `stats` and back; they hold no logic of their own.
 
 mod auth;
-mod dashboard;
+pub(crate) mod dashboard;
 mod error;
-mod export;
-mod keys;
-mod nodes;
-pub mod openapi;
+pub(crate) mod export;
+pub(crate) mod keys;
+pub(crate) mod nodes;
 
 use axum::extract::State;
 use axum::http::header;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
+use serde_json::json;
 
-pub use auth::{resolve_admin_key, AdminKey};
 pub use error::ApiError;
 
-use crate::app::AppState;
 use crate::config::MetricsAccess;
+use crate::state::AppState;
 
 pub fn routes(state: AppState) -> Router<AppState> {
     let admin = Router::new()
         .merge(nodes::routes())
         .merge(keys::routes())
-        .merge(dashboard::routes())
-        .route("/api/openapi.json", get(openapi::serve))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));
+        .merge(dashboard::routes());
+    let admin = admin_only(admin, state.clone());
     let metrics = Router::new().route("/metrics", get(metrics));
     let metrics = match state.metrics_access {
         MetricsAccess::Open => metrics,
-        MetricsAccess::Admin => metrics.route_layer(middleware::from_fn_with_state(state, auth::require_admin)),
+        MetricsAccess::Admin => admin_only(metrics, state),
     };
-    admin.merge(metrics)
+    admin.merge(metrics).route("/health", get(health))
+}
+
+/// `routes` behind the admin layer: the admin key as a Bearer token, or a dashboard
+/// session (writes from the dashboard's own origin only).
+pub fn admin_only(routes: Router<AppState>, state: AppState) -> Router<AppState> {
+    routes.route_layer(middleware::from_fn_with_state(state, auth::require_admin))
 }
 
 /// Prometheus text exposition of request, token, latency and node metrics.
@@ -61,4 +66,28 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// Liveness and the recorder's backlog (records not yet committed).
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "Router status")))]
+pub async fn health(State(st): State<AppState>) -> impl IntoResponse {
+    let rec = st.balancer.recorder().status();
+    let last_error = rec.last_error.lock().unwrap().clone();
+    let backlog = st.balancer.recorder().backlog();
+    let nodes = st.balancer.registry().live();
+    let online = nodes
+        .iter()
+        .filter(|n| n.with_info(|i| i.status == crate::nodes::NodeStatus::Online))
+        .count();
+    Json(json!({
+        "status": if last_error.is_none() && backlog < st.proxy.max_backlog { "ok" } else { "degraded" },
+        "nodes": nodes.len(),
+        "online_nodes": online,
+        "recorder": {
+            "backlog": backlog,
+            "max_backlog": st.proxy.max_backlog,
+            "committed": rec.committed.load(std::sync::atomic::Ordering::Relaxed),
+            "last_error": last_error,
+        }
+    }))
 }

@@ -12,8 +12,8 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::ApiError;
-use crate::app::AppState;
 use crate::nodes::{Node, NodeKind, NodeRegistration};
+use crate::state::AppState;
 use crate::store::NodeChanges;
 
 pub fn routes() -> Router<AppState> {

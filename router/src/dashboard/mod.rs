@@ -1,6 +1,7 @@
 //! The web dashboard at `/dashboard`, the operator's console: embedded static assets,
-//! the Content-Security-Policy they satisfy, and the cookie session (`session`,
-//! `throttle`).
+//! the Content-Security-Policy they satisfy, and the login and logout (`session`) that
+//! open and close the cookie session (the sessions and the wrong-key throttle are
+//! `crate::auth`'s).
 //!
 //! The assets (HTML, CSS, one script per page and Chart.js 4.6.1, vendored from npm,
 //! MIT) are compiled into the binary with `include_str!`, so `cargo build` needs no
@@ -9,7 +10,6 @@
 //! allows scripts and styles from this origin only.
 
 pub mod session;
-mod throttle;
 
 use axum::extract::Path;
 use axum::http::{header, HeaderName, StatusCode};
@@ -17,10 +17,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-pub use session::{login, logout, same_origin, session_is_valid, Login, Sessions};
-pub use throttle::LoginThrottle;
+pub use session::{login, logout, Login};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// What the page may load: its own scripts, styles and API, nothing inline, no frames.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \

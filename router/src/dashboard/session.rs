@@ -1,20 +1,12 @@
-//! Dashboard sessions: the login that exchanges the admin key for a cookie, the
-//! logout, and the same-origin rule for writes made with the cookie.
-//!
-//! The cookie is HttpOnly and SameSite=Strict, so a browser does not send it with a
-//! request that another site starts; the admin API also refuses a write (any method
-//! but GET and HEAD) made with the cookie unless `Origin` (or, without it, `Referer`)
-//! names this router. Bearer-key requests are not sent by browsers on their own and
-//! are not checked.
+//! The login that exchanges the admin key for a session cookie, and the logout. The
+//! sessions, the cookie and the same-origin rule are `crate::auth`'s.
 //!
 //! A wrong key gets one answer whatever it is (the same status and body; the key is
 //! compared through its hash, in constant time), and repeated wrong keys from one
-//! address are slowed (`throttle`).
+//! address are slowed (`auth::LoginThrottle`).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
@@ -24,83 +16,8 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::api::ApiError;
-use crate::app::AppState;
-
-const COOKIE: &str = "llm_router_session";
-const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-
-/// Live dashboard sessions: random token → expiry.
-#[derive(Default)]
-pub struct Sessions {
-    tokens: Mutex<HashMap<String, Instant>>,
-}
-
-impl Sessions {
-    fn create(&self) -> String {
-        let token: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
-        let mut map = self.tokens.lock().unwrap();
-        let now = Instant::now();
-        map.retain(|_, exp| *exp > now);
-        map.insert(token.clone(), now + SESSION_TTL);
-        token
-    }
-
-    fn is_valid(&self, token: &str) -> bool {
-        self.tokens
-            .lock()
-            .unwrap()
-            .get(token)
-            .is_some_and(|exp| *exp > Instant::now())
-    }
-
-    fn remove(&self, token: &str) {
-        self.tokens.lock().unwrap().remove(token);
-    }
-}
-
-fn session_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v)
-}
-
-/// Whether the request carries a live dashboard session cookie.
-pub fn session_is_valid(st: &AppState, headers: &HeaderMap) -> bool {
-    session_token(headers).is_some_and(|t| st.sessions.is_valid(t))
-}
-
-/// Whether a browser's request comes from a page of this router: `Origin`, else
-/// `Referer`, names the host the request was sent to. A request with neither, or with
-/// `Sec-Fetch-Site: cross-site`/`same-site`, is not.
-pub fn same_origin(headers: &HeaderMap) -> bool {
-    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    if matches!(
-        text(header::HeaderName::from_static("sec-fetch-site")),
-        Some("cross-site" | "same-site")
-    ) {
-        return false;
-    }
-    let Some(host) = text(header::HOST) else {
-        return false;
-    };
-    let source = text(header::ORIGIN).or_else(|| text(header::REFERER));
-    source
-        .and_then(|s| url::Url::parse(s).ok())
-        .filter(|u| matches!(u.scheme(), "http" | "https"))
-        .is_some_and(|u| {
-            let authority = match (u.host_str(), u.port()) {
-                (Some(h), Some(p)) => format!("{h}:{p}"),
-                (Some(h), None) => h.to_string(),
-                _ => return false,
-            };
-            authority.eq_ignore_ascii_case(host)
-        })
-}
+use crate::auth::same_origin;
+use crate::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
 pub struct Login {
@@ -143,58 +60,13 @@ pub async fn login(
         return refused();
     }
     st.login_throttle.succeeded(peer.ip());
-    let token = st.sessions.create();
-    let cookie = format!(
-        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        SESSION_TTL.as_secs()
-    );
+    let cookie = st.sessions.open();
     (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
 }
 
 /// Ends the session.
 #[utoipa::path(post, path = "/dashboard/logout", tag = "dashboard", responses((status = 204, description = "Logged out")))]
 pub async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(t) = session_token(&headers) {
-        st.sessions.remove(t);
-    }
-    let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    let cookie = st.sessions.close(&headers);
     (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn origin_or_referer_must_name_the_host() {
-        let host = ("host", "127.0.0.1:32768");
-        assert!(same_origin(&headers(&[host, ("origin", "http://127.0.0.1:32768")])));
-        assert!(same_origin(&headers(&[
-            host,
-            ("referer", "http://127.0.0.1:32768/dashboard#/keys")
-        ])));
-        assert!(!same_origin(&headers(&[host, ("origin", "http://evil.example")])));
-        assert!(!same_origin(&headers(&[host, ("origin", "http://127.0.0.1:9999")])));
-        assert!(!same_origin(&headers(&[host, ("origin", "null")])));
-        assert!(!same_origin(&headers(&[host])), "neither header");
-        assert!(!same_origin(&headers(&[
-            host,
-            ("origin", "http://127.0.0.1:32768"),
-            ("sec-fetch-site", "cross-site")
-        ])));
-        // Origin wins over a Referer that would pass.
-        assert!(!same_origin(&headers(&[
-            host,
-            ("origin", "http://evil.example"),
-            ("referer", "http://127.0.0.1:32768/dashboard")
-        ])));
-    }
 }

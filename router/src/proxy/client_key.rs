@@ -13,8 +13,8 @@ use common::protocol::DashboardKey;
 use serde_json::{json, Value};
 
 use super::ProxyError;
-use crate::app::AppState;
 use crate::keys::{ClientKey, RateLimitStatus};
+use crate::state::AppState;
 use crate::stats;
 use std::sync::Arc;
 

@@ -17,9 +17,9 @@ use serde_json::Value;
 
 use super::anthropic::{self, translate, ChatToMessages};
 use super::{headers, stream, Parsed, Protocol, ProxyError};
-use crate::app::AppState;
 use crate::balancer::{RequestLease, RequestOutcome, Wanted};
 use crate::nodes::{NodeId, NodeKind};
+use crate::state::AppState;
 use crate::token::{self, include_usage, StreamTap};
 use crate::upstream::UpstreamError;
 

@@ -25,7 +25,7 @@ mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -41,30 +41,14 @@ use serde_json::{json, Value};
 pub use error::ProxyError;
 pub use protocol::Protocol;
 
-use crate::app::AppState;
 use crate::balancer::{session_key, NoNode, RecordDraft, Refusal, RequestOutcome, Unplaced, Wanted};
 use crate::nodes::NodeStatus;
+use crate::state::{AppState, ProxySettings};
 use crate::token::Prompt;
 
 /// The client's name for its conversation (affinity), read on every request: a
 /// constant, so that the lookup does not parse the name each time.
 const SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
-
-/// Limits and timeouts of the proxy path.
-#[derive(Debug, Clone)]
-pub struct ProxySettings {
-    pub max_body_bytes: usize,
-    /// From sending the request to the node's response head.
-    pub first_byte_timeout: Duration,
-    /// Longest silence between two body chunks of a node's answer.
-    pub idle_timeout: Duration,
-    /// Longest wait for a record's commit before a response is released anyway.
-    pub commit_wait: Duration,
-    /// Records waiting for the store beyond which requests are refused.
-    pub max_backlog: u64,
-    /// A node's 429 or 503 sends the request to the next candidate.
-    pub retry_refused: bool,
-}
 
 pub fn routes() -> Router<AppState> {
     Router::new()

@@ -24,10 +24,10 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use super::{client_key, headers, Protocol, ProxyError};
-use crate::app::AppState;
 use crate::balancer::{NoNode, Wanted};
 use crate::keys::ClientKey;
 use crate::nodes::{Node, NodeKind, NodeStatus};
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()

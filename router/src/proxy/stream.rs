@@ -23,8 +23,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::anthropic::ChatToMessages;
-use crate::app::AppState;
 use crate::balancer::{RequestLease, RequestOutcome};
+use crate::state::AppState;
 use crate::token::{self, StreamTap};
 
 /// Turns of the scheduler the node connection's task gets to hand over its next frame.

@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 
 use super::super::protocol::Protocol;
 use super::super::{client_key, read_body, ProxyError};
-use crate::app::AppState;
 use crate::balancer::{NoNode, Wanted};
+use crate::state::AppState;
 use crate::token;
 
 /// Counts the input tokens of a Messages request.

@@ -24,8 +24,8 @@ use common::protocol::RequestType;
 
 pub use stream::ChatToMessages;
 
-use crate::app::AppState;
 use crate::nodes::NodeKind;
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()

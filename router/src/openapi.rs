@@ -1,9 +1,16 @@
 //! The OpenAPI 3 document, generated from the handlers' annotations (`utoipa`), so
-//! it cannot drift from the code; served at `/api/openapi.json`.
+//! it cannot drift from the code; served at `/api/openapi.json`, behind the admin key.
+//!
+//! It lists the handlers of every layer (`proxy`, `api`, `dashboard`), so it sits
+//! above them, next to `app`, which mounts its route; no handler module depends on it.
 
-use axum::Json;
+use axum::routing::get;
+use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
+
+use crate::api;
+use crate::state::AppState;
 
 struct AdminKeyScheme;
 
@@ -34,7 +41,7 @@ impl Modify for AdminKeyScheme {
         crate::api::dashboard::nodes, crate::api::dashboard::stats_overview, crate::api::dashboard::tokens,
         crate::api::dashboard::daily, crate::api::dashboard::monthly, crate::api::dashboard::history,
         crate::api::dashboard::history_record, crate::api::dashboard::speed, crate::api::export::export_csv,
-        crate::api::metrics, crate::app::health, serve,
+        crate::api::metrics, crate::api::health, serve,
         crate::dashboard::session::login, crate::dashboard::session::logout,
     ),
     modifiers(&AdminKeyScheme),
@@ -46,6 +53,11 @@ impl Modify for AdminKeyScheme {
         (name = "operations", description = "Health and metrics"))
 )]
 pub struct ApiDoc;
+
+/// `/api/openapi.json`, behind the admin layer.
+pub fn routes(state: AppState) -> Router<AppState> {
+    api::admin_only(Router::new().route("/api/openapi.json", get(serve)), state)
+}
 
 /// This document.
 #[utoipa::path(get, path = "/api/openapi.json", tag = "operations", security(("admin_key" = [])),
