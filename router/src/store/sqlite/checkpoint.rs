@@ -14,6 +14,13 @@
 //! p99 of a streamed request from 0.82–0.94 ms to 0.68–0.70 ms (A/B, 3 runs each; no
 //! change at 32 connections), every second made it 4–8 ms. The thread runs at nice 10
 //! so that copying pages yields to requests.
+//!
+//! What the checkpoints still cost a durable request at one connection (2026-12-01,
+//! temporary builds, medians of 3–5 interleaved rounds): about 0.4 ms of p99 (with no
+//! checkpoint thread the p99 fell to the async mode's). Tried without gain: nice 0,
+//! `SCHED_IDLE`, passes every 3 or 5 ms; worse: every 100 ms, and no `fsync` in the
+//! checkpoint (+6.8 ms). The commit itself is no slower while a pass runs, so the
+//! cost is most likely the kernel's I/O work on the shared core, not this thread's CPU.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
