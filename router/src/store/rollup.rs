@@ -7,7 +7,8 @@
 //! and with the client key (0: anonymous) `token_stats_hourly_key` (UTC hour x key x
 //! node x model) and `token_stats_total_key` (key x node x model). Each engine's
 //! writer updates all of them in its transaction (the rows to add come from
-//! [`rows_to_add`], the statements from [`upsert_sql`]);
+//! [`rows_to_add`], the statements from [`upsert_sql`] and
+//! [`upsert_all_sql_postgres`]);
 //! [`Store::rollup_totals`] reads the smallest table that can answer, so queries stay
 //! fast however long the history grows. Every statistic of the router
 //! (node totals at start-up, Prometheus counters at boot, the dashboard's totals,
@@ -129,11 +130,30 @@ fn hour_start(t: DateTime<Utc>) -> i64 {
 /// one writer per file and no such column).
 const SHARD: &str = "shard";
 
-/// The upsert adding rows of sums to `table`: one row of `?` placeholders for
-/// SQLite; for PostgreSQL every row of the batch at once, one array per column
-/// (`$1` … in the order of the key columns, the sums, then `min_id` and `max_id`),
-/// and last the writer's shard, one `BIGINT` for every row.
-pub(super) fn upsert_sql(table: &RollupTable, dialect: Dialect) -> String {
+/// SQLite's upsert adding one row of sums to `table` (`?` placeholders: the key
+/// columns, the sums, then `min_id` and `max_id`).
+pub(super) fn upsert_sql(table: &RollupTable) -> String {
+    upsert(table, Dialect::Sqlite, &mut 0)
+}
+
+/// PostgreSQL's upserts of every rollup table in one statement, so that a commit costs
+/// one round trip for all of them instead of one per table: `$1` is the writer's
+/// shard, then per table of [`TABLES`], in order, one array per column (the key
+/// columns, the sums, then `min_id` and `max_id`), every row of the batch at once.
+/// An empty array adds nothing to its table.
+pub(super) fn upsert_all_sql_postgres() -> String {
+    let mut param = 1;
+    let parts: Vec<String> = TABLES
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("t{i} AS ({})", upsert(t, Dialect::Postgres, &mut param)))
+        .collect();
+    format!("WITH {} SELECT 1", parts.join(", "))
+}
+
+/// The upsert adding rows of sums to `table`. PostgreSQL's takes its arrays from the
+/// parameters after `*param` (advanced past them) and the shard from `$1`.
+fn upsert(table: &RollupTable, dialect: Dialect, param: &mut usize) -> String {
     let keys = table.key_columns();
     let mut values = VALUE_COLUMNS.to_vec();
     // In PostgreSQL a bare column is ambiguous next to `excluded`.
@@ -162,11 +182,12 @@ pub(super) fn upsert_sql(table: &RollupTable, dialect: Dialect) -> String {
             let arrays: Vec<String> = keys
                 .iter()
                 .chain(&values)
-                .enumerate()
-                .map(|(i, c)| format!("${}::{}[]", i + 1, if *c == "model" { "text" } else { "bigint" }))
+                .map(|c| {
+                    *param += 1;
+                    format!("${}::{}[]", *param, if *c == "model" { "text" } else { "bigint" })
+                })
                 .collect();
-            let shard = format!("${}::bigint", arrays.len() + 1);
-            format!("SELECT *, {shard} FROM UNNEST({})", arrays.join(", "))
+            format!("SELECT *, $1::bigint FROM UNNEST({})", arrays.join(", "))
         }
     };
     let mut columns = keys.clone();

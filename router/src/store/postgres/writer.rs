@@ -1,8 +1,7 @@
 //! PostgreSQL's record writer: a connection of its own, on a thread of its own, that
 //! commits a batch of records and their rollup increments in one transaction.
 //!
-//! A commit is a network round trip per statement, so it never runs on a runtime
-//! thread: the recorder's committer thread hands each batch over here and waits.
+//! A commit takes network round trips, so it never runs on a runtime thread: the recorder's committer thread hands each batch over here and waits.
 //! The thread runs its own single-threaded tokio runtime, so the writer works
 //! whatever runtime (or none) its caller has.
 //!
@@ -19,8 +18,14 @@
 //! its COMMIT's fsync, so replicas updating the same rows took turns (two served
 //! fewer requests than one); with a shard each they never wait for each other. Past
 //! [`SHARDS`] writers they share shards: correct, only slower. Rollup rows are
-//! upserted in key order (`rows_to_add`), tables in a fixed order, so writers that
-//! share a shard lock rows in one order and never deadlock.
+//! upserted in key order (`rows_to_add`), every table in one statement
+//! (`upsert_all_sql_postgres`) that is the same text for every writer, so writers
+//! that share a shard lock rows in one order and never deadlock.
+//!
+//! A commit is four round trips: BEGIN, the history rows (their ids come back for
+//! the rollups' id ranges, and only the rows inserted are added), the rollups,
+//! COMMIT. One statement per rollup table made it ten: a lone request waited
+//! 1.75 ms more than on SQLite even with the server's fsync off.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -31,8 +36,8 @@ use common::protocol::RequestResponseRecord;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 
-use crate::store::rollup::{rows_to_add, upsert_sql, TABLES};
-use crate::store::{to_i64, to_millis, Dialect, StoreError, StoreResult, CONNECT_TIMEOUT};
+use crate::store::rollup::{rows_to_add, upsert_all_sql_postgres, TABLES};
+use crate::store::{to_i64, to_millis, StoreError, StoreResult, CONNECT_TIMEOUT};
 
 /// A commit that takes longer fails (and is tried again): the server or the network
 /// is gone.
@@ -55,8 +60,7 @@ const SHARD_LOCKS: i32 = 0x6c6c_6d72;
 /// Shards the writers take one each; more writers share them.
 const SHARDS: i32 = 64;
 
-static UPSERTS: LazyLock<Vec<String>> =
-    LazyLock::new(|| TABLES.iter().map(|t| upsert_sql(t, Dialect::Postgres)).collect());
+static UPSERTS: LazyLock<String> = LazyLock::new(upsert_all_sql_postgres);
 
 /// A batch handed to the writer's thread.
 struct Job {
@@ -211,12 +215,11 @@ async fn insert(
             .ok_or_else(|| StoreError::Corrupt("an inserted record_uid is not in the batch".into()))?;
         added.push((&records[*i], row.get::<i64, _>("id")));
     }
-    for (table, sql) in TABLES.iter().zip(UPSERTS.iter()) {
+    // Every rollup table in one statement (one round trip); a table without rows
+    // gets empty arrays.
+    let mut q = sqlx::query(&UPSERTS).bind(shard);
+    for table in &TABLES {
         let rows = rows_to_add(table, added.iter().copied());
-        if rows.is_empty() {
-            continue;
-        }
-        let mut q = sqlx::query(sql);
         let key = |f: fn(&(i64, i64, i64, &str)) -> i64| rows.keys().map(f).collect::<Vec<i64>>();
         if table.by_hour {
             q = q.bind(key(|k| k.0));
@@ -241,8 +244,8 @@ async fn insert(
             q = q.bind(rows.values().map(|s| s.1).collect::<Vec<i64>>());
             q = q.bind(rows.values().map(|s| s.2).collect::<Vec<i64>>());
         }
-        q.bind(shard).execute(&mut *tx).await?;
     }
+    q.execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(())
 }

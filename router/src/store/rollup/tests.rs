@@ -202,3 +202,22 @@ async fn two_writers_add_up(store: &Store) {
     }
     assert_eq!(paged, newest_first);
 }
+
+#[test]
+fn postgres_upserts_number_every_array_once_after_the_shard() {
+    let sql = upsert_all_sql_postgres();
+    let columns: usize = TABLES
+        .iter()
+        .map(|t| t.key_columns().len() + VALUE_COLUMNS.len() + if t.id_range { 2 } else { 0 })
+        .sum();
+    for n in 1..=columns + 1 {
+        let cast = if n == 1 { "::bigint " } else { "::" };
+        assert_eq!(
+            sql.matches(&format!("${n}{cast}")).count(),
+            if n == 1 { TABLES.len() } else { 1 },
+            "${n}"
+        );
+    }
+    assert!(!sql.contains(&format!("${}:", columns + 2)));
+    assert_eq!(sql.matches("INSERT INTO token_stats_").count(), TABLES.len());
+}

@@ -25,7 +25,7 @@ use common::protocol::RequestResponseRecord;
 use rusqlite::{params, Connection, TransactionBehavior};
 
 use crate::store::rollup::{rows_to_add, upsert_sql, TABLES};
-use crate::store::{to_i64, to_millis, Dialect, LockWait, StoreResult};
+use crate::store::{to_i64, to_millis, LockWait, StoreResult};
 
 const INSERT_HISTORY: &str = "INSERT INTO request_history (timestamp, completed_at, request_type, model,
     node_id, node_name, client_ip, stream, status, http_status, error_message, duration_ms,
@@ -41,8 +41,7 @@ pub(super) fn poll_lock(retries: i32) -> bool {
     (retries as u128) < LOCK_PATIENCE.as_micros() / LOCK_POLL.as_micros()
 }
 
-static UPSERTS: LazyLock<Vec<String>> =
-    LazyLock::new(|| TABLES.iter().map(|t| upsert_sql(t, Dialect::Sqlite)).collect());
+static UPSERTS: LazyLock<Vec<String>> = LazyLock::new(|| TABLES.iter().map(upsert_sql).collect());
 
 /// The one connection that writes request records.
 pub struct SqliteWriter {
