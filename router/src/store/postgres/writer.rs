@@ -299,6 +299,51 @@ mod tests {
         assert_eq!(stored.time_to_first_token_ms, Some(2));
     }
 
+    /// Past `SHARDS` writers share shards: their one rollup statement locks rows in
+    /// one order (the same text, rows in key order), so they wait for each other but
+    /// never deadlock (a deadlock would fail a commit here).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_sharing_a_shard_never_deadlock_and_count_every_record_once() {
+        let Some(url) = fresh_postgres_database().await else {
+            eprintln!("skipped: LLM_ROUTER_TEST_DATABASE is not set (PostgreSQL tests)");
+            return;
+        };
+        let store = Store::open(&url).await.unwrap();
+        let tasks: Vec<_> = (0..4u64)
+            .map(|w| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let mut conn = PgConnection::connect(&url).await.unwrap();
+                    for b in 0..40u64 {
+                        // Two keys, two nodes, two models: rows in every table that
+                        // all four writers update, on the one shard.
+                        let batch: Vec<_> = (0..8u64)
+                            .map(|i| RequestResponseRecord {
+                                api_key_id: Some(((i + b + w) % 2) as i64 + 1),
+                                node_id: Some(((i + w) % 2) as i64 + 1),
+                                model: format!("m{}", (i + b) % 2),
+                                ..record(w * 1000 + b * 8 + i)
+                            })
+                            .collect();
+                        let uids: Vec<u128> = (0..8u128).map(|i| (w as u128) << 64 | (b as u128) << 8 | i).collect();
+                        insert(&mut conn, 0, &batch, &uids).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let expected: u64 = (0..4u64).flat_map(|w| (0..320u64).map(move |i| w * 1000 + i)).sum();
+        assert_eq!(store.history_count().await.unwrap(), 4 * 320);
+        for group in [GroupBy::Nothing, GroupBy::Key, GroupBy::NodeAndModel, GroupBy::Hour] {
+            let rows = store.rollup_totals(group, &Default::default()).await.unwrap();
+            let input: u64 = rows.iter().map(|(_, t)| t.input_tokens).sum();
+            let requests: u64 = rows.iter().map(|(_, t)| t.request_count).sum();
+            assert_eq!((requests, input), (1280, expected), "{group:?}");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writers_of_several_replicas_committing_at_once_count_every_record_once() {
         let Some(url) = fresh_postgres_database().await else {
