@@ -325,7 +325,7 @@ mod tests {
     use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource};
 
     use super::*;
-    use crate::store::testing::fresh_postgres_database;
+    use crate::store::testing::postgres_database;
     use crate::store::{GroupBy, HistoryFilter, KeyLimits, LockWait, NewKey, NewNode, RollupFilter, ANONYMOUS};
 
     fn node(i: u64) -> NewNode {
@@ -460,10 +460,7 @@ mod tests {
 
     #[tokio::test]
     async fn sqlite_to_postgres_keeps_every_figure_and_page() {
-        let Some(pg_url) = fresh_postgres_database().await else {
-            eprintln!("skipped: LLM_ROUTER_TEST_DATABASE is not set (PostgreSQL tests)");
-            return;
-        };
+        let pg_url = postgres_database().await;
         let dir = tempfile::tempdir().unwrap();
         let sqlite_url = format!("sqlite://{}/router.db", dir.path().display());
         let source = Store::open(&sqlite_url).await.unwrap();
@@ -519,10 +516,7 @@ mod tests {
 
     #[tokio::test]
     async fn postgres_rows_of_several_writers_are_summed_into_sqlite_and_back() {
-        let Some(pg_url) = fresh_postgres_database().await else {
-            eprintln!("skipped: LLM_ROUTER_TEST_DATABASE is not set (PostgreSQL tests)");
-            return;
-        };
+        let pg_url = postgres_database().await;
         let source = Store::open(&pg_url).await.unwrap();
         let mut nodes = Vec::new();
         for i in 1..=3 {
@@ -561,7 +555,7 @@ mod tests {
         copy.close().await;
 
         // Back into an empty PostgreSQL database: one row per key, the same figures.
-        let pg_again = fresh_postgres_database().await.unwrap();
+        let pg_again = postgres_database().await;
         migrate_store(&sqlite_url, &pg_again, false).await.unwrap();
         let target = Store::open(&pg_again).await.unwrap();
         assert_eq!(figures(&target, &nodes, &key_ids).await, expected);

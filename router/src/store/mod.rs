@@ -203,7 +203,17 @@ pub(crate) mod testing {
         stores
     }
 
-    /// Creates a database on the server named by `LLM_ROUTER_TEST_DATABASE`.
+    /// A fresh database for a test that is about PostgreSQL alone. Without
+    /// `LLM_ROUTER_TEST_DATABASE` it fails rather than pass having tested nothing:
+    /// `scripts/test.sh` leaves these tests out of its SQLite pass (`--skip
+    /// store::postgres::` …) and runs them in its PostgreSQL pass.
+    pub async fn postgres_database() -> String {
+        fresh_postgres_database()
+            .await
+            .expect("a PostgreSQL test: set LLM_ROUTER_TEST_DATABASE (scripts/test.sh does)")
+    }
+
+    /// Creates a database on the server named by `LLM_ROUTER_TEST_DATABASE`, if set.
     pub async fn fresh_postgres_database() -> Option<String> {
         let admin = std::env::var("LLM_ROUTER_TEST_DATABASE")
             .ok()

@@ -47,15 +47,12 @@ impl PgStore {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::testing::fresh_postgres_database;
+    use crate::store::testing::postgres_database;
     use crate::store::Store;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replicas_starting_at_once_apply_the_migrations_once() {
-        let Some(url) = fresh_postgres_database().await else {
-            eprintln!("skipped: LLM_ROUTER_TEST_DATABASE is not set (PostgreSQL tests)");
-            return;
-        };
+        let url = postgres_database().await;
         let opening: Vec<_> = (0..4)
             .map(|_| {
                 let url = url.clone();

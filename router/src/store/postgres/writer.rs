@@ -253,7 +253,7 @@ async fn insert(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::fresh_postgres_database;
+    use crate::store::testing::postgres_database;
     use crate::store::{GroupBy, LockWait, Store};
 
     fn record(i: u64) -> RequestResponseRecord {
@@ -271,10 +271,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_committed_again_with_the_same_ids_counts_once() {
-        let Some(url) = fresh_postgres_database().await else {
-            eprintln!("skipped: LLM_ROUTER_TEST_DATABASE is not set (PostgreSQL tests)");
-            return;
-        };
+        let url = postgres_database().await;
         let store = Store::open(&url).await.unwrap();
         let mut writer = store.writer().unwrap();
         let records: Vec<_> = (1..=3).map(record).collect();
@@ -304,10 +301,7 @@ mod tests {
     /// never deadlock (a deadlock would fail a commit here).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writers_sharing_a_shard_never_deadlock_and_count_every_record_once() {
-        let Some(url) = fresh_postgres_database().await else {
-            eprintln!("skipped: LLM_ROUTER_TEST_DATABASE is not set (PostgreSQL tests)");
-            return;
-        };
+        let url = postgres_database().await;
         let store = Store::open(&url).await.unwrap();
         let tasks: Vec<_> = (0..4u64)
             .map(|w| {
@@ -346,10 +340,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writers_of_several_replicas_committing_at_once_count_every_record_once() {
-        let Some(url) = fresh_postgres_database().await else {
-            eprintln!("skipped: LLM_ROUTER_TEST_DATABASE is not set (PostgreSQL tests)");
-            return;
-        };
+        let url = postgres_database().await;
         let store = Store::open(&url).await.unwrap();
         // Four replicas' writers, each committing 50 batches that touch the same
         // rollup rows (two keys, one node, one model, this hour) in varying order.
