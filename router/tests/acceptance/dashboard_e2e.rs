@@ -99,8 +99,22 @@ impl Browser {
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
+    /// Clicks the element `locator` finds. The page re-renders its lists on every
+    /// refresh, so the element found may be replaced before the click lands: the
+    /// driver then refuses the click as stale (nothing was clicked) and the element
+    /// is found again.
     pub async fn click(&self, locator: Locator<'_>) {
-        self.client.find(locator).await.unwrap().click().await.unwrap();
+        for _ in 0..50 {
+            let element = self.client.find(locator).await.unwrap();
+            match element.click().await {
+                Ok(()) => return,
+                Err(e) if e.is_stale_element_reference() => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("click {locator:?}: {e}"),
+            }
+        }
+        panic!("click {locator:?}: the element was replaced 50 times in a row");
     }
 
     pub async fn number(&self, selector: &str) -> u64 {
