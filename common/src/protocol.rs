@@ -186,6 +186,24 @@ pub struct RequestResponseRecord {
     pub output_tokens: u64,
     pub total_tokens: u64,
     pub token_source: TokenSource,
+    /// The body the client sent, when the router stores bodies (`--store-bodies`).
+    /// Only in one record's detail: never in a page of the history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<StoredBody>,
+    /// The body the node answered (a stream's bytes as they came, before the router
+    /// hid or translated anything), when the router stores bodies; like
+    /// `request_body`, only in one record's detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<StoredBody>,
+}
+
+/// A request's or a response's body as stored: its first bytes, up to the router's
+/// `--stored-body-max-bytes`, as text (bytes that are not UTF-8 are replaced by U+FFFD).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StoredBody {
+    pub text: String,
+    /// The body was longer than what is stored.
+    pub truncated: bool,
 }
 
 /// A node as the dashboard shows it, with its load and token totals.
@@ -432,6 +450,8 @@ mod tests {
             output_tokens: 20,
             total_tokens: 30,
             token_source: TokenSource::Estimated,
+            request_body: None,
+            response_body: None,
         };
         let v = serde_json::to_value(&rec).unwrap();
         assert_eq!(v["input_tokens"], 10);

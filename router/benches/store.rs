@@ -51,6 +51,8 @@ fn record(i: u64) -> RequestResponseRecord {
         output_tokens: 200,
         total_tokens: 240,
         token_source: TokenSource::Reported,
+        request_body: None,
+        response_body: None,
     }
 }
 

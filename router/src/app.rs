@@ -180,6 +180,7 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
             commit_wait: Duration::from_millis(args.commit_wait_ms),
             max_backlog: args.max_backlog,
             retry_refused: args.retry_refused,
+            stored_body_max_bytes: args.store_bodies.then_some(args.stored_body_max_bytes as usize),
         }),
         admin_key,
         keys: keys.clone(),

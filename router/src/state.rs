@@ -73,4 +73,7 @@ pub struct ProxySettings {
     pub max_backlog: u64,
     /// A node's 429 or 503 sends the request to the next candidate.
     pub retry_refused: bool,
+    /// The most bytes of each body (request, response) kept with its record; `None`:
+    /// bodies are not stored.
+    pub stored_body_max_bytes: Option<usize>,
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource, TokenUsage};
+use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, StoredBody, TokenSource, TokenUsage};
 
 pub use crate::nodes::{publish_node_up, LoadSnapshot, NodeLoadState};
 pub use placement::{session_key, NoNode, Wanted};
@@ -89,6 +89,8 @@ pub struct RecordDraft {
     pub client_key: Option<(i64, String)>,
     /// Its admission, charged when the request ends (`None`: anonymous or refused).
     pub key: Option<KeyPermit>,
+    /// The client's body, kept for the record when the router stores bodies.
+    pub request_body: Option<StoredBody>,
 }
 
 /// How a request ended, with its token figures.
@@ -100,6 +102,8 @@ pub struct RequestOutcome {
     pub usage: TokenUsage,
     pub token_source: TokenSource,
     pub time_to_first_byte: Option<Duration>,
+    /// The node's answer, kept for the record when the router stores bodies.
+    pub response_body: Option<StoredBody>,
 }
 
 impl RequestOutcome {
@@ -112,6 +116,7 @@ impl RequestOutcome {
             usage: TokenUsage::default(),
             token_source: TokenSource::Reported,
             time_to_first_byte: None,
+            response_body: None,
         }
     }
 }
@@ -423,6 +428,7 @@ impl Drop for Waiting<'_> {
             usage: TokenUsage::default(),
             token_source: TokenSource::Reported,
             time_to_first_byte: None,
+            response_body: None,
         };
         let _ = self.balancer.record_unrouted(draft, outcome);
     }
@@ -461,6 +467,8 @@ fn build_record(
         output_tokens: o.usage.output_tokens,
         total_tokens: o.usage.total_tokens,
         token_source: o.token_source,
+        request_body: draft.request_body,
+        response_body: o.response_body,
     }
 }
 
@@ -526,6 +534,7 @@ impl Drop for RequestLease {
                 usage: TokenUsage::new(input, 0, None),
                 token_source: TokenSource::Estimated,
                 time_to_first_byte: None,
+                response_body: None,
             };
             let _ = balancer.finish_request(&node, &metrics, draft, outcome);
         };

@@ -139,6 +139,17 @@ pub struct ServeArgs {
     /// Days of request history kept (token statistics are kept forever).
     #[arg(long, env = "LLM_ROUTER_HISTORY_RETENTION_DAYS", default_value_t = 30)]
     pub history_retention_days: u32,
+    /// Keep each request's body and its node's answer with its record (shown in the
+    /// request's detail, pruned with the history). Off by default: bodies may hold
+    /// what clients would not want stored.
+    #[arg(long, env = "LLM_ROUTER_STORE_BODIES", default_value_t = false, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub store_bodies: bool,
+    /// The most bytes of each body stored, at most 4 MiB (the rest is cut, and the
+    /// record says so).
+    #[arg(long, env = "LLM_ROUTER_STORED_BODY_MAX_BYTES", default_value_t = 64 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..=4 * 1024 * 1024))]
+    pub stored_body_max_bytes: u64,
     /// Who may read `/metrics`.
     #[arg(long, env = "LLM_ROUTER_METRICS", value_enum, default_value_t = MetricsAccess::Open)]
     pub metrics: MetricsAccess,

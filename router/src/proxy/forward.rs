@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
 use super::anthropic::{self, translate, ChatToMessages};
+use super::capture::BodyCapture;
 use super::{headers, stream, Parsed, Protocol, ProxyError};
 use crate::balancer::{RequestLease, RequestOutcome, Wanted};
 use crate::nodes::{NodeId, NodeKind};
@@ -206,6 +207,7 @@ async fn fail_after_send(st: &AppState, lease: RequestLease, e: UpstreamError) -
         usage: TokenUsage::new(input, 0, None),
         token_source: common::protocol::TokenSource::Estimated,
         time_to_first_byte: None,
+        response_body: None,
     };
     lease.finish(outcome).wait(st.proxy.commit_wait).await;
     err.into_response_for(protocol)
@@ -270,6 +272,7 @@ async fn complete_plain(st: &AppState, lease: RequestLease, a: Answer, body: hyp
         usage: counted.usage,
         token_source: counted.source,
         time_to_first_byte: Some(a.ttfb),
+        response_body: BodyCapture::of(&st.proxy).map(|c| c.keep(&bytes)),
     };
     let model = a.translated.then(|| lease.draft().model.clone());
     lease.finish(outcome).wait(st.proxy.commit_wait).await;

@@ -15,6 +15,7 @@
 //! `token` module.
 
 pub mod anthropic;
+mod capture;
 pub mod client_key;
 mod error;
 mod forward;
@@ -38,12 +39,13 @@ use common::protocol::RequestType;
 use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
 
+use capture::BodyCapture;
 pub use error::ProxyError;
 pub use protocol::Protocol;
 
 use crate::balancer::{session_key, NoNode, RecordDraft, Refusal, RequestOutcome, Unplaced, Wanted};
 use crate::nodes::NodeStatus;
-use crate::state::{AppState, ProxySettings};
+use crate::state::AppState;
 use crate::token::Prompt;
 
 /// The client's name for its conversation (affinity), read on every request: a
@@ -168,8 +170,8 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ProxyEr
     Ok(body.to_bytes())
 }
 
-async fn read_request(settings: &ProxySettings, kind: RequestType, body: Body) -> Result<Parsed, ProxyError> {
-    let body = read_body(body, settings.max_body_bytes).await?;
+/// The model and stream flag of a request's `body`.
+fn parse_request(kind: RequestType, body: Bytes) -> Result<Parsed, ProxyError> {
     let json: Value = serde_json::from_slice(&body).map_err(|e| ProxyError::InvalidJson(e.to_string()))?;
     let model = json
         .get("model")
@@ -207,6 +209,7 @@ pub(crate) async fn proxy(
         prompt: Prompt::default(),
         client_key: None,
         key: None,
+        request_body: None,
     };
     // Its record could not be kept either: refused, and not recorded.
     let backlog = st.balancer.recorder().backlog();
@@ -220,7 +223,13 @@ pub(crate) async fn proxy(
         Err(e) => return reject(&st, draft, e).await,
     };
     draft.client_key = key.as_ref().map(|k| (k.id, k.settings().name.clone()));
-    let req = match read_request(&st.proxy, kind, body).await {
+    let body = match read_body(body, st.proxy.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return reject(&st, draft, e).await,
+    };
+    // Kept before it is parsed: a body the router refuses is the one worth reading.
+    draft.request_body = BodyCapture::of(&st.proxy).map(|c| c.keep(&body));
+    let req = match parse_request(kind, body) {
         Ok(r) => r,
         Err(e) => return reject(&st, draft, e).await,
     };

@@ -23,6 +23,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::anthropic::ChatToMessages;
+use super::capture::{BodyCapture, StreamCapture};
 use crate::balancer::{RequestLease, RequestOutcome};
 use crate::state::AppState;
 use crate::token::{self, StreamTap};
@@ -69,6 +70,8 @@ pub struct TappedBody {
     commit_wait: Duration,
     first_chunk: Option<Duration>,
     head_time: Duration,
+    /// The node's bytes kept for the record, when the router stores bodies.
+    captured: Option<StreamCapture>,
 }
 
 impl TappedBody {
@@ -94,6 +97,7 @@ impl TappedBody {
             commit_wait: st.proxy.commit_wait,
             first_chunk: None,
             head_time,
+            captured: BodyCapture::of(&st.proxy).map(|c| c.stream()),
         }
     }
 
@@ -179,6 +183,9 @@ impl TappedBody {
                 };
                 if self.first_chunk.is_none() {
                     self.first_chunk = self.lease.as_ref().map(|l| l.draft().started.elapsed());
+                }
+                if let Some(c) = self.captured.as_mut() {
+                    c.push(&data);
                 }
                 let mut out = self.tap.on_chunk(data);
                 if let Some(t) = self.transcoder.as_mut() {
@@ -282,6 +289,7 @@ impl TappedBody {
         let reported = self.tap.reported_usage();
         let generated = self.tap.take_generated();
         let time_to_first_byte = Some(self.first_chunk.unwrap_or(self.head_time));
+        let response_body = self.captured.as_mut().map(StreamCapture::take);
         let commit_wait = self.commit_wait;
         Box::pin(async move {
             let counted = token::settle(reported, &lease.draft().prompt, generated).await;
@@ -296,6 +304,7 @@ impl TappedBody {
                 usage: counted.usage,
                 token_source: counted.source,
                 time_to_first_byte,
+                response_body,
             };
             lease.finish(outcome).wait(commit_wait).await;
         })
@@ -311,6 +320,7 @@ impl Drop for TappedBody {
         let reported = self.tap.reported_usage();
         let generated = self.tap.take_generated();
         let first_chunk = self.first_chunk;
+        let response_body = self.captured.as_mut().map(StreamCapture::take);
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return; // The lease's own Drop records the cancellation.
         };
@@ -323,6 +333,7 @@ impl Drop for TappedBody {
                 usage: counted.usage,
                 token_source: counted.source,
                 time_to_first_byte: first_chunk,
+                response_body,
             });
         });
     }

@@ -1,8 +1,9 @@
 //! `request_history` rows: the paged read path and retention pruning (the write path
-//! is [`super::writer`]).
+//! is [`super::writer`]), and the bodies `request_bodies` keeps of some of them (read
+//! for one record; deleted with their row by the foreign key's cascade).
 
 use chrono::{DateTime, Utc};
-use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource};
+use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, StoredBody, TokenSource};
 
 use super::rollup::ANONYMOUS;
 use super::sql::{args, Sql, StoreRow};
@@ -92,10 +93,26 @@ impl Store {
         Ok(merge_ranges(&mut ranges))
     }
 
+    /// One record, with its bodies when they were stored.
     pub async fn history_record(&self, id: i64) -> StoreResult<Option<RequestResponseRecord>> {
-        self.db()
+        let Some(mut record) = self
+            .db()
             .fetch_optional("SELECT * FROM request_history WHERE id = $1", &args![id], row_to_record)
-            .await
+            .await?
+        else {
+            return Ok(None);
+        };
+        let bodies = self
+            .db()
+            .fetch_optional("SELECT * FROM request_bodies WHERE id = $1", &args![id], |r| {
+                (stored_body(r, "request"), stored_body(r, "response"))
+            })
+            .await?;
+        if let Some((request, response)) = bodies {
+            record.request_body = request;
+            record.response_body = response;
+        }
+        Ok(Some(record))
     }
 
     pub async fn history_count(&self) -> StoreResult<u64> {
@@ -194,7 +211,34 @@ fn row_to_record(r: &dyn StoreRow) -> RequestResponseRecord {
         output_tokens: to_u64(r.int("output_tokens")),
         total_tokens: to_u64(r.int("total_tokens")),
         token_source: TokenSource::parse(&r.text("token_source")).unwrap_or(TokenSource::Reported),
+        // In `request_bodies`, read for one record only.
+        request_body: None,
+        response_body: None,
     }
+}
+
+/// The `request` or `response` body of a `request_bodies` row.
+fn stored_body(r: &dyn StoreRow, which: &str) -> Option<StoredBody> {
+    let text = r.opt_text(&format!("{which}_body"))?;
+    Some(StoredBody {
+        text,
+        truncated: r.int(&format!("{which}_truncated")) != 0,
+    })
+}
+
+fn body_parts(b: Option<&StoredBody>) -> (Option<&str>, i64) {
+    b.map_or((None, 0), |b| (Some(b.text.as_str()), i64::from(b.truncated)))
+}
+
+/// The values of a record's `request_bodies` row (request text, cut, response text,
+/// cut); `None` when it has no body to store.
+pub(super) fn body_row(r: &RequestResponseRecord) -> Option<(Option<&str>, i64, Option<&str>, i64)> {
+    if r.request_body.is_none() && r.response_body.is_none() {
+        return None;
+    }
+    let (request, request_cut) = body_parts(r.request_body.as_ref());
+    let (response, response_cut) = body_parts(r.response_body.as_ref());
+    Some((request, request_cut, response, response_cut))
 }
 
 #[cfg(test)]
@@ -315,6 +359,57 @@ mod tests {
                 ..Default::default()
             };
             assert_eq!(all_pages(store, filter).await.concat(), expect(&expected, node, None));
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_with_their_record_and_pruned_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for (engine, store) in crate::store::testing::stores(&dir).await {
+            eprintln!("engine: {engine}");
+            let body = |text: &str, truncated| {
+                Some(StoredBody {
+                    text: text.into(),
+                    truncated,
+                })
+            };
+            let old = RequestResponseRecord {
+                request_body: body("{\"old\": \"é\"}", false),
+                response_body: body("data: 1", true),
+                ..record(1, 0, RequestStatus::Success)
+            };
+            let new = RequestResponseRecord {
+                request_body: body("{\"new\": 1}", true),
+                ..record(1, 5, RequestStatus::Success)
+            };
+            let plain = record(1, 5, RequestStatus::Success);
+            let mut writer = store.writer().unwrap();
+            writer
+                .commit(&[old.clone(), new.clone(), plain], LockWait::Never)
+                .unwrap();
+            let bodies = |id| {
+                let store = &store;
+                async move {
+                    let r = store.history_record(id).await.unwrap().unwrap();
+                    (r.request_body, r.response_body)
+                }
+            };
+            assert_eq!(bodies(1).await, (old.request_body, old.response_body));
+            assert_eq!(bodies(2).await, (new.request_body.clone(), None));
+            assert_eq!(bodies(3).await, (None, None));
+            let rows = || async {
+                store
+                    .db()
+                    .fetch_all("SELECT id FROM request_bodies ORDER BY id", &[], |r| r.int("id"))
+                    .await
+                    .unwrap()
+            };
+            assert_eq!(rows().await, [1, 2]);
+            // Retention deletes the first record, and its bodies with it.
+            let cutoff = Utc.timestamp_opt(1_700_000_000 + 3600, 0).unwrap();
+            assert_eq!(store.prune_history(cutoff).await.unwrap(), 1);
+            assert_eq!(rows().await, [2]);
+            assert_eq!(bodies(2).await, (new.request_body, None));
         }
     }
 

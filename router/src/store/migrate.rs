@@ -3,7 +3,7 @@
 //!
 //! Both stores are opened with [`Store::open`] (migrations applied), then every table
 //! the two schemas share is copied with its ids: `nodes`, `api_keys`,
-//! `request_history` and the seven rollup tables (with the `min_id`/`max_id` ranges
+//! `request_history`, `request_bodies` and the seven rollup tables (with the `min_id`/`max_id` ranges
 //! the history page's node filter reads). Rows go in batches of [`BATCH`], history
 //! by id ranges, so nothing is held in memory whole. The source is read in one
 //! snapshot; the target is written in one transaction, so a failed copy leaves it as
@@ -28,6 +28,10 @@ use super::{Dialect, Store, StoreError, StoreResult};
 /// Rows read (and written) per batch.
 const BATCH: i64 = 2000;
 
+/// Rows of `request_bodies` per batch: two bodies of up to `--stored-body-max-bytes`
+/// (4 MiB at most) each, so a batch stays within a few megabytes at the default.
+const BODY_BATCH: i64 = 32;
+
 /// Most placeholders in one statement (SQLite allows 32,766, PostgreSQL 65,535).
 const MAX_PARAMS: usize = 30_000;
 
@@ -48,6 +52,8 @@ struct Table {
     /// (the rollups, far smaller than the history).
     by_id: bool,
     order: String,
+    /// Rows per batch.
+    batch: i64,
 }
 
 /// Copied rows, per table.
@@ -63,6 +69,7 @@ fn with_id(name: &'static str, columns: &[(&'static str, Kind)]) -> Table {
         read_as: None,
         by_id: true,
         order: "id".into(),
+        batch: BATCH,
     }
 }
 
@@ -136,6 +143,19 @@ fn tables() -> Vec<Table> {
                 ("time_to_first_token_ms", Int),
             ],
         ),
+        Table {
+            batch: BODY_BATCH,
+            ..with_id(
+                "request_bodies",
+                &[
+                    ("id", Int),
+                    ("request_body", Text),
+                    ("request_truncated", Int),
+                    ("response_body", Text),
+                    ("response_truncated", Int),
+                ],
+            )
+        },
     ];
     for t in &TABLES {
         let keys = t.key_columns();
@@ -156,6 +176,7 @@ fn tables() -> Vec<Table> {
             read_as: Some(read_as),
             by_id: false,
             order: keys.join(", "),
+            batch: BATCH,
         });
     }
     all
@@ -202,7 +223,7 @@ async fn copy(source: &Store, target: &Store, force: bool) -> StoreResult<Migrat
     let tables = tables();
     let mut src = source.snapshot().await?;
     let mut dst = target.begin().await?;
-    // Children first when emptying (no foreign keys today, but the order is right).
+    // Children first when emptying (`request_bodies` refers to `request_history`).
     for table in tables.iter().rev() {
         let any = dst
             .fetch_optional(&format!("SELECT 1 AS one FROM {} LIMIT 1", table.name), &[], |_| ())
@@ -271,12 +292,12 @@ async fn copy_table(
         let (sql, args) = if table.by_id {
             (
                 format!("{select} WHERE id > $1 ORDER BY id LIMIT $2"),
-                vec![Arg::Int(last_id), Arg::Int(BATCH)],
+                vec![Arg::Int(last_id), Arg::Int(table.batch)],
             )
         } else {
             (
                 format!("{select} GROUP BY {0} ORDER BY {0} LIMIT $1 OFFSET $2", table.order),
-                vec![Arg::Int(BATCH), Arg::Int(copied as i64)],
+                vec![Arg::Int(table.batch), Arg::Int(copied as i64)],
             )
         };
         let rows: Vec<Vec<Value>> = src
@@ -313,7 +334,7 @@ async fn copy_table(
             }
         }
         copied += rows.len() as u64;
-        if (rows.len() as i64) < BATCH {
+        if (rows.len() as i64) < table.batch {
             return Ok(copied);
         }
     }
@@ -322,7 +343,7 @@ async fn copy_table(
 #[cfg(test)]
 mod tests {
     use chrono::{TimeZone, Utc};
-    use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, TokenSource};
+    use common::protocol::{RequestResponseRecord, RequestStatus, RequestType, StoredBody, TokenSource};
 
     use super::*;
     use crate::store::testing::postgres_database;
@@ -401,7 +422,33 @@ mod tests {
             } else {
                 TokenSource::Reported
             },
+            // Bodies on one record in 37 (82 rows: more than one batch); every other
+            // one's answer cut, some with a request and no answer.
+            request_body: i.is_multiple_of(37).then(|| StoredBody {
+                text: format!("{{\"n\": {i}, \"text\": \"é€𝄞\"}}"),
+                truncated: false,
+            }),
+            response_body: (i.is_multiple_of(37) && !i.is_multiple_of(111)).then(|| StoredBody {
+                text: format!("data: {i}\n\n"),
+                truncated: i.is_multiple_of(74),
+            }),
         }
+    }
+
+    /// Every record the seed gave bodies, with them, as the store reads it back.
+    async fn records_with_bodies(store: &Store) -> Vec<String> {
+        let ids = store
+            .db()
+            .fetch_all("SELECT id FROM request_bodies ORDER BY id", &[], |r| r.int("id"))
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for id in ids {
+            let r = store.history_record(id).await.unwrap().unwrap();
+            assert!(r.request_body.is_some(), "record {id} has its body");
+            out.push(format!("{r:?}"));
+        }
+        out
     }
 
     /// Every page of `filter`, to the end, with the cursors.
@@ -455,6 +502,7 @@ mod tests {
         }
         out.push(format!("{:?}", store.all_nodes().await.unwrap()));
         out.push(format!("{:?}", store.all_keys().await.unwrap()));
+        out.extend(records_with_bodies(store).await);
         out
     }
 
@@ -487,6 +535,7 @@ mod tests {
 
         let report = migrate_store(&sqlite_url, &pg_url, false).await.unwrap();
         assert!(report.tables.contains(&("request_history", 3000)), "{report:?}");
+        assert!(report.tables.contains(&("request_bodies", 82)), "{report:?}");
         let target = Store::open(&pg_url).await.unwrap();
         assert_eq!(figures(&target, &nodes, &key_ids).await, expected);
 
@@ -550,6 +599,7 @@ mod tests {
         let sqlite_url = format!("sqlite://{}/router.db", dir.path().display());
         let report = migrate_store(&pg_url, &sqlite_url, false).await.unwrap();
         assert!(report.tables.contains(&("request_history", 3000)), "{report:?}");
+        assert!(report.tables.contains(&("request_bodies", 82)), "{report:?}");
         let copy = Store::open(&sqlite_url).await.unwrap();
         assert_eq!(figures(&copy, &nodes, &key_ids).await, expected);
         copy.close().await;

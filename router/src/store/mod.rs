@@ -188,6 +188,8 @@ pub(crate) mod testing {
             output_tokens: 1,
             total_tokens: 2,
             token_source: TokenSource::Reported,
+            request_body: None,
+            response_body: None,
         }
     }
 

@@ -43,6 +43,8 @@ fn record(
         output_tokens: output,
         total_tokens: input + output,
         token_source: TokenSource::Reported,
+        request_body: None,
+        response_body: None,
     }
 }
 

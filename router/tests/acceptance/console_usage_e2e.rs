@@ -115,7 +115,11 @@ async fn the_csv_export_downloads_the_api_figures_for_the_range_and_filters_on_s
 #[tokio::test]
 async fn speed_and_request_detail_show_the_api_figures_at_390_px_and_by_keyboard() {
     let slow = slow_stream_mock("slow", 5, Duration::from_millis(10)).await;
-    let h = Harness::start(&[&slow]).await;
+    let h = Harness::start_with(&[&slow], |a| {
+        a.store_bodies = true;
+        a.stored_body_max_bytes = 60;
+    })
+    .await;
     for _ in 0..3 {
         assert_eq!(h.chat_stream(&chat_body("m", "stream me", true)).await.0, 200);
     }
@@ -205,6 +209,14 @@ async fn speed_and_request_detail_show_the_api_figures_at_390_px_and_by_keyboard
             ))
             .await;
         let expect = match v {
+            // A stored body: its text, and a note when it was cut.
+            Value::Object(body) if body["truncated"] == true => {
+                format!(
+                    "{}Cut: only the first bytes are stored.",
+                    body["text"].as_str().unwrap()
+                )
+            }
+            Value::Object(body) => body["text"].as_str().unwrap().to_string(),
             Value::Null => "–".to_string(),
             Value::String(s) => s.clone(),
             other => other.to_string(),
@@ -212,6 +224,14 @@ async fn speed_and_request_detail_show_the_api_figures_at_390_px_and_by_keyboard
         assert_eq!(shown, expect, "{field}");
     }
     assert!(record["time_to_first_token_ms"].is_u64(), "{record}");
+    // Both bodies were stored, cut at 60 bytes (the node's answer is longer).
+    let sent = serde_json::to_string(&chat_body("m", "plain", false)).unwrap();
+    assert_eq!(
+        record["request_body"],
+        json!({"text": &sent[..sent.len().min(60)], "truncated": sent.len() > 60})
+    );
+    assert_eq!(record["response_body"]["truncated"], true, "{record}");
+    assert_eq!(record["response_body"]["text"].as_str().unwrap().len(), 60);
     assert_eq!(record["token_source"], "reported");
     assert_eq!(record["api_key_name"], Value::Null);
     assert_no_overflow(&b, "record").await;

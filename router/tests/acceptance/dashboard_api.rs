@@ -166,6 +166,8 @@ fn record(at: &str, node_id: i64, model: &str, input: u64, output: u64) -> Reque
         output_tokens: output,
         total_tokens: input + output,
         token_source: TokenSource::Reported,
+        request_body: None,
+        response_body: None,
     }
 }
 

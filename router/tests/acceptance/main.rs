@@ -5,6 +5,7 @@
 mod accounting;
 mod admission;
 mod anthropic;
+mod bodies;
 mod config_file;
 mod console_api;
 mod console_e2e;

@@ -38,6 +38,7 @@ use common::protocol::RequestResponseRecord;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 
+use crate::store::history::body_row;
 use crate::store::rollup::{rows_to_add, upsert_all_sql_postgres, TABLES};
 use crate::store::{to_i64, to_millis, StoreError, StoreResult, CONNECT_TIMEOUT};
 
@@ -53,6 +54,10 @@ const INSERT_HISTORY: &str = "INSERT INTO request_history (record_uid, timestamp
         $14::bigint[], $15::bigint[], $16::bigint[], $17::text[], $18::bigint[], $19::text[], $20::bigint[])
     ON CONFLICT (record_uid) DO NOTHING
     RETURNING id, record_uid";
+
+const INSERT_BODIES: &str = "INSERT INTO request_bodies (id, request_body, request_truncated,
+    response_body, response_truncated)
+    SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bigint[])";
 
 /// The first key of the shards' advisory locks (`pg_try_advisory_lock(int, int)`; the
 /// second key is the shard). sqlx's migration lock takes the one-`bigint` form,
@@ -217,6 +222,7 @@ async fn insert(
             .ok_or_else(|| StoreError::Corrupt("an inserted record_uid is not in the batch".into()))?;
         added.push((&records[*i], row.get::<i64, _>("id")));
     }
+    insert_bodies(&mut tx, &added).await?;
     // Every rollup table in one statement (one round trip); a table without rows
     // gets empty arrays.
     let mut q = sqlx::query(&UPSERTS).bind(shard);
@@ -249,6 +255,30 @@ async fn insert(
     }
     q.execute(&mut *tx).await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// The bodies of the records `added` (with their new ids), if any has one: one more
+/// round trip, only when the router stores bodies.
+async fn insert_bodies(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    added: &[(&RequestResponseRecord, i64)],
+) -> StoreResult<()> {
+    let rows: Vec<_> = added
+        .iter()
+        .filter_map(|(r, id)| body_row(r).map(|b| (*id, b)))
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(INSERT_BODIES)
+        .bind(rows.iter().map(|(id, _)| *id).collect::<Vec<i64>>())
+        .bind(rows.iter().map(|(_, b)| b.0).collect::<Vec<Option<&str>>>())
+        .bind(rows.iter().map(|(_, b)| b.1).collect::<Vec<i64>>())
+        .bind(rows.iter().map(|(_, b)| b.2).collect::<Vec<Option<&str>>>())
+        .bind(rows.iter().map(|(_, b)| b.3).collect::<Vec<i64>>())
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

@@ -24,6 +24,7 @@ use std::time::Duration;
 use common::protocol::RequestResponseRecord;
 use rusqlite::{params, Connection, TransactionBehavior};
 
+use crate::store::history::body_row;
 use crate::store::rollup::{rows_to_add, upsert_sql, TABLES};
 use crate::store::{to_i64, to_millis, LockWait, StoreResult};
 
@@ -31,6 +32,9 @@ const INSERT_HISTORY: &str = "INSERT INTO request_history (timestamp, completed_
     node_id, node_name, client_ip, stream, status, http_status, error_message, duration_ms,
     input_tokens, output_tokens, total_tokens, token_source, api_key_id, api_key_name, time_to_first_token_ms)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
+
+const INSERT_BODIES: &str = "INSERT INTO request_bodies (id, request_body, request_truncated,
+    response_body, response_truncated) VALUES (?1, ?2, ?3, ?4, ?5)";
 
 const LOCK_POLL: Duration = Duration::from_micros(200);
 const LOCK_PATIENCE: Duration = Duration::from_secs(5);
@@ -72,7 +76,8 @@ impl SqliteWriter {
         })
     }
 
-    /// Commits `records` and their rollup increments in one transaction.
+    /// Commits `records` (with their bodies, if any) and their rollup increments in one
+    /// transaction.
     pub fn commit(&mut self, records: &[RequestResponseRecord], lock_wait: LockWait) -> StoreResult<()> {
         if records.is_empty() {
             return Ok(());
@@ -111,6 +116,12 @@ impl SqliteWriter {
                     r.api_key_name,
                     r.time_to_first_token_ms.map(to_i64),
                 ])?);
+            }
+        }
+        for (r, id) in records.iter().zip(&ids) {
+            if let Some((request, request_cut, response, response_cut)) = body_row(r) {
+                tx.prepare_cached(INSERT_BODIES)?
+                    .execute(params![id, request, request_cut, response, response_cut])?;
             }
         }
         add_to_rollups(&tx, records, &ids)?;

@@ -56,8 +56,19 @@
     api_key_name: 'Key', stream: 'Streamed', status: 'Status', http_status: 'HTTP status',
     error_message: 'Error', duration_ms: 'Duration (ms)', time_to_first_token_ms: 'Time to first token (ms)',
     input_tokens: 'Input tokens', output_tokens: 'Output tokens', total_tokens: 'Total tokens',
-    token_source: 'Token source',
+    token_source: 'Token source', request_body: 'Request body', response_body: 'Node\u2019s answer',
   };
+  // A stored body (`--store-bodies`): its text as sent, and a note when it was cut.
+  function bodyView(body) {
+    const pre = document.createElement('pre');
+    pre.className = 'body';
+    pre.textContent = body.text;
+    if (!body.truncated) return [pre];
+    const note = document.createElement('p');
+    note.className = 'hint';
+    note.textContent = 'Cut: only the first bytes are stored.';
+    return [pre, note];
+  }
   async function openRecord(id) {
     const r = await api('/api/dashboard/request-history/' + encodeURIComponent(id));
     const items = [];
@@ -66,7 +77,8 @@
       dt.textContent = LABELS[field] || field;
       const dd = document.createElement('dd');
       dd.dataset.field = field;
-      dd.textContent = value === null ? '–' : String(value);
+      if (field === 'request_body' || field === 'response_body') dd.append(...bodyView(value));
+      else dd.textContent = value === null ? '–' : String(value);
       if (field === 'timestamp' || field === 'completed_at') dd.title = when(value);
       items.push(dt, dd);
     }
