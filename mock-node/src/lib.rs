@@ -70,6 +70,8 @@ pub struct MockConfig {
     pub garbage_stream: bool,
     /// Probability in [0, 1] of answering 500 (with usage of the prompt when `usage`).
     pub failure_rate: f64,
+    /// The error message of those 500s.
+    pub failure_message: String,
     /// The server whose probe routes it answers.
     pub imitate: Imitation,
     /// Serve HTTPS with this certificate and key instead of plain HTTP.
@@ -105,6 +107,7 @@ impl Default for MockConfig {
             break_after_chunks: None,
             garbage_stream: false,
             failure_rate: 0.0,
+            failure_message: "mock failure".into(),
             imitate: Imitation::OpenAi,
             tls: None,
             slots: None,
@@ -424,7 +427,7 @@ fn accept(s: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<(C
     if s.config.failure_rate > 0.0 && rand::random::<f64>() < s.config.failure_rate {
         return Err(Rejection {
             status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: "mock failure".into(),
+            message: s.config.failure_message.clone(),
             usage: s.config.usage.then(|| usage_json(call.prompt_tokens, 0)),
             retry_after: None,
         });

@@ -126,6 +126,9 @@ fn name(v: &Value) -> Result<String, ApiError> {
     if name.is_empty() {
         return Err(bad("name", "must not be empty"));
     }
+    if name.chars().any(char::is_control) {
+        return Err(bad("name", "must not contain control characters"));
+    }
     if name.chars().count() > MAX_NAME_CHARS {
         return Err(bad("name", format!("must be at most {MAX_NAME_CHARS} characters")));
     }
@@ -153,7 +156,7 @@ fn models(v: &Value) -> Result<Option<Vec<String>>, ApiError> {
     list.iter()
         .map(|m| {
             m.as_str()
-                .filter(|s| !s.is_empty())
+                .filter(|s| !s.is_empty() && !s.chars().any(char::is_control))
                 .map(str::to_string)
                 .ok_or_else(|| bad("allowed_models", format!("{m} is not a model name")))
         })

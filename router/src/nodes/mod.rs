@@ -351,6 +351,7 @@ impl NodeRegistry {
     pub async fn add(&self, node: NodeRegistration, source: &'static str) -> Result<Arc<Node>, NodeError> {
         let base_url = normalize_base_url(&node.base_url)?;
         check_capacity(node.max_concurrent, node.weight)?;
+        check_texts(node.name.as_deref(), node.api_key.as_deref())?;
         let name = node
             .name
             .filter(|n| !n.trim().is_empty())
@@ -412,6 +413,7 @@ impl NodeRegistry {
     pub async fn ensure_declared(&self, node: NodeRegistration) -> Result<Arc<Node>, NodeError> {
         let normalized = normalize_base_url(&node.base_url)?;
         check_capacity(node.max_concurrent, node.weight)?;
+        check_texts(node.name.as_deref(), node.api_key.as_deref())?;
         let Some(existing) = self
             .live()
             .into_iter()
@@ -459,6 +461,10 @@ impl NodeRegistry {
     pub async fn update(&self, id: NodeId, changes: NodeChanges) -> Result<Arc<Node>, NodeError> {
         let node = self.live_node(id)?;
         check_capacity(changes.max_concurrent.flatten(), changes.weight)?;
+        check_texts(
+            changes.name.as_deref(),
+            changes.api_key.as_ref().and_then(|k| k.as_deref()),
+        )?;
         let _changing = self.changing.lock().await;
         let stored = self.store.update_node(id, &changes).await.map_err(|e| match e {
             StoreError::NotFound => NodeError::NotFound(id),
@@ -520,6 +526,20 @@ pub struct NodeRegistration {
     pub max_concurrent: Option<u64>,
     /// `None`: 1.
     pub weight: Option<u64>,
+}
+
+/// A name or a key holds no control character: a NUL cannot be stored in PostgreSQL,
+/// and a line break in a key would break the header it goes in.
+fn check_texts(name: Option<&str>, api_key: Option<&str>) -> Result<(), NodeError> {
+    for (field, value) in [("name", name), ("api_key", api_key)] {
+        if value.is_some_and(|v| v.chars().any(char::is_control)) {
+            return Err(NodeError::InvalidValue {
+                field,
+                message: "must not contain control characters".into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A capacity is at least 1; a weight is 1 to [`MAX_WEIGHT`].

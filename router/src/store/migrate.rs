@@ -194,7 +194,8 @@ impl Value {
     fn read(r: &dyn StoreRow, col: &str, kind: Kind) -> Value {
         match kind {
             Kind::Int => Value::Int(r.opt_int(col)),
-            Kind::Text => Value::Text(r.opt_text(col)),
+            // A NUL an older router stored in SQLite: PostgreSQL refuses it (see `writer`).
+            Kind::Text => Value::Text(r.opt_text(col).map(|t| t.replace('\0', "\u{fffd}"))),
             Kind::Bytes => Value::Bytes(r.opt_bytes(col)),
         }
     }

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -275,4 +276,109 @@ async fn when_every_connection_is_busy_a_new_client_gets_503_at_once() {
     let (status, v) = h.chat("m", "again").await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(node.received().len(), 3);
+}
+
+/// Text that PostgreSQL cannot hold (a NUL character, legal in JSON as `\u0000`) in
+/// every column a client or a node writes: the model, the error the node sent, the
+/// stored bodies. Each request is recorded, and the records after it too: a record
+/// the store refused would block the writer's queue behind it.
+#[tokio::test]
+async fn a_nul_character_anywhere_is_recorded_and_blocks_nothing() {
+    let a = mock_with("alpha", &["m"], |c| {
+        c.failure_rate = 1.0;
+        c.failure_message = "bad\u{0}answer".into();
+    })
+    .await;
+    let h = Harness::start_with(&[&a], |args| args.store_bodies = true).await;
+    let raw = "{\"model\": \"m\\u0000x\", \"messages\": []}";
+    let resp = h
+        .http
+        .post(h.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = h
+        .http
+        .post(h.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body("{\"model\": \"m\", \0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(h.chat("m", "the node fails").await.0, 500);
+    let records = h.wait_history(3).await;
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert_eq!(records[2]["model"], "m\u{fffd}x");
+    assert!(
+        records[0]["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("bad\u{fffd}answer"),
+        "{}",
+        records[0]
+    );
+    let detail = h
+        .get(&format!("/api/dashboard/request-history/{}", records[1]["id"]))
+        .await;
+    assert_eq!(detail["request_body"]["text"], "{\"model\": \"m\", \u{fffd}");
+    // The store holds the three, as the API shows them.
+    let store = llm_router::store::Store::open(&h.database_url()).await.unwrap();
+    assert_eq!(store.history_count().await.unwrap(), 3);
+    store.close().await;
+}
+
+/// Names and keys the operator gives are text a header or PostgreSQL can hold: a
+/// control character (a NUL, a line break) is refused with 400 naming the field.
+#[tokio::test]
+async fn control_characters_in_names_and_node_keys_are_refused_with_400() {
+    let a = mock("alpha", &["m"]).await;
+    let h = Harness::start(&[]).await;
+    let id = h.add_node(&a).await;
+    let b = mock("beta", &["m"]).await;
+    let cases = [
+        (
+            Method::POST,
+            "/api/nodes".to_string(),
+            json!({"base_url": b.base_url(), "name": "b\u{0}"}),
+            "name",
+        ),
+        (
+            Method::POST,
+            "/api/nodes".into(),
+            json!({"base_url": b.base_url(), "api_key": "k\r\nX-Evil: 1"}),
+            "api_key",
+        ),
+        (
+            Method::PATCH,
+            format!("/api/nodes/{id}"),
+            json!({"name": "a\nb"}),
+            "name",
+        ),
+        (
+            Method::PATCH,
+            format!("/api/nodes/{id}"),
+            json!({"api_key": "k\u{0}"}),
+            "api_key",
+        ),
+        (Method::POST, "/api/keys".into(), json!({"name": "k\u{0}"}), "name"),
+        (
+            Method::POST,
+            "/api/keys".into(),
+            json!({"name": "k", "allowed_models": ["m\u{0}"]}),
+            "allowed_models",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let (status, v) = h.admin(method.clone(), &path, Some(body.clone())).await;
+        assert_eq!(status, 400, "{method} {path} {body}: {v}");
+        assert!(v.to_string().contains(field), "{method} {path}: {v}");
+    }
+    // Nothing was changed or added.
+    let nodes = h.get("/api/nodes").await;
+    assert_eq!(nodes["nodes"].as_array().unwrap().len(), 1, "{nodes}");
+    assert_eq!(h.get("/api/keys").await["keys"], json!([]));
 }
