@@ -3,8 +3,9 @@
 # a mock node, through nginx (the plain-proxy floor), through vllm-router (a Rust LLM
 # router from PyPI, when installed) and through llm-router: durable recording (the
 # default), --durability async, and durable under --client-auth required with a client
-# key that has an rpm_limit, a tpm_limit and a daily budget. Plain and streamed, in one
-# run. With PostgreSQL installed (Debian's `postgresql`), also the router on PostgreSQL
+# key that has an rpm_limit, a tpm_limit and a daily budget, and durable with
+# --store-bodies (router-bodies: every request's body and answer kept). Plain and
+# streamed, in one run. With PostgreSQL installed (Debian's `postgresql`), also the router on PostgreSQL
 # (durable): one replica alone (router-pg), the same replica behind nginx
 # (lb-router-pg: what the balancer in front costs) and two replicas on the one database
 # behind that nginx, round robin (lb-2-routers-pg). The server (scripts/pg.sh, fsync on)
@@ -51,6 +52,7 @@ cleanup() {
 trap cleanup EXIT
 
 MOCK_PORT=$(free_port); ROUTER_PORT=$(free_port); ASYNC_PORT=$(free_port); KEYED_PORT=$(free_port)
+BODIES_PORT=$(free_port)
 VLLM_PORT=$(free_port); PG_PORT=$(free_port); PG_B_PORT=$(free_port)
 
 # One thread (the mock's default): it shares its core with wrk.
@@ -69,7 +71,8 @@ router() { # name port args...
 router router "$ROUTER_PORT"
 router router-async "$ASYNC_PORT" --durability async
 router router-keyed "$KEYED_PORT" --client-auth required
-TARGETS="direct nginx router router-async router-keyed"
+router router-bodies "$BODIES_PORT" --store-bodies
+TARGETS="direct nginx router router-async router-keyed router-bodies"
 if have_vllm_router; then
   start_vllm_router "$VLLM_PORT" "$MOCK_PORT" "$WORK/vllm-router.log"
   PIDS[vllm-router]=$VLLM_PID; URLS[vllm-router]=http://127.0.0.1:$VLLM_PORT

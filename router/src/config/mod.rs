@@ -198,6 +198,12 @@ pub struct ServeArgs {
     #[arg(long, env = "LLM_ROUTER_KEEP_ALIVE_TIMEOUT_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub keep_alive_timeout_ms: u64,
+    /// Longest time a client may leave a response unread (the router's writes to its
+    /// socket blocked), in milliseconds; then the connection is closed and the request
+    /// recorded as cancelled, which frees its node's slot.
+    #[arg(long, env = "LLM_ROUTER_SEND_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub send_timeout_ms: u64,
     /// Most client connections open at once; beyond it an idle one is closed to make room,
     /// or the new one gets 503 [default: half the open-file limit, less a reserve].
     #[arg(long, env = "LLM_ROUTER_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]

@@ -6,7 +6,11 @@
 //! after the head timeout. `Idle`: a keep-alive connection between requests, since
 //! its last response was handed to the socket; closed after the keep-alive timeout.
 //! `Busy`: a request is being served, its response not sent yet; no clock (the body
-//! has its own deadline, [`DeadlineBody`], and the proxy bounds the node's answer).
+//! has its own deadline, [`DeadlineBody`], and the proxy bounds the node's answer)
+//! except while a write to the socket is blocked: a client that stops reading is
+//! closed after the send timeout (hyper stops polling the response body when the
+//! socket is full, so nothing else would ever end the request and free its node's
+//! slot; nginx's `send_timeout` does the same).
 //! The phase is kept in atomics that the socket wrapper, the service and the response
 //! body update as they go, all within the connection's task; the task looks at it
 //! whenever hyper returns, and its timer, armed at the earliest deadline it knows of,
@@ -54,10 +58,15 @@ pub(super) struct ConnectionState {
     phase: AtomicU8,
     /// Start of the phase, in nanoseconds since `epoch`.
     since: AtomicU64,
+    /// Since when a write to the socket has been blocked (nanoseconds since `epoch`),
+    /// or `NOT_BLOCKED`.
+    blocked_since: AtomicU64,
     body_timed_out: AtomicBool,
     evicted: AtomicBool,
     evict: Notify,
 }
+
+const NOT_BLOCKED: u64 = u64::MAX;
 
 impl ConnectionState {
     pub(super) fn new(epoch: Instant) -> Self {
@@ -65,6 +74,7 @@ impl ConnectionState {
             epoch,
             phase: AtomicU8::new(HEAD),
             since: AtomicU64::new(0),
+            blocked_since: AtomicU64::new(NOT_BLOCKED),
             body_timed_out: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
             evict: Notify::new(),
@@ -82,14 +92,31 @@ impl ConnectionState {
         self.phase.store(phase, Relaxed);
     }
 
-    /// When the connection must have made progress, or `None` while it serves a request.
+    /// When the connection must have made progress, or `None` while it serves a request
+    /// and its writes go through.
     fn deadline(&self, settings: &ServerSettings) -> Option<Instant> {
-        let timeout = match self.phase.load(Relaxed) {
-            HEAD => settings.head_timeout,
-            IDLE => settings.keep_alive_timeout,
-            _ => return None,
+        let (since, timeout) = match self.phase.load(Relaxed) {
+            HEAD => (self.since.load(Relaxed), settings.head_timeout),
+            IDLE => (self.since.load(Relaxed), settings.keep_alive_timeout),
+            _ => match self.blocked_since.load(Relaxed) {
+                NOT_BLOCKED => return None,
+                blocked => (blocked, settings.send_timeout),
+            },
         };
-        Some(self.epoch + Duration::from_nanos(self.since.load(Relaxed)) + timeout)
+        Some(self.epoch + Duration::from_nanos(since) + timeout)
+    }
+
+    /// Notes whether a write went through, or since when they have been blocked.
+    fn wrote<T>(&self, result: Poll<T>) -> Poll<T> {
+        match result {
+            Poll::Pending => {
+                if self.blocked_since.load(Relaxed) == NOT_BLOCKED {
+                    self.blocked_since.store(self.now(), Relaxed);
+                }
+            }
+            Poll::Ready(_) => self.blocked_since.store(NOT_BLOCKED, Relaxed),
+        }
+        result
     }
 
     /// Since when the connection has not served a request, if it may be closed to make
@@ -147,7 +174,7 @@ pub(super) async fn serve(
             }
             if timer.as_mut().poll(cx).is_ready() {
                 if Instant::now() >= deadline {
-                    return Poll::Ready(Some("client too slow or idle".into()));
+                    return Poll::Ready(Some("client too slow, idle, or not reading".into()));
                 }
                 timer.as_mut().reset(deadline);
                 armed = deadline;
@@ -176,7 +203,8 @@ pub(super) async fn serve(
     drop(entry);
 }
 
-/// The client's socket, noting when the first byte of a new request head arrives.
+/// The client's socket, noting when the first byte of a new request head arrives and
+/// when its writes block.
 struct WatchedSocket {
     tcp: TcpStream,
     state: Arc<ConnectionState>,
@@ -195,7 +223,8 @@ impl AsyncRead for WatchedSocket {
 
 impl AsyncWrite for WatchedSocket {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+        let result = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        self.state.wrote(result)
     }
 
     fn poll_write_vectored(
@@ -203,7 +232,8 @@ impl AsyncWrite for WatchedSocket {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        self.state.wrote(result)
     }
 
     fn is_write_vectored(&self) -> bool {

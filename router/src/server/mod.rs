@@ -4,7 +4,9 @@
 //! - A request head must arrive within `head_timeout` (from the connection, or from
 //!   the first byte of a later head); an idle keep-alive connection is closed after
 //!   `keep_alive_timeout`; a request body must arrive within `body_timeout` of its
-//!   head, else the request gets 408 and the connection is closed (`connection`).
+//!   head, else the request gets 408 and the connection is closed; a response the
+//!   client leaves unread (the socket's writes blocked) for `send_timeout` closes the
+//!   connection, which ends the request as cancelled (`connection`).
 //! - At most `max_connections` client connections are open. Beyond it a connection
 //!   that is not serving a request (idle, or still sending its head) is closed to make
 //!   room, as nginx reuses its keep-alive connections; when every one is busy, the new
@@ -49,6 +51,8 @@ pub struct ServerSettings {
     pub head_timeout: Duration,
     pub body_timeout: Duration,
     pub keep_alive_timeout: Duration,
+    /// Longest a write to the client may stay blocked while a response is sent.
+    pub send_timeout: Duration,
     /// `None`: derived from the open-file limit ([`default_max_connections`]).
     pub max_connections: Option<usize>,
 }
@@ -59,6 +63,7 @@ impl From<&ServeArgs> for ServerSettings {
             head_timeout: Duration::from_millis(args.request_head_timeout_ms),
             body_timeout: Duration::from_millis(args.request_body_timeout_ms),
             keep_alive_timeout: Duration::from_millis(args.keep_alive_timeout_ms),
+            send_timeout: Duration::from_millis(args.send_timeout_ms),
             max_connections: args.max_connections.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         }
     }

@@ -147,16 +147,9 @@ async fn messages_errors_are_in_anthropic_s_shape_and_broken_streams_are_errors(
     let garbage = mock_with("garbage", &["g"], |c| c.garbage_stream = true).await;
     let broken = mock_with("broken", &["b"], |c| c.break_after_chunks = Some(2)).await;
     let h = Harness::start(&[&a, &garbage, &broken]).await;
-    let resp = h
-        .http
-        .post(h.url("/v1/messages"))
-        .header("content-type", "application/json")
-        .body("{\"model\": ")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    let v: Value = resp.json().await.unwrap();
+    let (status, body) = h.post_raw("/v1/messages", "{\"model\": ").await;
+    assert_eq!(status, 400);
+    let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "invalid_request_error");
     assert!(

@@ -18,19 +18,6 @@ async fn stored(h: &Harness, id: i64) -> common::protocol::RequestResponseRecord
     record
 }
 
-/// Posts `raw` bytes as JSON to `path`; returns the status and the body received.
-async fn post_raw(h: &Harness, path: &str, raw: &str) -> (u16, Vec<u8>) {
-    let resp = h
-        .http
-        .post(h.url(path))
-        .header("content-type", "application/json")
-        .body(raw.to_string())
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
-}
-
 /// The newest record's detail.
 async fn newest_detail(h: &Harness, n: usize) -> Value {
     let records = h.wait_history(n).await;
@@ -70,7 +57,7 @@ async fn plain_and_streamed_exchanges_are_stored_byte_for_byte() {
     // Plain: the request as the client wrote it (spacing and all), the answer as the
     // node sent it, which is also what the client received.
     let raw = r#"{ "model": "m",  "messages": [{"role": "user", "content": "héllo €"}] }"#;
-    let (status, answer) = post_raw(&h, "/v1/chat/completions", raw).await;
+    let (status, answer) = h.post_raw("/v1/chat/completions", raw).await;
     assert_eq!(status, 200);
     let detail = newest_detail(&h, 1).await;
     assert_eq!(detail["request_body"], body(raw, false));
@@ -122,7 +109,7 @@ async fn bodies_are_cut_at_the_limit_on_a_character_boundary_and_say_so() {
     // The limit falls inside "€" (bytes 39 to 41): the cut leaves it out.
     let raw = r#"{"model": "m", "messages": [], "x": "aa€ tail"}"#;
     assert_eq!(&raw.as_bytes()[39..42], "€".as_bytes());
-    let (status, answer) = post_raw(&h, "/v1/chat/completions", raw).await;
+    let (status, answer) = h.post_raw("/v1/chat/completions", raw).await;
     assert_eq!(status, 200);
     let detail = newest_detail(&h, 1).await;
     assert_eq!(detail["request_body"], body(&raw[..39], true));
@@ -145,7 +132,7 @@ async fn bodies_are_cut_at_the_limit_on_a_character_boundary_and_say_so() {
 async fn a_refused_body_is_stored_without_an_answer() {
     let a = mock("alpha", &["m"]).await;
     let h = Harness::start_with(&[&a], |args| args.store_bodies = true).await;
-    let (status, _) = post_raw(&h, "/v1/chat/completions", "{\"model\": ").await;
+    let (status, _) = h.post_raw("/v1/chat/completions", "{\"model\": ").await;
     assert_eq!(status, 400);
     let detail = newest_detail(&h, 1).await;
     assert_eq!(detail["status"], "error");
@@ -158,7 +145,7 @@ async fn a_messages_request_is_stored_as_the_client_sent_it_and_the_answer_as_th
     let a = mock("alpha", &["m"]).await;
     let h = Harness::start_with(&[&a], |args| args.store_bodies = true).await;
     let raw = r#"{"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}"#;
-    let (status, answer) = post_raw(&h, "/v1/messages", raw).await;
+    let (status, answer) = h.post_raw("/v1/messages", raw).await;
     assert_eq!(status, 200);
     let client: Value = serde_json::from_slice(&answer).unwrap();
     assert_eq!(client["type"], "message");

@@ -291,24 +291,9 @@ async fn a_nul_character_anywhere_is_recorded_and_blocks_nothing() {
     .await;
     let h = Harness::start_with(&[&a], |args| args.store_bodies = true).await;
     let raw = "{\"model\": \"m\\u0000x\", \"messages\": []}";
-    let resp = h
-        .http
-        .post(h.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(raw)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
-    let resp = h
-        .http
-        .post(h.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body("{\"model\": \"m\", \0")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
+    assert_eq!(h.post_raw("/v1/chat/completions", raw).await.0, 404);
+    let raw = "{\"model\": \"m\", \0";
+    assert_eq!(h.post_raw("/v1/chat/completions", raw).await.0, 400);
     assert_eq!(h.chat("m", "the node fails").await.0, 500);
     let records = h.wait_history(3).await;
     assert_eq!(records.len(), 3, "{records:?}");
@@ -381,4 +366,47 @@ async fn control_characters_in_names_and_node_keys_are_refused_with_400() {
     let nodes = h.get("/api/nodes").await;
     assert_eq!(nodes["nodes"].as_array().unwrap().len(), 1, "{nodes}");
     assert_eq!(h.get("/api/keys").await["keys"], json!([]));
+}
+
+/// A client that stops reading its stream: once the router's writes to it have been
+/// blocked for the send timeout, its connection is closed, the request is recorded
+/// as cancelled, and the node's one slot serves the next client. (Without the
+/// timeout hyper stops polling the stream when the socket is full: nothing would
+/// ever end the request.)
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_after_the_send_timeout_and_frees_its_slot() {
+    // An answer far larger than the sockets' buffers (over 10 MB of events).
+    let node = mock_with("n", &["m"], |c| c.chunks = 80_000).await;
+    let h = Harness::start_with(&[&node], |a| a.send_timeout_ms = 300).await;
+    let id = h.get("/api/nodes").await["nodes"][0]["id"].as_i64().unwrap();
+    let (status, v) = h
+        .admin(
+            Method::PATCH,
+            &format!("/api/nodes/{id}"),
+            Some(json!({"max_concurrent": 1})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(h.router.addr).await.unwrap();
+    let body = chat_body("m", "never read", true).to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: r\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    // Not a byte is read.
+    let records = h.wait_history(1).await;
+    assert_eq!(records.len(), 1, "the request never ended");
+    assert_eq!(records[0]["status"], "cancelled", "{}", records[0]);
+    assert!(u(&records[0]["output_tokens"]) > 0, "{}", records[0]);
+    // The slot is free: the next client is served, not queued.
+    let (status, v) = h.chat("m", "next").await;
+    assert_eq!(status, 200, "{v}");
+    let stats = h.get("/api/dashboard/stats").await;
+    assert_eq!(stats["queue"]["served"], 0, "{stats}");
+    drop(tcp);
 }

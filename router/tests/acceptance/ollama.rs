@@ -140,16 +140,9 @@ async fn ollama_errors_are_in_ollama_s_shape() {
     let o = ollama_mock("llama", &["m"], |_| {}).await;
     let other = mock("other", &["openai-only"]).await;
     let h = Harness::start(&[&o, &other]).await;
-    let resp = h
-        .http
-        .post(h.url("/ollama/api/chat"))
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    let v: Value = resp.json().await.unwrap();
+    let (status, body) = h.post_raw("/ollama/api/chat", "{not json").await;
+    assert_eq!(status, 400);
+    let v: Value = serde_json::from_slice(&body).unwrap();
     assert!(v["error"].as_str().unwrap().contains("not valid JSON"), "{v}");
     for model in ["nobody-serves-it", "openai-only"] {
         let resp = h

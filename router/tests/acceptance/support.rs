@@ -142,6 +142,19 @@ impl Harness {
         self.http.post(self.url(path)).json(body).send().await.unwrap()
     }
 
+    /// Posts `raw` as a JSON body, byte for byte; returns the status and the body.
+    pub async fn post_raw(&self, path: &str, raw: &str) -> (u16, Vec<u8>) {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(raw.to_string())
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
+    }
+
     /// A chat completion; returns status and JSON body.
     pub async fn chat(&self, model: &str, content: &str) -> (u16, Value) {
         let resp = self
