@@ -42,7 +42,8 @@ fi
 # Every test on SQLite (the default engine), but those about PostgreSQL alone (replicas
 # on one database, the PostgreSQL writer and migrations, moving between engines), which
 # fail without a server and run in the PostgreSQL pass below.
-LLM_ROUTER_TEST_DATABASE='' cargo test --workspace "$@" -- --skip replicas:: --skip store::postgres:: \
+LLM_ROUTER_TEST_DATABASE='' cargo test --workspace "$@" -- --skip replicas:: --skip replica_limits:: \
+  --skip store::postgres:: \
   --skip store::migrate::tests::postgres_ --skip store::migrate::tests::sqlite_to_postgres
 
 if [ "${LLM_ROUTER_TEST_DATABASE:-}" = skip ]; then

@@ -14,6 +14,10 @@
 //!   counting within it. A replica that stops cleanly removes its rows.
 //! - **Budgets.** The keys' spending is read back from the rollups
 //!   (`KeyRing::take_stored_spending`).
+//! - **Key limits.** Each replica publishes what it counts per key with a
+//!   per-minute or concurrency limit (requests and tokens of the last 60 s, requests
+//!   in flight) and adds up the others' (`KeyRing::own_loads`,
+//!   `KeyRing::take_loads_elsewhere`), seen within [`REPLICA_TIMEOUT`].
 //!
 //! Token figures need no exchange: on a shared store every statistic, dashboard
 //! figure and Prometheus token counter is read from the rollups, which hold every
@@ -122,6 +126,11 @@ impl ClusterSync {
             self.registry.changed();
         }
         self.keys.take_stored_spending().await?;
+        self.store
+            .publish_key_load(&self.cluster.replica_id, &self.keys.own_loads(), now)
+            .await?;
+        let elsewhere = self.store.key_loads_elsewhere(&self.cluster.replica_id, since).await?;
+        self.keys.take_loads_elsewhere(&elsewhere);
         if rounds.is_multiple_of(60) {
             self.store
                 .forget_replicas(None, now - FORGET_AFTER.as_millis() as i64)

@@ -6,7 +6,13 @@
 //! charged as they finish, on top of what the store had) and the store's sum over
 //! every replica's committed requests, read every second. So another replica's
 //! tokens count here within a second of their commit; this replica's own are never
-//! lost in between. Per-minute windows and concurrency stay per replica.
+//! lost in between.
+//!
+//! A key's per-minute windows and its concurrency are kept by each replica for its
+//! own requests; each sync round a replica publishes its figures per key
+//! ([`KeyRing::own_loads`]) and adds up the others' ([`KeyRing::take_loads_elsewhere`]),
+//! which `ClientKey::admit` counts beside its own. So a limit holds across replicas
+//! up to what the others admitted since their last round (about a second).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +22,7 @@ use chrono_tz::Tz;
 use super::limits::periods;
 use super::usage::{hour_of_midnight, key_spending};
 use super::{settings_of, ClientKey, KeyError, KeyRing};
-use crate::store::StoreError;
+use crate::store::{KeyLoad, StoreError};
 
 impl KeyRing {
     /// Reads the stored keys and applies them: keys new to this replica join the ring,
@@ -80,5 +86,38 @@ impl KeyRing {
             }
         }
         Ok(())
+    }
+
+    /// What this replica counts for the keys with a per-minute or concurrency limit,
+    /// those that count anything now: for the others to add to theirs.
+    pub fn own_loads(&self) -> Vec<(i64, KeyLoad)> {
+        let second = self.clock.now().timestamp();
+        let mut loads = Vec::new();
+        for key in self.all() {
+            let l = &key.settings().limits;
+            if l.rpm_limit.is_none() && l.tpm_limit.is_none() && l.max_concurrent.is_none() {
+                continue;
+            }
+            let load = {
+                let u = key.usage.lock().unwrap();
+                KeyLoad {
+                    requests: u.requests.total(second),
+                    tokens: u.tokens.total(second),
+                    in_flight: key.in_flight(),
+                }
+            };
+            if load != KeyLoad::default() {
+                loads.push((key.id, load));
+            }
+        }
+        loads
+    }
+
+    /// Takes in what the other replicas count per key (a key not listed: nothing).
+    pub fn take_loads_elsewhere(&self, loads: &[(i64, KeyLoad)]) {
+        let loads: HashMap<i64, KeyLoad> = loads.iter().copied().collect();
+        for key in self.all() {
+            key.usage.lock().unwrap().elsewhere = loads.get(&key.id).copied().unwrap_or_default();
+        }
     }
 }

@@ -27,7 +27,7 @@ pub use usage::{key_spending, period_totals, KeySpending};
 
 use crate::clock::Clock;
 use crate::metrics::{KeyMetrics, Metrics};
-use crate::store::{KeyChanges, KeyLimits, NewKey, Store, StoreError, StoredKey};
+use crate::store::{KeyChanges, KeyLimits, KeyLoad, NewKey, Store, StoreError, StoredKey};
 use limits::{periods, until_next_period, Spent, Window};
 use secret::SecretHash;
 
@@ -89,6 +89,8 @@ struct Usage {
     tokens: Window,
     day: Spent,
     month: Spent,
+    /// What the other replicas count for the key (zero without replicas).
+    elsewhere: KeyLoad,
 }
 
 /// One client key, as the request path sees it.
@@ -130,6 +132,7 @@ impl ClientKey {
                 tokens: Window::default(),
                 day: spent.day,
                 month: spent.month,
+                elsewhere: KeyLoad::default(),
             }),
             settings: RwLock::new(Arc::new(settings)),
             in_flight: AtomicU64::new(0),
@@ -200,7 +203,11 @@ impl ClientKey {
                 });
             }
         }
-        if let Some(max) = l.max_concurrent.filter(|m| self.in_flight() >= *m) {
+        let elsewhere = usage.elsewhere;
+        if let Some(max) = l
+            .max_concurrent
+            .filter(|m| self.in_flight() + elsewhere.in_flight >= *m)
+        {
             return Err(KeyRefusal::RateLimited {
                 what: "concurrent requests",
                 limit: max,
@@ -209,23 +216,25 @@ impl ClientKey {
         }
         let mut status = RateLimitStatus::default();
         if let Some(limit) = l.rpm_limit {
-            let used = usage.requests.total(second);
+            let used = usage.requests.total(second) + elsewhere.requests;
             if used >= limit {
                 return Err(KeyRefusal::RateLimited {
                     what: "requests per minute",
                     limit,
-                    retry_after: usage.requests.retry_after(second, limit),
+                    retry_after: usage
+                        .requests
+                        .retry_after(second, limit.saturating_sub(elsewhere.requests)),
                 });
             }
             status.requests = Some((limit, limit - used - 1));
         }
         if let Some(limit) = l.tpm_limit {
-            let used = usage.tokens.total(second);
+            let used = usage.tokens.total(second) + elsewhere.tokens;
             if used >= limit {
                 return Err(KeyRefusal::RateLimited {
                     what: "tokens per minute",
                     limit,
-                    retry_after: usage.tokens.retry_after(second, limit),
+                    retry_after: usage.tokens.retry_after(second, limit.saturating_sub(elsewhere.tokens)),
                 });
             }
             status.tokens = Some((limit, limit - used));

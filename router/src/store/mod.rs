@@ -29,7 +29,7 @@ mod writer;
 
 use std::time::Duration;
 
-pub use cluster::ReplicaLoad;
+pub use cluster::{KeyLoad, ReplicaLoad};
 pub use export::ExportRow;
 pub use history::{HistoryFilter, HistoryPage};
 pub use keys::{KeyChanges, KeyLimits, NewKey, StoredKey};

@@ -21,6 +21,7 @@ mod open_files;
 mod persistence;
 mod process;
 mod proxy;
+mod replica_limits;
 mod replicas;
 mod support;
 mod tls;

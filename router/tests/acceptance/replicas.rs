@@ -20,7 +20,7 @@ use tempfile::TempDir;
 use crate::process::RouterProcess;
 use crate::support::*;
 
-fn require_postgres() -> String {
+pub(crate) fn require_postgres() -> String {
     postgres_server().expect(
         "the replica tests need PostgreSQL: run scripts/test.sh, or set LLM_ROUTER_TEST_DATABASE=postgres://…/postgres",
     )
@@ -28,7 +28,7 @@ fn require_postgres() -> String {
 
 /// Another replica of `of`'s router: the same database and settings, its own port and
 /// data directory.
-async fn replica(of: &Harness, tweak: impl FnOnce(&mut ServeArgs)) -> Harness {
+pub(crate) async fn replica(of: &Harness, tweak: impl FnOnce(&mut ServeArgs)) -> Harness {
     let dir = TempDir::new().unwrap();
     let mut args = of.args().clone();
     args.data_dir = Some(dir.path().into());
@@ -39,7 +39,7 @@ async fn replica(of: &Harness, tweak: impl FnOnce(&mut ServeArgs)) -> Harness {
 
 /// Polls `check` every 20 ms until it holds; returns how long that took (fails after
 /// `limit`).
-async fn within<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+pub(crate) async fn within<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -54,7 +54,7 @@ where
     }
 }
 
-const TWO_SECONDS: Duration = Duration::from_secs(2);
+pub(crate) const TWO_SECONDS: Duration = Duration::from_secs(2);
 
 #[tokio::test]
 async fn nodes_and_keys_changed_through_one_replica_take_effect_on_the_other_within_2_s() {
