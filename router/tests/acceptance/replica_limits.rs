@@ -6,29 +6,16 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use llm_router::keys::ClientAuth;
 use serde_json::json;
 
-use crate::replicas::{replica, require_postgres, within, TWO_SECONDS};
+use crate::replicas::{two_replicas_with_key, within, TWO_SECONDS};
 use crate::support::*;
 
 #[tokio::test]
 async fn a_key_s_requests_per_minute_hold_across_replicas() {
-    require_postgres();
     let node = mock("n1", &["m"]).await;
-    let a = Harness::start_with(&[&node], |args| {
-        args.replica_sync_ms = 100;
-        args.client_auth = ClientAuth::Required;
-    })
-    .await;
-    let b = replica(&a, |_| {}).await;
-    let (_, secret) = create_key(&a, json!({"name": "paced", "rpm_limit": 6})).await;
-    // Refused as unknown (not counted) until B has the key; then one request served.
-    within(TWO_SECONDS, "B knows the key", || async {
-        keyed_chat(&b, Some(&secret), "m").await.0 == 200
-    })
-    .await;
-
+    let key = json!({"name": "paced", "rpm_limit": 6});
+    let (a, b, secret) = two_replicas_with_key(&[&node], key).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // One at a time, alternating, each replica having seen the other's requests: five
@@ -60,19 +47,9 @@ async fn a_key_s_requests_per_minute_hold_across_replicas() {
 
 #[tokio::test]
 async fn a_key_s_concurrency_holds_across_replicas() {
-    require_postgres();
     let node = slow_stream_mock("slow", 20, Duration::from_millis(100)).await;
-    let a = Harness::start_with(&[&node], |args| {
-        args.replica_sync_ms = 100;
-        args.client_auth = ClientAuth::Required;
-    })
-    .await;
-    let b = replica(&a, |_| {}).await;
-    let (_, secret) = create_key(&a, json!({"name": "one-at-a-time", "max_concurrent": 1})).await;
-    within(TWO_SECONDS, "B knows the key", || async {
-        keyed_chat(&b, Some(&secret), "m").await.0 == 200
-    })
-    .await;
+    let key = json!({"name": "one-at-a-time", "max_concurrent": 1});
+    let (a, b, secret) = two_replicas_with_key(&[&node], key).await;
 
     // A two-second stream through A: B refuses the key's next request while it runs.
     let stream = a

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use llm_router::app;
 use llm_router::config::ServeArgs;
 use llm_router::keys::ClientAuth;
+use mock_node::MockNode;
 use reqwest::Method;
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -55,6 +56,25 @@ where
 }
 
 pub(crate) const TWO_SECONDS: Duration = Duration::from_secs(2);
+
+/// Two replicas over `nodes` (keys required, a sync round every 100 ms) and a key made
+/// through A with `key`, once B has served it one request; returns its secret.
+pub(crate) async fn two_replicas_with_key(nodes: &[&MockNode], key: Value) -> (Harness, Harness, String) {
+    require_postgres();
+    let a = Harness::start_with(nodes, |args| {
+        args.replica_sync_ms = 100;
+        args.client_auth = ClientAuth::Required;
+    })
+    .await;
+    let b = replica(&a, |_| {}).await;
+    let (_, secret) = create_key(&a, key).await;
+    // Refused as unknown (not counted) until B has the key.
+    within(TWO_SECONDS, "B knows the key", || async {
+        keyed_chat(&b, Some(&secret), "m").await.0 == 200
+    })
+    .await;
+    (a, b, secret)
+}
 
 #[tokio::test]
 async fn nodes_and_keys_changed_through_one_replica_take_effect_on_the_other_within_2_s() {
@@ -277,19 +297,8 @@ async fn a_node_s_capacity_is_shared_by_the_replicas() {
 
 #[tokio::test]
 async fn a_daily_budget_holds_across_replicas() {
-    require_postgres();
     let node = mock("n1", &["m"]).await;
-    let a = Harness::start_with(&[&node], |args| {
-        args.replica_sync_ms = 100;
-        args.client_auth = ClientAuth::Required;
-    })
-    .await;
-    let b = replica(&a, |_| {}).await;
-    let (_, secret) = create_key(&a, json!({"name": "capped"})).await;
-    within(TWO_SECONDS, "B knows the key", || async {
-        keyed_chat(&b, Some(&secret), "m").await.0 == 200
-    })
-    .await;
+    let (a, b, secret) = two_replicas_with_key(&[&node], json!({"name": "capped"})).await;
     let per_request = u(&a.history().await[0]["total_tokens"]);
     assert!(per_request > 0);
     // Room for five requests, the first one included.
