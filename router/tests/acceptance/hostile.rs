@@ -375,8 +375,14 @@ async fn control_characters_in_names_and_node_keys_are_refused_with_400() {
 /// ever end the request.)
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_after_the_send_timeout_and_frees_its_slot() {
-    // An answer far larger than the sockets' buffers (over 10 MB of events).
-    let node = mock_with("n", &["m"], |c| c.chunks = 80_000).await;
+    // An answer far larger than the router's send buffer can grow to (the kernel's
+    // tcp_wmem maximum; an event is over 100 bytes): three times that.
+    let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().last()?.parse().ok())
+        .unwrap_or(4 << 20);
+    let chunks = (3 * wmem_max / 100).max(80_000);
+    let node = mock_with("n", &["m"], |c| c.chunks = chunks).await;
     let h = Harness::start_with(&[&node], |a| a.send_timeout_ms = 300).await;
     let id = h.get("/api/nodes").await["nodes"][0]["id"].as_i64().unwrap();
     let (status, v) = h
