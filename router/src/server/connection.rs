@@ -106,6 +106,15 @@ impl ConnectionState {
         Some(self.epoch + Duration::from_nanos(since) + timeout)
     }
 
+    /// Why the connection's deadline closes it, for the log.
+    fn timed_out(&self) -> &'static str {
+        match self.phase.load(Relaxed) {
+            HEAD => "request head timeout",
+            IDLE => "keep-alive timeout",
+            _ => "send timeout: the client stopped reading its response",
+        }
+    }
+
     /// Notes whether a write went through, or since when they have been blocked.
     fn wrote<T>(&self, result: Poll<T>) -> Poll<T> {
         match result {
@@ -174,7 +183,7 @@ pub(super) async fn serve(
             }
             if timer.as_mut().poll(cx).is_ready() {
                 if Instant::now() >= deadline {
-                    return Poll::Ready(Some("client too slow, idle, or not reading".into()));
+                    return Poll::Ready(Some(state.timed_out().into()));
                 }
                 timer.as_mut().reset(deadline);
                 armed = deadline;
