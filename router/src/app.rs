@@ -29,6 +29,7 @@ use crate::nodes::{publish_node_up, Node, NodeLoadState, NodeRegistry};
 use crate::openapi;
 use crate::proxy;
 use crate::recorder::Recorder;
+use crate::server::ServerSettings;
 use crate::state::{AppState, ProxySettings, Services};
 use crate::store::{GroupBy, RollupFilter, Store, StoreError};
 use crate::upstream::UpstreamClient;
@@ -193,7 +194,11 @@ pub async fn start(args: ServeArgs) -> Result<RunningRouter, StartError> {
     });
 
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = crate::server::spawn(listener, routes(state.clone()), (&args).into(), async move {
+    let server_settings = ServerSettings {
+        closed: state.metrics.connections_closed.clone(),
+        ..(&args).into()
+    };
+    let server = crate::server::spawn(listener, routes(state.clone()), server_settings, async move {
         let _ = stopped.await;
     });
     let mut background = vec![

@@ -253,6 +253,8 @@ pub struct Metrics {
     pub active_requests: Family<NodeLabels, Gauge>,
     pub node_up: Family<NodeLabels, Gauge>,
     pub upstream_failures: Family<NodeLabels, Counter>,
+    /// Client connections the router closed, by why (`server`).
+    pub connections_closed: Family<ReasonLabels, Counter>,
     /// The counters of requests made without a key.
     pub anonymous: Arc<KeyMetrics>,
     pub queue: QueueMetrics,
@@ -304,6 +306,7 @@ impl Metrics {
             active_requests: Family::default(),
             node_up: Family::default(),
             upstream_failures: Family::default(),
+            connections_closed: Family::default(),
             anonymous: Arc::new(KeyMetrics {
                 requests: STATUSES.map(|_| Counter::default()),
                 input_tokens: Counter::default(),
@@ -367,6 +370,11 @@ impl Metrics {
             "upstream_failures",
             "Attempts that failed before any byte reached the client (then failed over)",
             m.upstream_failures.clone(),
+        );
+        registry.register(
+            "client_connections_closed",
+            "Client connections the router closed: head_timeout, keep_alive_timeout, send_timeout (the client stopped reading), evicted (to make room at the cap), over_cap (every connection busy)",
+            m.connections_closed.clone(),
         );
         Metrics { registry, ..m }
     }

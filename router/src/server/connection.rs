@@ -106,12 +106,12 @@ impl ConnectionState {
         Some(self.epoch + Duration::from_nanos(since) + timeout)
     }
 
-    /// Why the connection's deadline closes it, for the log.
+    /// Why the connection's deadline closes it (the metric's `reason`).
     fn timed_out(&self) -> &'static str {
         match self.phase.load(Relaxed) {
-            HEAD => "request head timeout",
-            IDLE => "keep-alive timeout",
-            _ => "send timeout: the client stopped reading its response",
+            HEAD => "head_timeout",
+            IDLE => "keep_alive_timeout",
+            _ => "send_timeout",
         }
     }
 
@@ -174,7 +174,10 @@ pub(super) async fn serve(
     let mut closing = false;
     let end = std::future::poll_fn(|cx| loop {
         if let Poll::Ready(result) = conn.as_mut().poll(cx) {
-            return Poll::Ready(result.err().map(|e| e.to_string()));
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "client connection failed");
+            }
+            return Poll::Ready(None);
         }
         if let Some(deadline) = state.deadline(&settings) {
             if deadline < armed {
@@ -183,7 +186,7 @@ pub(super) async fn serve(
             }
             if timer.as_mut().poll(cx).is_ready() {
                 if Instant::now() >= deadline {
-                    return Poll::Ready(Some(state.timed_out().into()));
+                    return Poll::Ready(Some(state.timed_out()));
                 }
                 timer.as_mut().reset(deadline);
                 armed = deadline;
@@ -192,7 +195,7 @@ pub(super) async fn serve(
         }
         if evicted.as_mut().poll(cx).is_ready() {
             if state.phase.load(Relaxed) != BUSY {
-                return Poll::Ready(Some("closed to make room for a new connection".into()));
+                return Poll::Ready(Some("evicted"));
             }
             // It began a request meanwhile: it stays, and may be chosen again later.
             state.evicted.store(false, Relaxed);
@@ -207,7 +210,8 @@ pub(super) async fn serve(
         return Poll::Pending;
     });
     if let Some(reason) = end.await {
-        tracing::debug!(%peer, reason, "client connection closed");
+        settings.count_closed(reason);
+        tracing::debug!(%peer, reason, "client connection closed by the router");
     }
     drop(entry);
 }

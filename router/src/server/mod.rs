@@ -35,8 +35,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use crate::config::ServeArgs;
 use crate::error::ErrorBody;
+use crate::metrics::ReasonLabels;
 use limits::{Admission, ConnectionTable};
 
 pub use limits::{default_max_connections, raise_open_file_limit, OpenFileLimit};
@@ -55,6 +59,15 @@ pub struct ServerSettings {
     pub send_timeout: Duration,
     /// `None`: derived from the open-file limit ([`default_max_connections`]).
     pub max_connections: Option<usize>,
+    /// Counts the connections the server closes, by reason (`Metrics::connections_closed`).
+    pub closed: Family<ReasonLabels, Counter>,
+}
+
+impl ServerSettings {
+    /// Counts a connection the server closed for `reason`.
+    fn count_closed(&self, reason: &'static str) {
+        self.closed.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    }
 }
 
 impl From<&ServeArgs> for ServerSettings {
@@ -65,6 +78,7 @@ impl From<&ServeArgs> for ServerSettings {
             keep_alive_timeout: Duration::from_millis(args.keep_alive_timeout_ms),
             send_timeout: Duration::from_millis(args.send_timeout_ms),
             max_connections: args.max_connections.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            closed: Family::default(),
         }
     }
 }
@@ -187,9 +201,13 @@ async fn accept_loop(
             }
             Admission::Full => match overflow.clone().try_acquire_owned() {
                 Ok(permit) => {
+                    settings.count_closed("over_cap");
                     connections.spawn(answer_too_many_connections(tcp, settings.head_timeout, permit));
                 }
-                Err(_) => tracing::debug!(%peer, "connection refused: too many connections and refusals"),
+                Err(_) => {
+                    settings.count_closed("over_cap");
+                    tracing::debug!(%peer, "connection refused: too many connections and refusals");
+                }
             },
         }
     }

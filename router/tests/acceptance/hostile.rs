@@ -16,6 +16,16 @@ pub async fn connect(h: &Harness) -> TcpStream {
     TcpStream::connect(h.router.addr).await.unwrap()
 }
 
+/// How many connections the router says it closed for `reason` (`/metrics`).
+async fn closed(h: &Harness, reason: &str) -> u64 {
+    let metrics = h.metrics().await;
+    let series = format!("llm_router_client_connections_closed_total{{reason=\"{reason}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
 /// Reads until the router closes the connection (10 s at most); returns what it sent.
 pub async fn read_to_close(tcp: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
@@ -121,6 +131,7 @@ async fn a_request_head_that_does_not_arrive_in_time_closes_the_connection_unans
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["status"], "ok");
     assert_eq!(node.received().len(), 0);
+    assert_eq!(closed(&h, "head_timeout").await, 2);
 }
 
 #[tokio::test]
@@ -208,6 +219,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout() 
         idle >= Duration::from_millis(990) && idle < Duration::from_millis(3000),
         "{idle:?}"
     );
+    assert_eq!(closed(&h, "keep_alive_timeout").await, 1);
 }
 
 #[tokio::test]
@@ -276,6 +288,7 @@ async fn when_every_connection_is_busy_a_new_client_gets_503_at_once() {
     let (status, v) = h.chat("m", "again").await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(node.received().len(), 3);
+    assert_eq!(closed(&h, "over_cap").await, 1);
 }
 
 /// Text that PostgreSQL cannot hold (a NUL character, legal in JSON as `\u0000`) in
@@ -414,5 +427,6 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout_and_frees_
     assert_eq!(status, 200, "{v}");
     let stats = h.get("/api/dashboard/stats").await;
     assert_eq!(stats["queue"]["served"], 0, "{stats}");
+    assert_eq!(closed(&h, "send_timeout").await, 1);
     drop(tcp);
 }
