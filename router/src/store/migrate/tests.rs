@@ -164,21 +164,27 @@ async fn figures(store: &Store, nodes: &[i64], keys: &[i64]) -> Vec<String> {
     out
 }
 
+/// Three nodes and two keys in `store`: their ids, and the keys' names.
+async fn nodes_and_keys(store: &Store) -> (Vec<i64>, Vec<(i64, String)>) {
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        nodes.push(store.insert_node(&node(i)).await.unwrap().id);
+    }
+    let mut keys = Vec::new();
+    for i in 1..=2 {
+        let k = store.insert_key(&key(i)).await.unwrap();
+        keys.push((k.id, k.name));
+    }
+    (nodes, keys)
+}
+
 #[tokio::test]
 async fn sqlite_to_postgres_keeps_every_figure_and_page() {
     let pg_url = postgres_database().await;
     let dir = tempfile::tempdir().unwrap();
     let sqlite_url = format!("sqlite://{}/router.db", dir.path().display());
     let source = Store::open(&sqlite_url).await.unwrap();
-    let mut nodes = Vec::new();
-    for i in 1..=3 {
-        nodes.push(source.insert_node(&node(i)).await.unwrap().id);
-    }
-    let mut keys = Vec::new();
-    for i in 1..=2 {
-        let k = source.insert_key(&key(i)).await.unwrap();
-        keys.push((k.id, k.name));
-    }
+    let (nodes, keys) = nodes_and_keys(&source).await;
     let mut writer = source.writer().unwrap();
     let records: Vec<_> = (0..3000).map(|i| record(i, &nodes, &keys)).collect();
     for batch in records.chunks(64) {
@@ -225,15 +231,7 @@ async fn sqlite_to_postgres_keeps_every_figure_and_page() {
 async fn postgres_rows_of_several_writers_are_summed_into_sqlite_and_back() {
     let pg_url = postgres_database().await;
     let source = Store::open(&pg_url).await.unwrap();
-    let mut nodes = Vec::new();
-    for i in 1..=3 {
-        nodes.push(source.insert_node(&node(i)).await.unwrap().id);
-    }
-    let mut keys = Vec::new();
-    for i in 1..=2 {
-        let k = source.insert_key(&key(i)).await.unwrap();
-        keys.push((k.id, k.name));
-    }
+    let (nodes, keys) = nodes_and_keys(&source).await;
     // Two replicas' writers take turns: each adds to the rollup rows of its shard.
     let mut writers = [source.writer().unwrap(), source.writer().unwrap()];
     let records: Vec<_> = (0..3000).map(|i| record(i, &nodes, &keys)).collect();
